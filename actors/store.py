@@ -1,0 +1,69 @@
+"""The trio face of the event log: every write on one thread at a time, reads off the event loop.
+
+py-lmdb requires a write transaction to begin and commit on one thread, so each batch runs whole inside
+one ``trio.to_thread.run_sync`` call; a ``CapacityLimiter(1)`` keeps writes strictly serial (LMDB has a
+single writer anyway, and a second waiting thread would only hold a worker). Reads use their own limiter
+so a long catchup read never queues behind a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+import trio
+
+from daemon.eventlog import AppendResult, EventLog
+from daemon.logformat import LogEvent, SeriesHead
+from protocol.candle import Candle
+from protocol.series import SeriesId
+
+T = TypeVar("T")
+
+
+class Store:
+    """Async access to one :class:`EventLog`; owns nothing else."""
+
+    def __init__(self, log: EventLog, *, max_readers: int = 4) -> None:
+        self.log = log
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(max_readers)
+        self._batches = 0
+        self._events = 0
+
+    async def append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
+        """Durably append one batch; returns only after the transaction has committed."""
+        # abandon_on_cancel=False (the default): a cancelled caller still waits for the commit, so a
+        # batch is never half-known (written to disk but reported as lost).
+        result = await trio.to_thread.run_sync(self.log.append, batch, limiter=self._write_limiter)
+        self._batches += 1
+        self._events += result.appended + result.corrected
+        return result
+
+    async def _read(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._read_limiter)
+
+    async def tail(self, series: SeriesId | str, n: int) -> list[Candle]:
+        return await self._read(self.log.tail, series, n)
+
+    async def range(
+        self, series: SeriesId | str, since: int | None, until: int | None, limit: int | None
+    ) -> list[Candle]:
+        return await self._read(self.log.range, series, since, until, limit)
+
+    async def head(self, series: SeriesId | str) -> SeriesHead | None:
+        return await self._read(self.log.head, series)
+
+    async def heads(self) -> dict[str, SeriesHead]:
+        return await self._read(self.log.heads)
+
+    async def events_since(self, after_seq: int, limit: int | None = None) -> list[LogEvent]:
+        return await self._read(self.log.events_since, after_seq, limit)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "write_batches": self._batches,
+            "write_events": self._events,
+            "writes_waiting": self._write_limiter.statistics().tasks_waiting,
+            "reads_waiting": self._read_limiter.statistics().tasks_waiting,
+        }
