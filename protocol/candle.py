@@ -43,7 +43,11 @@ def check_candle(candle: Candle, timeframe: Timeframe | None = None) -> Candle:
     for name, value in (("open", o), ("high", h), ("low", low), ("close", c), ("volume", v)):
         if type(value) is not float and type(value) is not int:
             raise CandleError(f"{name} must be a number, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int beyond float range
+            finite = False
+        if not finite:
             raise CandleError(f"{name} must be finite, got {value!r}")
     if v < 0:
         raise CandleError(f"volume must be >= 0, got {v!r}")
