@@ -62,7 +62,7 @@ def check_candle(candle: Candle, timeframe: Timeframe | None = None) -> Candle:
 
 def make_candle(
     candle_time: int,
-    open: float,  # noqa: A002 - the SPEC's field name
+    open: float,
     high: float,
     low: float,
     close: float,
