@@ -1,0 +1,273 @@
+"""Configuration: a TOML file plus ``KLINED_<KEY>`` environment variables, environment winning (SPEC §5).
+
+Every key is declared once in :class:`Settings`; an unknown key (in the file or the environment) or a bad
+value raises :class:`ConfigError` whose message names the key, and start-up stops on it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from protocol.errors import ProtocolError
+from protocol.series import SeriesId
+from protocol.timeframes import can_derive, parse_timeframe
+
+ENV_PREFIX: Final = "KLINED_"
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+HISTORY_SOURCES: Final = ("", "freqtrade", "ccxt")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line that names the key."""
+
+
+def _kind(kind: str) -> dict[str, str]:
+    return {"kind": kind}
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Every configuration key with its SPEC default. Feature flags default off."""
+
+    data_dir: str = attrs.field(default="./var", metadata=_kind("str"))
+    http_host: str = attrs.field(default="127.0.0.1", metadata=_kind("str"))
+    http_port: int = attrs.field(default=8710, metadata=_kind("port"))
+    control_socket: str = attrs.field(default="", metadata=_kind("str"))  # "" -> <data_dir>/klined.sock
+    whitelist: tuple[str, ...] = attrs.field(default=(), metadata=_kind("series_list"))
+    binance_spot_ws_url: str = attrs.field(default="wss://stream.binance.com:9443", metadata=_kind("url"))
+    binance_spot_rest_url: str = attrs.field(default="https://api.binance.com", metadata=_kind("url"))
+    # Binance split its USD-M futures endpoints in 2026: market streams live under /market.
+    binance_futures_ws_url: str = attrs.field(default="wss://fstream.binance.com/market", metadata=_kind("url"))
+    binance_futures_rest_url: str = attrs.field(default="https://fapi.binance.com", metadata=_kind("url"))
+    enable_whitelist_ingest: bool = attrs.field(default=False, metadata=_kind("bool"))
+    enable_ondemand_ingest: bool = attrs.field(default=False, metadata=_kind("bool"))
+    ondemand_max_jobs: int = attrs.field(default=0, metadata=_kind("nonneg_int"))
+    ondemand_idle_ttl_s: float = attrs.field(default=60.0, metadata=_kind("nonneg_float"))
+    enable_market_gap_backfill: bool = attrs.field(default=False, metadata=_kind("bool"))
+    enable_market_auto_tail_backfill: bool = attrs.field(default=False, metadata=_kind("bool"))
+    market_auto_tail_backfill_max_candles: int = attrs.field(default=5000, metadata=_kind("pos_int"))
+    enable_ccxt_backfill: bool = attrs.field(default=False, metadata=_kind("bool"))
+    enable_ccxt_backfill_on_read: bool = attrs.field(default=False, metadata=_kind("bool"))
+    enable_startup_kline_sync: bool = attrs.field(default=False, metadata=_kind("bool"))
+    startup_kline_sync_target_candles: int = attrs.field(default=2000, metadata=_kind("pos_int"))
+    enable_derived_timeframes: bool = attrs.field(default=False, metadata=_kind("bool"))
+    derived_base_timeframe: str = attrs.field(default="1m", metadata=_kind("timeframe"))
+    derived_timeframes: tuple[str, ...] = attrs.field(
+        default=("5m", "15m", "1h", "4h", "1d"), metadata=_kind("timeframe_list")
+    )
+    freqtrade_data_dir: str = attrs.field(default="", metadata=_kind("str"))
+    market_history_source: str = attrs.field(default="", metadata=_kind("history_source"))
+    binance_ws_batch_max: int = attrs.field(default=200, metadata=_kind("pos_int"))
+    binance_ws_flush_s: float = attrs.field(default=0.5, metadata=_kind("pos_float"))
+    market_forming_min_interval_ms: int = attrs.field(default=250, metadata=_kind("nonneg_int"))
+    market_ws_catchup_limit: int = attrs.field(default=5000, metadata=_kind("pos_int"))
+    enable_debug_api: bool = attrs.field(default=False, metadata=_kind("bool"))
+    enable_kline_health: bool = attrs.field(default=False, metadata=_kind("bool"))
+    pivot_window_major: int = attrs.field(default=50, metadata=_kind("pos_int"))
+    pivot_window_minor: int = attrs.field(default=5, metadata=_kind("pos_int"))
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def eventlog_path(self) -> Path:
+        return self.data_path / "eventlog"
+
+    @property
+    def control_socket_path(self) -> Path:
+        return Path(self.control_socket).expanduser() if self.control_socket else self.data_path / "klined.sock"
+
+    @property
+    def whitelist_series(self) -> tuple[SeriesId, ...]:
+        return tuple(SeriesId.parse(s) for s in self.whitelist)
+
+
+KEYS: Final = tuple(f.name for f in attrs.fields(Settings))
+
+
+# -- value parsers: (raw, from_env) -> value; raise ValueError with the reason ----------------------
+
+
+def _as_bool(raw: object, from_env: bool) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if from_env and isinstance(raw, str):
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    raise ValueError(f"expected a boolean (true/false, 1/0, yes/no, on/off), got {raw!r}")
+
+
+def _as_int(raw: object, from_env: bool) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if from_env and isinstance(raw, str):
+        try:
+            return int(raw.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected an integer, got {raw!r}")
+
+
+def _as_float(raw: object, from_env: bool) -> float:
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif from_env and isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    else:
+        raise ValueError(f"expected a number, got {raw!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
+
+
+def _as_str(raw: object, from_env: bool) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise ValueError(f"expected a string, got {raw!r}")
+
+
+def _as_list(raw: object, from_env: bool) -> tuple[str, ...]:
+    if from_env and isinstance(raw, str):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        return tuple(raw)
+    raise ValueError(f"expected a list of strings, got {raw!r}")
+
+
+def _bounded(parse: Callable[[object, bool], Any], low: float, what: str) -> Callable[[object, bool], Any]:
+    def check(raw: object, from_env: bool) -> Any:
+        value = parse(raw, from_env)
+        if value < low:
+            raise ValueError(f"expected {what}, got {value!r}")
+        return value
+
+    return check
+
+
+def _as_port(raw: object, from_env: bool) -> int:
+    value = _as_int(raw, from_env)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"expected a TCP port 0..65535, got {value}")
+    return value
+
+
+def _as_url(raw: object, from_env: bool) -> str:
+    value = _as_str(raw, from_env)
+    if not value.startswith(("ws://", "wss://", "http://", "https://")):
+        raise ValueError(f"expected a ws(s):// or http(s):// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _as_series_list(raw: object, from_env: bool) -> tuple[str, ...]:
+    values = _as_list(raw, from_env)
+    for text in values:
+        try:
+            SeriesId.parse(text)
+        except ProtocolError as e:
+            raise ValueError(f"invalid series id {text!r}: {e}") from None
+    return tuple(dict.fromkeys(values))  # de-duplicated, order kept
+
+
+def _as_timeframe(raw: object, from_env: bool) -> str:
+    value = _as_str(raw, from_env)
+    try:
+        parse_timeframe(value)
+    except ProtocolError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
+def _as_timeframe_list(raw: object, from_env: bool) -> tuple[str, ...]:
+    return tuple(_as_timeframe(x, False) for x in _as_list(raw, from_env))
+
+
+def _as_history_source(raw: object, from_env: bool) -> str:
+    value = _as_str(raw, from_env)
+    if value not in HISTORY_SOURCES:
+        raise ValueError(f"expected one of {', '.join(map(repr, HISTORY_SOURCES))}, got {value!r}")
+    return value
+
+
+_PARSERS: Final[dict[str, Callable[[object, bool], Any]]] = {
+    "str": _as_str,
+    "url": _as_url,
+    "bool": _as_bool,
+    "port": _as_port,
+    "pos_int": _bounded(_as_int, 1, "an integer >= 1"),
+    "nonneg_int": _bounded(_as_int, 0, "an integer >= 0"),
+    "pos_float": _bounded(_as_float, 1e-9, "a number > 0"),
+    "nonneg_float": _bounded(_as_float, 0, "a number >= 0"),
+    "series_list": _as_series_list,
+    "timeframe": _as_timeframe,
+    "timeframe_list": _as_timeframe_list,
+    "history_source": _as_history_source,
+}
+_KIND_OF: Final = {f.name: f.metadata["kind"] for f in attrs.fields(Settings)}
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``path`` (optional TOML file) overlaid with ``env`` (default: ``os.environ``)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_from_file(Path(path)))
+    values.update(_from_env(os.environ if env is None else env))
+    settings = Settings(**values)
+    _check_derived(settings)
+    return settings
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    out: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in _KIND_OF:
+            raise ConfigError(f"unknown config key {key!r} in {path}")
+        out[key] = _parse(key, raw, from_env=False, where=str(path))
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in _KIND_OF:
+            raise ConfigError(f"unknown environment variable {name} (no config key {key!r})")
+        out[key] = _parse(key, raw, from_env=True, where=f"environment variable {name}")
+    return out
+
+
+def _parse(key: str, raw: object, *, from_env: bool, where: str) -> Any:
+    try:
+        return _PARSERS[_KIND_OF[key]](raw, from_env)
+    except ValueError as e:
+        raise ConfigError(f"bad value for {key} ({where}): {e}") from None
+
+
+def _check_derived(settings: Settings) -> None:
+    base = parse_timeframe(settings.derived_base_timeframe)
+    for name in settings.derived_timeframes:
+        if not can_derive(base, parse_timeframe(name)):
+            raise ConfigError(
+                f"bad value for derived_timeframes: {name} cannot be built from {base.name} candles"
+            )
