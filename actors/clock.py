@@ -1,0 +1,108 @@
+"""Exchange time and the minute tick that every series actor follows.
+
+Exchange time is local wall time plus an offset measured against the exchange (``/api/v3/time``), the
+way NTP estimates it: the server stamp against the midpoint of the request's round trip. The ticker fires
+at each whole period of exchange time; a late tick is caught up (one tick per missed boundary, in order),
+never skipped, and its drift is measured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import attrs
+import structlog
+import trio
+
+log = structlog.get_logger(__name__)
+
+WallClock = Callable[[], int]
+"""Milliseconds of wall time; injected so MockClock tests can drive it (MockClock does not move time.time)."""
+
+
+def system_wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def trio_wall_ms(start_ms: int) -> WallClock:
+    """A wall clock that follows trio's clock from ``start_ms``: with MockClock, minutes pass instantly."""
+    return lambda: start_ms + int(trio.current_time() * 1000)
+
+
+@attrs.frozen
+class OffsetSample:
+    offset_ms: int
+    round_trip_ms: int
+
+
+class ExchangeClock:
+    """Exchange time in ms: ``wall() + offset``. The offset is re-measured periodically."""
+
+    def __init__(self, wall: WallClock = system_wall_ms, offset_ms: int = 0) -> None:
+        self._wall = wall
+        self.offset_ms = offset_ms
+        self.last_sample: OffsetSample | None = None
+
+    def now_ms(self) -> int:
+        return self._wall() + self.offset_ms
+
+    def now_s(self) -> int:
+        return self.now_ms() // 1000
+
+    def record(self, server_ms: int, sent_ms: int, received_ms: int) -> OffsetSample:
+        """Adopt the offset of one exchange time stamp taken between ``sent_ms`` and ``received_ms`` (wall)."""
+        sample = OffsetSample(server_ms - (sent_ms + received_ms) // 2, received_ms - sent_ms)
+        self.offset_ms, self.last_sample = sample.offset_ms, sample
+        return sample
+
+    async def measure(self, fetch_server_ms: Callable[[], Awaitable[int]]) -> OffsetSample:
+        sent = self._wall()
+        server = await fetch_server_ms()
+        sample = self.record(server, sent, self._wall())
+        log.info("clock_offset_measured", offset_ms=sample.offset_ms, round_trip_ms=sample.round_trip_ms)
+        return sample
+
+    async def sleep_until(self, exchange_ms: int) -> None:
+        """Sleep until exchange time reaches ``exchange_ms`` (re-checked, so a clock step cannot cut it short)."""
+        # Waits on wall time, which no task signals: a trio.Event does not apply here.
+        while (remaining := exchange_ms - self.now_ms()) > 0:  # noqa: ASYNC110
+            await trio.sleep(remaining / 1000)
+
+
+@attrs.frozen
+class Tick:
+    """A period boundary of exchange time: every period opening before ``boundary_ms`` has closed."""
+
+    boundary_ms: int
+    fired_ms: int
+
+    @property
+    def drift_ms(self) -> int:
+        return self.fired_ms - self.boundary_ms
+
+    @property
+    def boundary_s(self) -> int:
+        return self.boundary_ms // 1000
+
+
+async def run_ticker(
+    clock: ExchangeClock,
+    on_tick: Callable[[Tick], Awaitable[None]],
+    *,
+    period_ms: int = 60_000,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call ``on_tick`` at every period boundary of exchange time, forever, missing none."""
+    next_boundary = (clock.now_ms() // period_ms + 1) * period_ms
+    task_status.started()
+    while True:
+        await clock.sleep_until(next_boundary)
+        now = clock.now_ms()
+        # A tick that fires late (a suspended VPS, a busy loop) catches up every boundary it passed.
+        while next_boundary <= now:
+            tick = Tick(next_boundary, now)
+            if tick.drift_ms > period_ms // 10:
+                log.warning("tick_late", boundary_ms=tick.boundary_ms, drift_ms=tick.drift_ms)
+            await on_tick(tick)
+            next_boundary += period_ms

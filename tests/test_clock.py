@@ -1,0 +1,54 @@
+"""The exchange clock and the minute ticker, on trio's MockClock."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from actors.clock import ExchangeClock, Tick, run_ticker, trio_wall_ms
+
+START_MS = 1_700_000_000_000 + 12_345  # not on a minute
+
+
+def test_offset_is_measured_against_the_round_trip_midpoint() -> None:
+    clock = ExchangeClock(wall=lambda: 1000)
+    sample = clock.record(server_ms=5_050, sent_ms=1_000, received_ms=1_100)
+    assert (sample.offset_ms, sample.round_trip_ms) == (4_000, 100)
+    assert clock.now_ms() == 5_000
+
+
+async def test_ticks_land_on_whole_minutes_of_exchange_time(autojump_clock: trio.testing.MockClock) -> None:
+    clock = ExchangeClock(wall=trio_wall_ms(START_MS), offset_ms=-2_000)  # exchange 2 s behind us
+    ticks: list[Tick] = []
+
+    async def on_tick(tick: Tick) -> None:
+        ticks.append(tick)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_ticker, clock, on_tick)
+        await trio.sleep(3 * 60)
+        nursery.cancel_scope.cancel()
+    first = ((START_MS - 2_000) // 60_000 + 1) * 60_000
+    assert [t.boundary_ms for t in ticks] == [first, first + 60_000, first + 120_000]
+    assert all(t.drift_ms == 0 for t in ticks)
+
+
+async def test_a_late_tick_catches_up_every_boundary(autojump_clock: trio.testing.MockClock) -> None:
+    wall = {"jump": 0}
+    base = trio_wall_ms(START_MS)
+    clock = ExchangeClock(wall=lambda: base() + wall["jump"])
+    ticks: list[Tick] = []
+
+    async def on_tick(tick: Tick) -> None:
+        ticks.append(tick)
+        if len(ticks) == 1:
+            wall["jump"] = 5 * 60_000  # the machine was suspended for five minutes
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_ticker, clock, on_tick)
+        await trio.sleep(61)
+        nursery.cancel_scope.cancel()
+    boundaries = [t.boundary_ms for t in ticks]
+    assert boundaries == [boundaries[0] + 60_000 * i for i in range(len(boundaries))]  # none skipped
+    assert len(boundaries) == 6
+    assert ticks[1].drift_ms > 0
