@@ -268,6 +268,4 @@ def _check_derived(settings: Settings) -> None:
     base = parse_timeframe(settings.derived_base_timeframe)
     for name in settings.derived_timeframes:
         if not can_derive(base, parse_timeframe(name)):
-            raise ConfigError(
-                f"bad value for derived_timeframes: {name} cannot be built from {base.name} candles"
-            )
+            raise ConfigError(f"bad value for derived_timeframes: {name} cannot be built from {base.name} candles")

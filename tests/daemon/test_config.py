@@ -23,7 +23,7 @@ def test_defaults_are_the_spec_defaults() -> None:
     assert s.control_socket_path == Path("var/klined.sock")
     assert s.eventlog_path == Path("var/eventlog")
     assert s.whitelist == ()
-    assert s.ondemand_max_jobs == 0 and s.ondemand_idle_ttl_s == 60.0
+    assert (s.ondemand_max_jobs, s.ondemand_idle_ttl_s) == (0, 60.0)
     assert s.startup_kline_sync_target_candles == 2000
     assert s.derived_base_timeframe == "1m"
     assert s.derived_timeframes == ("5m", "15m", "1h", "4h", "1d")
@@ -38,8 +38,9 @@ def test_defaults_are_the_spec_defaults() -> None:
 def test_shipped_example_config_loads() -> None:
     s = load_settings(ROOT / "klined.toml", env={})
     assert s.whitelist == ("binance:spot:BTC/USDT:1m", "binance:spot:ETH/USDT:1m")
-    assert s.enable_whitelist_ingest and s.enable_derived_timeframes and s.enable_kline_health
-    assert s.enable_market_gap_backfill and s.enable_market_auto_tail_backfill and s.enable_startup_kline_sync
+    on = ("whitelist_ingest", "derived_timeframes", "kline_health", "market_gap_backfill")
+    on += ("market_auto_tail_backfill", "startup_kline_sync", "ccxt_backfill")
+    assert [flag for flag in on if not getattr(s, f"enable_{flag}")] == []
 
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:
@@ -72,7 +73,10 @@ def test_env_booleans(text: str, value: bool) -> None:
     ("env", "message"),
     [
         ({"KLINED_HTTP_PORTT": "1"}, "unknown environment variable KLINED_HTTP_PORTT"),
-        ({"KLINED_HTTP_PORT": "eighty"}, r"bad value for http_port \(environment variable KLINED_HTTP_PORT\): expected an integer"),
+        (
+            {"KLINED_HTTP_PORT": "eighty"},
+            r"bad value for http_port \(environment variable KLINED_HTTP_PORT\): expected an integer",
+        ),
         ({"KLINED_HTTP_PORT": "70000"}, "http_port.*0..65535"),
         ({"KLINED_ENABLE_DEBUG_API": "maybe"}, "bad value for enable_debug_api.*boolean"),
         ({"KLINED_WHITELIST": "binance:spot:btc/usdt:1m"}, "bad value for whitelist.*bad symbol 'btc/usdt'"),
