@@ -1,0 +1,251 @@
+"""Binance market-stream messages (kline streams, spot and USD-M futures) parsed into typed results.
+
+Nothing raises on bad input: every message becomes a :data:`StreamMessage`, malformed ones a
+:class:`MalformedPayload` whose reason names what is wrong (the ingest logs and counts it, then moves on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import orjson
+
+from protocol.candle import Candle, check_candle
+from protocol.errors import ProtocolError
+from protocol.series import Market, SeriesId
+from protocol.timeframes import TIMEFRAMES, Timeframe
+
+RAW_LIMIT: Final = 200
+_KLINE_FIELDS: Final = ("t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B")
+
+
+@attrs.frozen
+class KlineUpdate:
+    """One kline event: the candle so far (``is_final`` false: forming) or the closed one."""
+
+    series_id: SeriesId
+    candle: Candle
+    is_final: bool
+    event_time_ms: int
+    close_time_ms: int
+    trades: int
+    quote_volume: float
+
+
+@attrs.frozen
+class ControlReply:
+    """The answer to SUBSCRIBE / UNSUBSCRIBE (``result`` None) or LIST_SUBSCRIPTIONS (a list)."""
+
+    id: int | None
+    result: object
+
+
+@attrs.frozen
+class ControlError:
+    id: int | None
+    code: int
+    message: str
+
+
+@attrs.frozen
+class ServerShutdown:
+    """Binance will close this connection soon: reconnect now."""
+
+    event_time_ms: int
+
+
+@attrs.frozen
+class MalformedPayload:
+    reason: str
+    raw: str
+
+
+StreamMessage = KlineUpdate | ControlReply | ControlError | ServerShutdown | MalformedPayload
+
+
+class _MalformedError(Exception):
+    """Internal: a reason a payload is malformed."""
+
+
+def stream_name(symbol_id: str, timeframe: Timeframe) -> str:
+    """Binance's stream name, e.g. ``btcusdt@kline_1m``."""
+    return f"{symbol_id.lower()}@kline_{timeframe.name}"
+
+
+def parse_stream_message(
+    raw: str | bytes, *, exchange: str, market: Market, symbols: Mapping[str, str]
+) -> StreamMessage:
+    """Parse one WebSocket text frame; ``symbols`` maps exchange symbol ids (``BTCUSDT``) to ``BTC/USDT``."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _malformed("not JSON", raw)
+    try:
+        return _parse_object(obj, exchange, market, symbols)
+    except _MalformedError as e:
+        return _malformed(str(e), raw)
+
+
+def _malformed(reason: str, raw: str | bytes) -> MalformedPayload:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else str(raw)
+    return MalformedPayload(reason, text[:RAW_LIMIT])
+
+
+def _parse_object(obj: Any, exchange: str, market: Market, symbols: Mapping[str, str]) -> StreamMessage:
+    if not isinstance(obj, dict):
+        raise _MalformedError("not a JSON object")
+    if "id" in obj and ("result" in obj or "error" in obj):
+        return _parse_control(obj)
+    stream: str | None = None
+    if "stream" in obj or "data" in obj:
+        stream, obj = obj.get("stream"), obj.get("data")
+        if not isinstance(stream, str):
+            raise _MalformedError("combined envelope without a stream name")
+        if not isinstance(obj, dict):
+            raise _MalformedError("combined envelope without a data object")
+    event = obj.get("e")
+    if event == "serverShutdown":
+        return ServerShutdown(_int(obj, "E"))
+    if event != "kline":
+        raise _MalformedError(f"unsupported event type {event!r}")
+    update = _parse_kline(obj, exchange, market, symbols)
+    if stream is not None:
+        expected = stream_name(update.series_id.symbol_id, update.series_id.timeframe)
+        if stream != expected:
+            raise _MalformedError(f"stream {stream!r} does not match its event ({expected!r})")
+    return update
+
+
+def _parse_control(obj: dict[str, Any]) -> ControlReply | ControlError:
+    msg_id = obj["id"]
+    if msg_id is not None and (type(msg_id) is not int):
+        raise _MalformedError(f"control reply id must be an integer or null, got {msg_id!r}")
+    if "error" in obj:
+        error = obj["error"]
+        if not isinstance(error, dict):
+            raise _MalformedError("control error without an error object")
+        code, message = error.get("code"), error.get("msg")
+        if type(code) is not int or not isinstance(message, str):
+            raise _MalformedError("control error needs an integer code and a string msg")
+        return ControlError(msg_id, code, message)
+    return ControlReply(msg_id, obj["result"])
+
+
+def _parse_kline(obj: dict[str, Any], exchange: str, market: Market, symbols: Mapping[str, str]) -> KlineUpdate:
+    k = obj.get("k")
+    if not isinstance(k, dict):
+        raise _MalformedError("kline event without a 'k' object")
+    for name in _KLINE_FIELDS:
+        if name not in k:
+            raise _MalformedError(f"kline field {name!r} is missing")
+    symbol_id = _str(k, "s")
+    if obj.get("s") != symbol_id:
+        raise _MalformedError(f"event symbol {obj.get('s')!r} differs from kline symbol {symbol_id!r}")
+    symbol = symbols.get(symbol_id)
+    if symbol is None:
+        raise _MalformedError(f"unknown symbol {symbol_id!r}")
+    interval = _str(k, "i")
+    timeframe = TIMEFRAMES.get(interval)
+    if timeframe is None:
+        raise _MalformedError(f"interval {interval!r} is not a timeframe")
+    open_ms, close_ms = _int(k, "t"), _int(k, "T")
+    if open_ms % 1000:
+        raise _MalformedError(f"open time {open_ms} is not a whole second")
+    open_s = open_ms // 1000
+    if not timeframe.is_aligned(open_s):
+        raise _MalformedError(f"open time {open_ms} not aligned to {interval}")
+    if close_ms != timeframe.next_open(open_s) * 1000 - 1:
+        raise _MalformedError(f"close time {close_ms} is not the end of the {interval} period opening at {open_ms}")
+    is_final = k["x"]
+    if type(is_final) is not bool:
+        raise _MalformedError(f"kline field 'x' must be a boolean, got {is_final!r}")
+    for name in ("f", "L"):
+        _int(k, name)
+    trades = _int(k, "n")
+    candle = Candle(open_s, _dec(k, "o"), _dec(k, "h"), _dec(k, "l"), _dec(k, "c"), _dec(k, "v"))
+    for name in ("V", "Q"):
+        _dec(k, name)
+    try:
+        check_candle(candle, timeframe)
+        series = SeriesId(exchange=exchange, market=market, symbol=symbol, timeframe=timeframe)
+    except ProtocolError as e:
+        raise _MalformedError(str(e)) from None
+    return KlineUpdate(series, candle, is_final, _int(obj, "E"), close_ms, trades, _dec(k, "q"))
+
+
+def _int(obj: Mapping[str, Any], name: str) -> int:
+    value = obj.get(name)
+    if type(value) is not int:
+        raise _MalformedError(f"field {name!r} must be an integer, got {value!r}")
+    return value
+
+
+def _str(obj: Mapping[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        raise _MalformedError(f"field {name!r} must be a string, got {value!r}")
+    return value
+
+
+def _dec(obj: Mapping[str, Any], name: str) -> float:
+    """A Binance decimal string (``"0.0010"``) as a finite float."""
+    value = obj.get(name)
+    if not isinstance(value, str):
+        raise _MalformedError(f"kline field {name!r} is not a decimal string: {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise _MalformedError(f"kline field {name!r} is not a decimal string: {value!r}") from None
+    if not math.isfinite(number) or not value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise _MalformedError(f"kline field {name!r} is not a finite decimal: {value!r}")
+    return number
+
+
+def format_decimal(value: float, places: int = 8) -> str:
+    """Binance's fixed-point decimal text."""
+    return f"{value:.{places}f}"
+
+
+def kline_event(
+    series_id: SeriesId,
+    candle: Candle,
+    *,
+    is_final: bool,
+    event_time_ms: int,
+    first_trade_id: int = 0,
+    last_trade_id: int = -1,
+    trades: int = 0,
+    quote_volume: float = 0.0,
+    taker_buy_volume: float = 0.0,
+    taker_buy_quote_volume: float = 0.0,
+) -> dict[str, object]:
+    """A kline event in exactly Binance's format (the fake exchange and tests send these)."""
+    tf = series_id.timeframe
+    open_ms = candle.candle_time * 1000
+    return {
+        "e": "kline",
+        "E": event_time_ms,
+        "s": series_id.symbol_id,
+        "k": {
+            "t": open_ms,
+            "T": tf.next_open(candle.candle_time) * 1000 - 1,
+            "s": series_id.symbol_id,
+            "i": tf.name,
+            "f": first_trade_id,
+            "L": last_trade_id,
+            "o": format_decimal(candle.open),
+            "c": format_decimal(candle.close),
+            "h": format_decimal(candle.high),
+            "l": format_decimal(candle.low),
+            "v": format_decimal(candle.volume),
+            "n": trades,
+            "x": is_final,
+            "q": format_decimal(quote_volume),
+            "V": format_decimal(taker_buy_volume),
+            "Q": format_decimal(taker_buy_quote_volume),
+            "B": "0",
+        },
+    }
