@@ -12,7 +12,6 @@ the async side runs them on one writer thread (py-lmdb write txns must stay on t
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,10 +39,10 @@ from daemon.logformat import (
     unpack_bodies,
     unpack_body,
 )
-from protocol.candle import Candle, check_candle
+from daemon.validate import check_candles, check_packed, raise_invalid
+from protocol.candle import Candle
 from protocol.errors import CandleError
 from protocol.series import SeriesId
-from protocol.timeframes import Timeframe
 
 log = structlog.get_logger(__name__)
 
@@ -149,10 +148,8 @@ class EventLog:
 
         An identical candle is a no-op, a different one at a stored time is a correction, and a candle
         older than the head is accepted (backfill). An invalid candle rejects the whole batch with
-        :class:`CandleError`, before anything is written.
+        :class:`CandleError` naming it, and nothing of the batch is written.
         """
-        for series, candles in batch.items():
-            _check_all(series, candles)
         while True:
             try:
                 return self._append_once(batch)
@@ -191,6 +188,7 @@ class EventLog:
                 if _ascending(candles) and (head is None or candles[0].candle_time > head.head_time):
                     # Fast path: all new and in order, so no lookups; packing runs in C via map/starmap.
                     bodies = list(starmap(CANDLE_BODY.pack, candles))
+                    check_packed(series, candles, b"".join(bodies))  # raising aborts the txn: nothing written
                     times = [c[0] for c in candles]
                     keys = list(map(CANDLE_KEY.pack, repeat(num), times))
                     # MDB_APPEND skips the tree search when the run lands after every stored key.
@@ -204,6 +202,7 @@ class EventLog:
                     first = times[0] if head is None else head.first_time
                     head = SeriesHead(first, times[-1], len(bodies) + (head.candle_count if head else 0))
                 else:
+                    check_candles(series, candles)
                     written: list[Candle] = []
                     first, last, count = head or (candles[0].candle_time, candles[0].candle_time, 0)
                     for c in candles:
@@ -418,33 +417,6 @@ def _ascending(candles: Sequence[Candle]) -> bool:
     return True
 
 
-def _check_all(series: SeriesId, candles: Sequence[Candle]) -> None:
-    """Cheap guard run on every candle before a write; the precise message comes from check_candle.
-
-    Integer, non-negative times are enforced by the ``Q`` pack itself (see :func:`_explain_pack_error`).
-    NaN fails every comparison below, so only infinities need the explicit bounds.
-    """
-    tf = series.timeframe
-    step, offset = _alignment(tf)
-    inf = math.inf
-    for c in candles:
-        t, o, h, low, close, v, _ = c
-        if not ((t - offset) % step == 0 and -inf < low <= o <= h < inf and low <= close <= h and 0 <= v < inf):
-            _raise_invalid(series, c)
-    if tf.is_calendar:
-        for c in candles:
-            if not tf.is_aligned(c[0]):
-                _raise_invalid(series, c)
-
-
-def _raise_invalid(series: SeriesId, candle: Candle) -> NoReturn:
-    try:
-        check_candle(candle, series.timeframe)
-    except CandleError as e:
-        raise CandleError(f"{series} @ {candle[0]}: {e}") from None
-    raise CandleError(f"{series} @ {candle[0]}: invalid candle {candle!r}")
-
-
 def _explain_pack_error(batch: Mapping[SeriesId, Sequence[Candle]], error: struct.error) -> NoReturn:
     """A pack failed (a float or negative time, a non-number): name the candle and the rule."""
     for series, candles in batch.items():
@@ -452,12 +424,5 @@ def _explain_pack_error(batch: Mapping[SeriesId, Sequence[Candle]], error: struc
             try:
                 CANDLE_BODY.pack(*c)
             except struct.error:
-                _raise_invalid(series, c)
+                raise_invalid(series, c)
     raise CandleError(f"a candle could not be encoded: {error}")
-
-
-def _alignment(tf: Timeframe) -> tuple[int, int]:
-    """(step, offset) with aligned <=> (t - offset) % step == 0; months are checked separately."""
-    if tf.is_calendar:
-        return 86400, 0
-    return tf.seconds, tf.floor(0) % tf.seconds

@@ -31,6 +31,11 @@ class SeriesId:
     market: Market
     symbol: str
     timeframe: Timeframe
+    # The canonical text, built once: ids are formatted on every log write and every frame.
+    _text: str = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_text", f"{self.exchange}:{self.market}:{self.symbol}:{self.timeframe.name}")
 
     @property
     def base_asset(self) -> str:
@@ -52,7 +57,7 @@ class SeriesId:
         return f"{self}:{candle_time}"
 
     def __str__(self) -> str:
-        return f"{self.exchange}:{self.market}:{self.symbol}:{self.timeframe.name}"
+        return self._text
 
     @classmethod
     def parse(cls, text: object) -> SeriesId:
