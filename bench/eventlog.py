@@ -55,14 +55,7 @@ class SqliteBaseline:
         )
 
     def append(self, series: str, rows: list[Candle]) -> None:
-        self.db.execute("BEGIN")
-        self.db.executemany(
-            "INSERT INTO candles VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(series_id, candle_time) DO UPDATE SET"
-            " open=excluded.open, high=excluded.high, low=excluded.low, close=excluded.close,"
-            " volume=excluded.volume, synthetic=excluded.synthetic",
-            [(series, *c) for c in rows],
-        )
-        self.db.execute("COMMIT")
+        self.append_many({series: rows})
 
     def append_many(self, batch: dict[str, list[Candle]]) -> None:
         self.db.execute("BEGIN")
