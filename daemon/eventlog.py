@@ -52,6 +52,10 @@ _CLOSED: Final = EventKind.CANDLE_CLOSED
 _CORRECTED: Final = EventKind.CANDLE_CORRECTED
 
 
+class StoreError(RuntimeError):
+    """The log could not complete a write (an LMDB error other than a full map); nothing was written."""
+
+
 @attrs.frozen
 class AppendResult:
     """What one batch changed. Identical re-appends write nothing and are only counted."""
@@ -162,6 +166,8 @@ class EventLog:
                 self._env.set_mapsize(new_size)
             except lmdb.MapResizedError:
                 self._env.set_mapsize(0)  # another process grew it: adopt its size
+            except lmdb.Error as e:
+                raise StoreError(f"event log write failed: {e}") from e
 
     def append_series(self, series: SeriesId, candles: Sequence[Candle]) -> AppendResult:
         return self.append({series: candles})

@@ -1,0 +1,160 @@
+"""The closed-candle writer: batching, de-duplication, the fixed stage order, durability before publish."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from actors.pipeline import ClosedCandleWriter
+from daemon.eventlog import AppendResult, EventLog
+from protocol.candle import Candle
+from protocol.errors import CandleError
+from protocol.series import SeriesId
+
+BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
+ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
+
+
+def c(t: int, close: float = 10.0) -> Candle:
+    return Candle(t, close, close + 1, close - 1, close, 1.0)
+
+
+class InlineSink:
+    """The real log called on the event-loop thread, so autojump_clock sees no thread waits."""
+
+    def __init__(self, log: EventLog, failures: int = 0) -> None:
+        self.log = log
+        self.failures = failures
+        self.calls: list[tuple[float, dict[SeriesId, list[Candle]]]] = []
+
+    async def append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
+        self.calls.append((trio.current_time(), {s: list(v) for s, v in batch.items()}))
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        return self.log.append(batch)
+
+
+@pytest.fixture
+def elog(tmp_path: Path) -> EventLog:
+    log = EventLog(tmp_path / "log")
+    yield log  # type: ignore[misc]
+    log.close()
+
+
+async def test_flushes_on_size_then_on_time(elog: EventLog, autojump_clock: trio.testing.MockClock) -> None:
+    sink = InlineSink(elog)
+    writer = ClosedCandleWriter(sink, batch_max=200, flush_s=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        start = trio.current_time()
+        for i in range(450):
+            await writer.submit(BTC if i % 2 else ETH, [c(60 * (i + 1))])
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    sizes = [sum(map(len, batch.values())) for _, batch in sink.calls]
+    assert sizes == [200, 200, 50]
+    assert sink.calls[0][0] == start  # a full buffer does not wait for the timer
+    assert sink.calls[2][0] == pytest.approx(start + 0.5)
+    assert elog.last_seq() == 450
+
+
+async def test_single_candle_waits_exactly_flush_s(elog: EventLog, autojump_clock: trio.testing.MockClock) -> None:
+    sink = InlineSink(elog)
+    writer = ClosedCandleWriter(sink, batch_max=200, flush_s=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.submit(BTC, [c(60)])
+        await trio.sleep(0.49)
+        assert sink.calls == []
+        await trio.sleep(0.02)
+        assert len(sink.calls) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_duplicates_and_disorder_become_one_ascending_run(
+    elog: EventLog, autojump_clock: trio.testing.MockClock
+) -> None:
+    sink = InlineSink(elog)
+    writer = ClosedCandleWriter(sink, batch_max=100, flush_s=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.submit(BTC, [c(180), c(60)])
+        await writer.submit(BTC, [c(120), c(60, close=11.0), c(180)])
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    ((_, batch),) = sink.calls
+    assert batch == {BTC: [c(60, close=11.0), c(120), c(180)]}  # last word wins, ascending
+    assert writer.stats.duplicates_dropped == 2
+    assert elog.range(BTC) == [c(60, close=11.0), c(120), c(180)]
+
+
+async def test_stages_run_in_fixed_order_and_publish_sees_durable_data(elog: EventLog) -> None:
+    seen: list[str] = []
+
+    def stage(name: str):  # type: ignore[no-untyped-def]
+        async def run(result: AppendResult) -> None:
+            seen.append(name)
+            if name == "publish":
+                # Committed before publish: a new read transaction already sees every candle.
+                assert elog.range(BTC) == [c(60), c(120)]
+                assert result.changed == {str(BTC): [c(60), c(120)]}
+
+        return run
+
+    writer = ClosedCandleWriter(
+        InlineSink(elog), flush_s=0.01, factor=stage("factor"), overlay=stage("overlay"), publish=stage("publish")
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            result = await writer.write(BTC, [c(60), c(120)])
+            nursery.cancel_scope.cancel()
+    assert seen == ["factor", "overlay", "publish"]
+    assert result.appended == 2
+
+
+async def test_write_returns_only_once_durable(elog: EventLog, autojump_clock: trio.testing.MockClock) -> None:
+    writer = ClosedCandleWriter(InlineSink(elog), flush_s=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        result = await writer.write(BTC, [c(60)])
+        assert elog.get(BTC, 60) == c(60)
+        assert (result.first_seq, result.appended) == (1, 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_failed_appends_are_retried_with_backoff_and_lose_nothing(
+    elog: EventLog, autojump_clock: trio.testing.MockClock
+) -> None:
+    sink = InlineSink(elog, failures=3)
+    published: list[AppendResult] = []
+
+    async def publish(result: AppendResult) -> None:
+        published.append(result)
+
+    writer = ClosedCandleWriter(sink, flush_s=0.5, publish=publish)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.submit(BTC, [c(60), c(120)])
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    times = [t for t, _ in sink.calls]
+    assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [0.5, 1.0, 2.0]
+    assert len(published) == 1
+    assert published[0].appended == 2
+    assert writer.stats.append_failures == 3
+
+
+async def test_invalid_candle_is_refused_at_submit(elog: EventLog) -> None:
+    writer = ClosedCandleWriter(InlineSink(elog))
+    with pytest.raises(CandleError, match="high"):
+        await writer.submit(BTC, [Candle(60, 10.0, 9.0, 8.0, 10.0, 1.0)])
+    with pytest.raises(CandleError, match="not aligned"):
+        await writer.write(BTC, [c(61)])
+    assert writer.statistics()["queued"] == 0
