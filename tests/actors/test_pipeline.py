@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from daemon.eventlog import AppendResult, EventLog
 from protocol.candle import Candle
 from protocol.errors import CandleError
 from protocol.series import SeriesId
+from tests.actors.sinks import InlineSink
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
@@ -22,22 +22,6 @@ ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
 
 def c(t: int, close: float = 10.0) -> Candle:
     return Candle(t, close, close + 1, close - 1, close, 1.0)
-
-
-class InlineSink:
-    """The real log called on the event-loop thread, so autojump_clock sees no thread waits."""
-
-    def __init__(self, log: EventLog, failures: int = 0) -> None:
-        self.log = log
-        self.failures = failures
-        self.calls: list[tuple[float, dict[SeriesId, list[Candle]]]] = []
-
-    async def append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
-        self.calls.append((trio.current_time(), {s: list(v) for s, v in batch.items()}))
-        if self.failures:
-            self.failures -= 1
-            raise OSError(28, "No space left on device")
-        return self.log.append(batch)
 
 
 @pytest.fixture

@@ -1,0 +1,169 @@
+"""One series actor: owns the series' head cursor, its forming throttle and its clock tick.
+
+It consumes parsed kline updates from the ingest (over its inbox), hands closed candles to the shared
+writer, broadcasts forming candles through the throttle, and on each tick of its timeframe checks, after
+a grace period, that the period's closed candle arrived; if not, it asks the exchange (``fetch_closed``,
+REST in production) and appends what the exchange has. What is still missing stays a recorded hole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import attrs
+import structlog
+import trio
+
+from actors.clock import ExchangeClock, Tick, run_ticker
+from actors.pipeline import ClosedCandleWriter
+from protocol.binance import KlineUpdate
+from protocol.candle import Candle
+from protocol.forming import FormingThrottle
+from protocol.series import SeriesId
+from protocol.upstream import Hole, HoleTracker
+
+log = structlog.get_logger(__name__)
+
+FetchClosed = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
+"""(series, first_open, last_open) -> the exchange's closed candles in that inclusive range."""
+BroadcastForming = Callable[[SeriesId, Candle], Awaitable[None]]
+TICK_GRACE_S: Final = 3.0  # Binance sends the final kline within about a second of the close
+MAX_HOLES_KEPT: Final = 100
+
+
+@attrs.define
+class SeriesState:
+    """What the actor knows; the debug endpoints and health read it."""
+
+    head_time: int | None
+    closed_seen: int = 0
+    forming_sent: int = 0
+    fills_requested: int = 0
+    fills_appended: int = 0
+    holes: list[Hole] = attrs.field(factory=list)
+    last_fill_error: str | None = None
+
+
+class SeriesActor:
+    def __init__(
+        self,
+        series: SeriesId,
+        *,
+        head_time: int | None,
+        writer: ClosedCandleWriter,
+        broadcast_forming: BroadcastForming,
+        fetch_closed: FetchClosed,
+        clock: ExchangeClock,
+        forming_interval_s: float = 0.25,
+        grace_s: float = TICK_GRACE_S,
+        inbox_size: int = 1000,
+    ) -> None:
+        self.series = series
+        self.state = SeriesState(head_time=head_time)
+        self._writer = writer
+        self._broadcast = broadcast_forming
+        self._fetch = fetch_closed
+        self._clock = clock
+        self._grace_s = grace_s
+        self._throttle = FormingThrottle(forming_interval_s)
+        self._holes = HoleTracker(series.timeframe, head_time)
+        self._throttle_changed = trio.Event()
+        self.inbox, self._updates = trio.open_memory_channel[KlineUpdate](inbox_size)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_ticker, self._clock, self._on_tick)
+            nursery.start_soon(self._flush_forming)
+            task_status.started()
+            async with self._updates:
+                async for update in self._updates:
+                    await self._on_update(update)
+
+    # -- stream updates ---------------------------------------------------------------------------
+
+    async def _on_update(self, update: KlineUpdate) -> None:
+        candle = update.candle
+        if update.is_final:
+            await self._on_closed([candle])
+            return
+        head = self.state.head_time
+        if head is not None and candle.candle_time <= head:
+            return  # a late forming update of a period already closed
+        out = self._throttle.offer(candle, trio.current_time())
+        if out is not None:
+            await self._send_forming(out)
+        else:
+            self._throttle_changed.set()
+
+    async def _on_closed(self, candles: list[Candle]) -> None:
+        for c in candles:
+            hole = self._holes.observe_closed(c.candle_time)
+            if hole is not None:
+                self._record_hole(hole)
+        self.state.closed_seen += len(candles)
+        latest = max(c.candle_time for c in candles)
+        if self.state.head_time is None or latest > self.state.head_time:
+            self.state.head_time = latest
+        self._throttle.drop_through(latest)
+        await self._writer.submit(self.series, candles)
+
+    def _record_hole(self, hole: Hole) -> None:
+        self.state.holes.append(hole)
+        del self.state.holes[:-MAX_HOLES_KEPT]
+        log.warning(
+            "gap_detected",
+            series_id=str(self.series),
+            expected_next_time=hole.expected_next_time,
+            actual_time=hole.actual_time,
+            missing=hole.missing(self.series.timeframe),
+        )
+
+    async def _send_forming(self, candle: Candle) -> None:
+        self.state.forming_sent += 1
+        await self._broadcast(self.series, candle)
+
+    async def _flush_forming(self) -> None:
+        while True:
+            deadline = self._throttle.deadline
+            self._throttle_changed = trio.Event()
+            if deadline is None:
+                await self._throttle_changed.wait()
+                continue
+            await trio.sleep_until(deadline)
+            out = self._throttle.due(trio.current_time())
+            if out is not None and (self.state.head_time is None or out.candle_time > self.state.head_time):
+                await self._send_forming(out)
+
+    # -- the clock --------------------------------------------------------------------------------
+
+    async def _on_tick(self, tick: Tick) -> None:
+        tf = self.series.timeframe
+        boundary = tick.boundary_s
+        if not tf.is_aligned(boundary):
+            return  # this tick closes no period of our timeframe
+        await trio.sleep(self._grace_s)
+        last_closed = tf.prev_open(boundary)
+        head = self.state.head_time
+        if head is not None and head >= last_closed:
+            return
+        first = last_closed if head is None else tf.next_open(head)
+        await self._fill(first, last_closed)
+
+    async def _fill(self, first: int, last: int) -> None:
+        """Ask the exchange for closed periods that did not arrive; keep what it lacks as a hole."""
+        self.state.fills_requested += 1
+        try:
+            candles = await self._fetch(self.series, first, last)
+        except Exception as e:  # the exchange is unreachable: say so, keep serving, retry next tick
+            self.state.last_fill_error = repr(e)
+            log.warning("fill_failed", series_id=str(self.series), first=first, last=last, error=repr(e))
+            return
+        candles = sorted((c for c in candles if first <= c.candle_time <= last), key=lambda c: c.candle_time)
+        if candles:
+            self.state.fills_appended += len(candles)
+            log.info("fill_from_exchange", series_id=str(self.series), first=first, last=last, got=len(candles))
+            await self._on_closed(candles)
+        got_last = candles[-1].candle_time if candles else None
+        if got_last != last:
+            log.warning("fill_incomplete", series_id=str(self.series), first=first, last=last, got=len(candles))

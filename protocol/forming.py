@@ -1,0 +1,45 @@
+"""Forming-candle throttle (SPEC §1: at most one broadcast per series per ``min_interval``, latest wins).
+
+Sans-IO: the caller passes the time and sleeps until :attr:`FormingThrottle.deadline` itself.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from protocol.candle import Candle
+
+
+@attrs.define
+class FormingThrottle:
+    min_interval_s: float
+    last_sent_at: float | None = None
+    pending: Candle | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """When the held candle may go (None when nothing is held)."""
+        if self.pending is None or self.last_sent_at is None:
+            return None
+        return self.last_sent_at + self.min_interval_s
+
+    def offer(self, candle: Candle, now: float) -> Candle | None:
+        """A new forming candle: returns it if it may go now, else holds it (replacing an older one)."""
+        if self.last_sent_at is None or now - self.last_sent_at >= self.min_interval_s:
+            self.last_sent_at, self.pending = now, None
+            return candle
+        self.pending = candle
+        return None
+
+    def due(self, now: float) -> Candle | None:
+        """The held candle once its deadline has passed."""
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            return None
+        candle, self.pending, self.last_sent_at = self.pending, None, now
+        return candle
+
+    def drop_through(self, closed_time: int) -> None:
+        """A closed candle at ``closed_time`` makes a held forming candle of that period (or older) stale."""
+        if self.pending is not None and self.pending.candle_time <= closed_time:
+            self.pending = None

@@ -1,0 +1,179 @@
+"""A series actor on MockClock: closed -> writer -> log, forming throttled and never stored, silent
+periods fetched at tick + grace, holes after a reconnect recorded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from actors.clock import ExchangeClock, trio_wall_ms
+from actors.pipeline import ClosedCandleWriter
+from actors.series import SeriesActor
+from daemon.eventlog import EventLog
+from protocol.binance import KlineUpdate
+from protocol.candle import Candle
+from protocol.series import SeriesId
+from tests.actors.sinks import InlineSink
+
+BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
+T0 = 1_700_000_040  # a minute boundary; the MockClock starts at exchange time T0 + 10 s
+
+
+def candle(t: int, close: float = 10.0) -> Candle:
+    return Candle(t, 10.0, max(10.0, close) + 1, min(10.0, close) - 1, close, 2.0)
+
+
+def update(t: int, *, final: bool, close: float = 10.0) -> KlineUpdate:
+    return KlineUpdate(BTC, candle(t, close), final, t * 1000 + 1, (t + 60) * 1000 - 1, 1, 1.0)
+
+
+@attrs.define
+class Harness:
+    actor: SeriesActor
+    log: EventLog
+    forming: list[tuple[float, Candle]]
+    fetches: list[tuple[int, int]]
+    exchange: dict[int, Candle]
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, *, head_time: int | None = None, fail_fetch: bool = False) -> AsyncIterator[Harness]:
+    log = EventLog(tmp_path / "log")
+    forming: list[tuple[float, Candle]] = []
+    fetches: list[tuple[int, int]] = []
+    exchange: dict[int, Candle] = {}
+
+    async def broadcast(series: SeriesId, c: Candle) -> None:
+        forming.append((trio.current_time(), c))
+
+    async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        fetches.append((first, last))
+        if fail_fetch:
+            raise OSError("network unreachable")
+        return [exchange[t] for t in sorted(exchange) if first <= t <= last]
+
+    writer = ClosedCandleWriter(InlineSink(log), flush_s=0.5)
+    clock = ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 10_000))
+    actor = SeriesActor(
+        BTC, head_time=head_time, writer=writer, broadcast_forming=broadcast, fetch_closed=fetch, clock=clock
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            yield Harness(actor, log, forming, fetches, exchange)
+            nursery.cancel_scope.cancel()
+    finally:
+        log.close()
+
+
+async def test_closed_candles_reach_the_log_once_and_in_order(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path) as h:
+        for t in (T0, T0 + 120, T0 + 60, T0 + 60, T0 + 120):  # out of order and repeated
+            await h.actor.inbox.send(update(t, final=True))
+        await trio.sleep(1)
+        assert h.log.range(BTC) == [candle(T0), candle(T0 + 60), candle(T0 + 120)]
+        assert h.log.last_seq() == 3
+        assert h.actor.state.head_time == T0 + 120
+
+
+async def test_forming_is_throttled_latest_wins_and_never_stored(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path) as h:
+        start = trio.current_time()
+        for i in range(10):  # ten updates within 90 ms
+            await h.actor.inbox.send(update(T0, final=False, close=10.0 + i))
+            await trio.sleep(0.01)
+        await trio.sleep(1)
+        assert [(round(t - start, 3), c.close) for t, c in h.forming] == [(0.0, 10.0), (0.25, 19.0)]
+        assert h.log.last_seq() == 0, "forming candles are never persisted"
+        await h.actor.inbox.send(update(T0, final=True))
+        await trio.sleep(1)
+        await h.actor.inbox.send(update(T0, final=False, close=30.0))  # late forming of a closed period
+        await trio.sleep(1)
+        assert len(h.forming) == 2
+
+
+async def test_silent_stream_is_filled_from_the_exchange_at_tick_plus_grace(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60) as h:
+        h.exchange[T0] = candle(T0, 12.0)
+        start = trio.current_time()
+        await trio.sleep(60 - 10 + 3 + 1)  # to the first boundary (T0 + 60), its grace, and a flush
+        assert h.fetches == [(T0, T0)]
+        assert round(trio.current_time() - start, 1) == 54.0
+        assert h.log.range(BTC) == [candle(T0, 12.0)]
+        # The exchange lacks the next minute: it stays missing and is asked for again next tick.
+        await trio.sleep(60)
+        assert h.fetches[-1] == (T0 + 60, T0 + 60)
+        assert h.log.head(BTC) is not None
+        h.exchange[T0 + 60] = candle(T0 + 60)
+        h.exchange[T0 + 120] = candle(T0 + 120)
+        await trio.sleep(60)
+        assert h.fetches[-1] == (T0 + 60, T0 + 120)
+        assert [c.candle_time for c in h.log.range(BTC)] == [T0, T0 + 60, T0 + 120]
+
+
+async def test_unreachable_exchange_is_reported_not_fatal(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60, fail_fetch=True) as h:
+        await trio.sleep(60 * 3)
+        assert len(h.fetches) == 3  # once per tick, no hot loop
+        assert h.actor.state.last_fill_error == "OSError('network unreachable')"
+        await h.actor.inbox.send(update(T0 + 180, final=True))  # the stream still works
+        await trio.sleep(1)
+        assert h.log.get(BTC, T0 + 180) == candle(T0 + 180)
+
+
+async def test_hole_after_reconnect_is_recorded(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with running(tmp_path, head_time=T0 - 60) as h:
+        await h.actor.inbox.send(update(T0, final=True))
+        await h.actor.inbox.send(update(T0 + 240, final=True))  # the connection dropped for three minutes
+        await trio.sleep(1)
+        (hole,) = h.actor.state.holes
+        assert (hole.expected_next_time, hole.actual_time) == (T0 + 60, T0 + 240)
+        assert hole.missing(BTC.timeframe) == 3
+
+
+@pytest.mark.parametrize("tf", ["5m", "1h"])
+async def test_longer_timeframes_only_act_on_their_own_boundaries(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, tf: str
+) -> None:
+    series = SeriesId.parse(f"binance:spot:BTC/USDT:{tf}")
+    fetched: list[tuple[int, int]] = []
+
+    async def fetch(s: SeriesId, first: int, last: int) -> list[Candle]:
+        fetched.append((first, last))
+        return []
+
+    async def broadcast(s: SeriesId, c: Candle) -> None:
+        pass
+
+    with EventLog(tmp_path / "log") as log:
+        writer = ClosedCandleWriter(InlineSink(log))
+        start_ms = series.timeframe.floor(T0) * 1000 + 1000
+        actor = SeriesActor(
+            series,
+            head_time=series.timeframe.floor(T0) - series.timeframe.seconds,
+            writer=writer,
+            broadcast_forming=broadcast,
+            fetch_closed=fetch,
+            clock=ExchangeClock(wall=trio_wall_ms(start_ms)),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            await trio.sleep(series.timeframe.seconds * 2 + 5)  # two boundaries and their grace
+            nursery.cancel_scope.cancel()
+    assert len(fetched) == 2  # one per period of the series' own timeframe, not one per minute
