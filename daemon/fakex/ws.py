@@ -1,0 +1,263 @@
+"""The fake exchange's WebSocket market streams, as Binance serves them.
+
+Paths: spot ``/ws/<stream>[/<stream>...]`` (raw), ``/stream?streams=a/b`` (combined, enveloped) and a bare
+``/ws`` or ``/stream`` joined later with ``SUBSCRIBE``; USD-M futures the same under ``/market`` (Binance
+moved its futures market streams there in 2026). Control methods SUBSCRIBE / UNSUBSCRIBE /
+LIST_SUBSCRIPTIONS answer as Binance does; more than the incoming-message limit per second, or more than
+1024 streams, closes the connection. Every stream sends its forming kline every 2 s and, at each period
+end, the final kline (``x: true``). Faults are switched on through :class:`Faults`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import orjson
+import structlog
+import trio
+import trio.testing
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+    wrap_client_stream,
+    wrap_server_stream,
+)
+
+from daemon.fakex.market import Market
+from protocol.binance import kline_event
+from protocol.candle import Candle
+from protocol.series import Market as MarketType
+from protocol.series import SeriesId
+from protocol.timeframes import TIMEFRAMES, Timeframe
+from protocol.upstream import CONTROL_RATE, MAX_STREAMS_PER_CONNECTION
+
+log = structlog.get_logger(__name__)
+
+UPDATE_INTERVAL_S: Final = 2.0
+PING_INTERVAL_S: Final = {"spot": 20.0, "futures": 180.0}
+PONG_TIMEOUT_S: Final = {"spot": 60.0, "futures": 600.0}
+MALFORMED: Final = (b"{not json", b'{"e":"kline","E":1,"s":"BTCUSDT","k":{"t":"soon"}}', b'{"e":"kline"}', b"[]")
+
+
+@attrs.define
+class Faults:
+    """Switches a test flips; the streaming loop reads them."""
+
+    silent_until_ms: int = 0
+    resend_closed: int = 0  # send the next N final klines twice
+    swap_next_closed: bool = False  # send the next two final klines of a stream in reverse order
+    malformed: int = 0  # inject N malformed frames before the next updates
+    drop_generation: int = 0  # bumped to drop every open connection
+    shutdown_generation: int = 0  # bumped to send serverShutdown then close
+
+
+@attrs.define
+class _Stream:
+    name: str
+    symbol_id: str
+    timeframe: Timeframe
+    next_close: int  # open time of the period whose final kline is due next
+    held: bytes | None = None  # a final held back by swap_next_closed
+
+
+class FakeStreams:
+    """Serves kline streams for ``market`` with exchange time ``now_ms``."""
+
+    def __init__(self, market: Market, now_ms: Callable[[], int]) -> None:
+        self.market = market
+        self.now_ms = now_ms
+        self.faults = Faults()
+        self.connections = 0
+        self.accepted = 0
+        self.closed_by_limit = 0
+        self.pongs = 0
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """trio-websocket handler: one connection's life."""
+        parts = urlsplit(request.path)
+        path = parts.path
+        market: MarketType = "spot"
+        if path.startswith("/market/"):
+            market, path = "futures", path[len("/market") :]
+        combined = path.startswith("/stream")
+        names: list[str] = []
+        if path.startswith("/ws/"):
+            names = [n for n in path[len("/ws/") :].split("/") if n]
+        elif combined:
+            names = [n for n in parse_qs(parts.query).get("streams", [""])[0].split("/") if n]
+        elif path != "/ws":
+            await request.reject(404, body=b'{"code":-1,"msg":"unknown path"}')
+            return
+        conn = await request.accept()
+        self.connections += 1
+        self.accepted += 1
+        try:
+            await _Connection(self, conn, market, combined, names).run()
+        except* ConnectionClosed:  # the client went away: a normal end (trio groups it from the nursery)
+            pass
+        finally:
+            self.connections -= 1
+
+
+class _Connection:
+    def __init__(
+        self, server: FakeStreams, conn: WebSocketConnection, market: MarketType, combined: bool, names: list[str]
+    ) -> None:
+        self.server, self.conn, self.market, self.combined = server, conn, market, combined
+        self.streams: dict[str, _Stream] = {}
+        self.message_times: list[float] = []
+        self.drop_generation = server.faults.drop_generation
+        self.shutdown_generation = server.faults.shutdown_generation
+        for name in names:
+            self._add(name)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_control, nursery.cancel_scope)
+            nursery.start_soon(self._ping, nursery.cancel_scope)
+            await self._pump()
+            nursery.cancel_scope.cancel()
+
+    def _add(self, name: str) -> str | None:
+        """Subscribe ``name``; the reason it is invalid, if it is."""
+        symbol, _, rest = name.partition("@kline_")
+        tf = TIMEFRAMES.get(rest)
+        symbols = self.server.market.symbols(self.market)
+        if tf is None or symbol.upper() not in symbols or symbol != symbol.lower():
+            return f"Invalid request: unknown stream {name!r}"
+        if name not in self.streams and len(self.streams) >= MAX_STREAMS_PER_CONNECTION:
+            return "too many streams"
+        now = self.server.now_ms() // 1000
+        self.streams.setdefault(name, _Stream(name, symbol.upper(), tf, tf.floor(now)))
+        return None
+
+    async def _read_control(self, scope: trio.CancelScope) -> None:
+        limit = CONTROL_RATE[self.market]
+        while True:
+            raw = await self.conn.get_message()
+            now = trio.current_time()
+            self.message_times = [t for t in self.message_times if now - t < 1.0] + [now]
+            if len(self.message_times) > limit:
+                self.server.closed_by_limit += 1
+                log.info("fakex_rate_limit_close", market=self.market)
+                await self.conn.aclose(code=1008, reason="Too many requests")
+                scope.cancel()
+                return
+            await self._control(raw)
+
+    async def _control(self, raw: str | bytes) -> None:
+        try:
+            msg = orjson.loads(raw)
+            method, msg_id = msg["method"], msg.get("id")
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            await self._send_json({"error": {"code": 2, "msg": "Invalid request: malformed JSON"}, "id": None})
+            return
+        params = msg.get("params", [])
+        if method == "LIST_SUBSCRIPTIONS":
+            await self._send_json({"result": sorted(self.streams), "id": msg_id})
+            return
+        if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
+            await self._send_json({"error": {"code": 2, "msg": f"Invalid request: method {method!r}"}, "id": msg_id})
+            return
+        for name in params:
+            if method == "UNSUBSCRIBE":
+                self.streams.pop(str(name), None)
+                continue
+            error = self._add(str(name))
+            if error == "too many streams":
+                await self.conn.aclose(code=1008, reason="Too many streams")
+                return
+            if error:
+                await self._send_json({"error": {"code": 2, "msg": error}, "id": msg_id})
+                return
+        await self._send_json({"result": None, "id": msg_id})
+
+    async def _ping(self, scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(PING_INTERVAL_S[self.market])
+            with trio.move_on_after(PONG_TIMEOUT_S[self.market]) as waited:
+                await self.conn.ping()
+                self.server.pongs += 1
+            if waited.cancelled_caught:
+                await self.conn.aclose(code=1008, reason="pong timeout")
+                scope.cancel()
+                return
+
+    async def _pump(self) -> None:
+        faults = self.server.faults
+        while True:
+            now_ms = self.server.now_ms()
+            await trio.sleep((UPDATE_INTERVAL_S * 1000 - now_ms % (UPDATE_INTERVAL_S * 1000)) / 1000)
+            if faults.drop_generation != self.drop_generation:
+                await self.conn.aclose(code=1011, reason="dropped")
+                return
+            if faults.shutdown_generation != self.shutdown_generation:
+                await self._send_json({"e": "serverShutdown", "E": self.server.now_ms()})
+                await self.conn.aclose(code=1001, reason="server shutdown")
+                return
+            now_ms = self.server.now_ms()
+            if now_ms < faults.silent_until_ms:
+                continue
+            while faults.malformed:
+                faults.malformed -= 1
+                await self.conn.send_message(MALFORMED[faults.malformed % len(MALFORMED)].decode())
+            for stream in list(self.streams.values()):
+                await self._update(stream, now_ms)
+
+    async def _update(self, stream: _Stream, now_ms: int) -> None:
+        faults = self.server.faults
+        symbol = self.server.market.symbols(self.market)[stream.symbol_id]
+        series = SeriesId.parse(f"binance:{self.market}:{symbol.symbol}:{stream.timeframe.name}")
+        tf, now = stream.timeframe, now_ms // 1000
+        while tf.next_open(stream.next_close) <= now:  # periods that ended since the last update
+            final = self._frame(stream, series, symbol.candle(tf, stream.next_close), True, now_ms)
+            stream.next_close = tf.next_open(stream.next_close)
+            if faults.swap_next_closed and stream.held is None:
+                stream.held = final
+                continue
+            await self.conn.send_message(final.decode())
+            if stream.held is not None:
+                await self.conn.send_message(stream.held.decode())
+                stream.held = None
+                faults.swap_next_closed = False
+            if faults.resend_closed:
+                faults.resend_closed -= 1
+                await self.conn.send_message(final.decode())
+        forming = symbol.forming(tf, now_ms)
+        await self.conn.send_message(self._frame(stream, series, forming, False, now_ms).decode())
+
+    def _frame(self, stream: _Stream, series: SeriesId, candle: Candle, final: bool, now_ms: int) -> bytes:
+        event = kline_event(series, candle, is_final=final, event_time_ms=now_ms)
+        return orjson.dumps({"stream": stream.name, "data": event} if self.combined else event)
+
+    async def _send_json(self, obj: object) -> None:
+        await self.conn.send_message(orjson.dumps(obj).decode())
+
+
+async def serve_streams(
+    streams: FakeStreams,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve on a real socket; ``started`` reports the ``ws://host:port`` base URL."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, streams.handle, host, port, None)
+        task_status.started(f"ws://{host}:{server.port}")
+
+
+async def connect_in_memory(nursery: trio.Nursery, streams: FakeStreams, path: str) -> WebSocketConnection:
+    """A client connection to ``streams`` over memory streams: no sockets, so MockClock tests stay exact."""
+    client, server = trio.testing.memory_stream_pair()
+
+    async def serve_one() -> None:
+        await streams.handle(await wrap_server_stream(nursery, server))
+
+    nursery.start_soon(serve_one)
+    return await wrap_client_stream(nursery, client, "fakex", path)  # type: ignore[arg-type]
