@@ -1,0 +1,238 @@
+"""Upstream Binance kline streams for one market: connections, subscriptions, reconnects, dispatch.
+
+Streams are spread over combined-stream connections by :class:`protocol.upstream.StreamPlan` (at most
+1024 each). Adding a series subscribes it live on an open connection (SUBSCRIBE, paced below Binance's
+control-message limit); nobody is reconnected. Each connection's reader only drains, parses and hands
+off, so trio-websocket never stops answering pings for want of a reader. A dropped connection comes back
+with jittered exponential backoff, logged once per step; a ``serverShutdown`` or the 24 h mark
+reconnects at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Final
+
+import attrs
+import orjson
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from protocol.binance import (
+    ControlError,
+    KlineUpdate,
+    MalformedPayload,
+    ServerShutdown,
+    parse_stream_message,
+    stream_name,
+)
+from protocol.series import Market, SeriesId
+from protocol.upstream import PROACTIVE_RECONNECT_S, Backoff, ControlMessage, StreamPlan, control_bucket
+
+log = structlog.get_logger(__name__)
+
+Connector = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
+Deliver = Callable[[KlineUpdate], None]
+_CONNECTION_ERRORS: Final = (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError)
+MALFORMED_LOG_EVERY: Final = 100  # log the first malformed payload of every hundred, count them all
+
+
+@attrs.define
+class ConnectionState:
+    connection: int
+    connected: bool = False
+    connects: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    next_retry_s: float | None = None
+
+
+@attrs.define
+class IngestStats:
+    messages: int = 0
+    klines: int = 0
+    malformed: int = 0
+    control_errors: int = 0
+    server_shutdowns: int = 0
+
+
+class UpstreamIngest:
+    """Kline streams of one market (``spot`` or ``futures``) from ``ws_base`` (e.g. ``wss://.../market``)."""
+
+    def __init__(
+        self,
+        *,
+        exchange: str = "binance",
+        market: Market,
+        ws_base: str,
+        deliver: Deliver,
+        connect: Connector = open_websocket_url,
+        rng: random.Random | None = None,
+        stream_limit: int | None = None,
+    ) -> None:
+        self.exchange, self.market, self.ws_base = exchange, market, ws_base.rstrip("/")
+        self._deliver = deliver
+        self._connect = connect
+        self._rng = rng or random.Random()
+        self._plan = StreamPlan() if stream_limit is None else StreamPlan(stream_limit)
+        self._symbols: dict[str, str] = {}
+        self._series_streams: dict[SeriesId, str] = {}
+        self._control: dict[int, trio.MemorySendChannel[ControlMessage]] = {}
+        self._running: dict[int, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self.connections: dict[int, ConnectionState] = {}
+        self.stats = IngestStats()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- subscriptions (sync: they only queue work) -------------------------------------------------
+
+    def add(self, series: SeriesId) -> None:
+        if series in self._series_streams:
+            return
+        name = stream_name(series.symbol_id, series.timeframe)
+        self._symbols[series.symbol_id] = series.symbol
+        self._series_streams[series] = name
+        self._route(self._plan.add([name]))
+
+    def remove(self, series: SeriesId) -> None:
+        name = self._series_streams.pop(series, None)
+        if name is not None and name not in self._series_streams.values():
+            self._route(self._plan.remove([name]))
+            live = self._plan.connections()
+            for cid, scope in self._running.items():
+                if cid not in live:
+                    scope.cancel()  # its last stream is gone: close it rather than keep it idle
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            **attrs.asdict(self.stats),
+            "streams": len(self._series_streams),
+            "connections": [attrs.asdict(c) for c in self.connections.values()],
+        }
+
+    def _route(self, messages: list[ControlMessage]) -> None:
+        for message in messages:
+            cid = message.connection
+            if cid not in self._running:
+                if message.method == "SUBSCRIBE":
+                    self._start_connection(cid)  # it subscribes its whole plan on connect
+                continue
+            channel = self._control.get(cid)
+            if channel is None:
+                continue  # still connecting: it subscribes its whole plan once connected
+            # Between sessions: the reconnect resubscribes the whole plan anyway.
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                channel.send_nowait(message)
+
+    def _start_connection(self, cid: int) -> None:
+        if self._nursery is None:
+            raise RuntimeError("UpstreamIngest.run must be started before series are added")
+        self._running[cid] = trio.CancelScope()
+        self.connections[cid] = ConnectionState(cid)
+        self._nursery.start_soon(self._connection_main, cid, name=f"upstream:{self.market}:{cid}")
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    async def _connection_main(self, cid: int) -> None:
+        state = self.connections[cid]
+        backoff = Backoff()
+        try:
+            with self._running[cid]:
+                await self._keep_connected(cid, state, backoff)
+        finally:
+            self._running.pop(cid, None)
+            self._control.pop(cid, None)
+            self.connections.pop(cid, None)
+
+    async def _keep_connected(self, cid: int, state: ConnectionState, backoff: Backoff) -> None:
+        while cid in self._plan.connections():
+            error = await self._attempt(cid, state, backoff)
+            state.connected = False
+            if error is None:
+                continue  # a clean end (shutdown notice, 24 h mark): reconnect at once
+            state.failures += 1
+            state.last_error = error
+            delay = backoff.next_delay(self._rng.random())
+            state.next_retry_s = delay
+            log.warning(
+                "upstream_unreachable", market=self.market, connection=cid, error=error, retry_in_s=round(delay, 2)
+            )
+            await trio.sleep(delay)
+
+    async def _attempt(self, cid: int, state: ConnectionState, backoff: Backoff) -> str | None:
+        """One connection's life; the error that ended it, or None for a clean end."""
+        url = f"{self.ws_base}/stream"
+        error: str | None = None
+        try:
+            with trio.move_on_after(PROACTIVE_RECONNECT_S):  # before Binance's 24 h cut
+                async with self._connect(url) as ws:
+                    state.connected, state.connects, state.next_retry_s = True, state.connects + 1, None
+                    backoff.reset()
+                    log.info("upstream_connected", market=self.market, connection=cid, url=url)
+                    await self._session(cid, ws)
+        except* _CONNECTION_ERRORS as group:  # trio groups what a nursery raises
+            error = _describe(group.exceptions[0])
+        return error
+
+    async def _session(self, cid: int, ws: WebSocketConnection) -> None:
+        send, receive = trio.open_memory_channel[ControlMessage](1000)
+        self._control[cid] = send
+        for message in self._plan.resubscribe(cid):
+            send.send_nowait(message)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_controls, ws, receive)
+            try:
+                await self._read(ws)
+            finally:
+                nursery.cancel_scope.cancel()
+                send.close()
+
+    async def _send_controls(self, ws: WebSocketConnection, receive: trio.MemoryReceiveChannel[ControlMessage]) -> None:
+        bucket = control_bucket(self.market)
+        message_id = 0
+        async for message in receive:
+            await trio.sleep(bucket.delay(trio.current_time()))
+            bucket.take(trio.current_time())
+            message_id += 1
+            await ws.send_message(orjson.dumps(message.payload(message_id)).decode())
+
+    async def _read(self, ws: WebSocketConnection) -> None:
+        """Drain promptly: parse, hand off without blocking, return on a shutdown notice."""
+        stats = self.stats
+        while True:
+            raw = await ws.get_message()
+            stats.messages += 1
+            msg = parse_stream_message(raw, exchange=self.exchange, market=self.market, symbols=self._symbols)
+            if isinstance(msg, KlineUpdate):
+                stats.klines += 1
+                self._deliver(msg)
+            elif isinstance(msg, MalformedPayload):
+                stats.malformed += 1
+                if stats.malformed % MALFORMED_LOG_EVERY == 1:
+                    log.warning(
+                        "upstream_malformed", market=self.market, reason=msg.reason, raw=msg.raw, count=stats.malformed
+                    )
+            elif isinstance(msg, ServerShutdown):
+                stats.server_shutdowns += 1
+                log.info("upstream_server_shutdown", market=self.market)
+                return
+            elif isinstance(msg, ControlError):
+                stats.control_errors += 1
+                log.warning("upstream_control_error", market=self.market, code=msg.code, message=msg.message)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ConnectionClosed) and error.reason is not None:
+        return f"closed: {error.reason.code} {error.reason.reason or ''}".strip()
+    if isinstance(error, BaseExceptionGroup) and error.exceptions:
+        return _describe(error.exceptions[0])
+    return repr(error)

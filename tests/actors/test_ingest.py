@@ -1,0 +1,195 @@
+"""The upstream ingest against the fake exchange: one connection for many series, live subscribe,
+reconnects with backoff, serverShutdown, malformed payloads, the stream limit, and a real socket."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from urllib.parse import urlsplit
+
+import trio
+import trio.testing
+from trio_websocket import WebSocketConnection
+
+from actors.clock import system_wall_ms, trio_wall_ms
+from actors.ingest import UpstreamIngest
+from daemon.fakex.market import Market
+from daemon.fakex.ws import FakeStreams, connect_in_memory, serve_streams
+from protocol.binance import KlineUpdate
+from protocol.series import SeriesId
+
+BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
+ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
+BTC5 = SeriesId.parse("binance:spot:BTC/USDT:5m")
+START_MS = 1_700_000_040_000 + 5_000
+
+
+def memory_connector(
+    nursery: trio.Nursery,
+    streams: FakeStreams,
+    attempts: list[float] | None = None,
+    fail: Callable[[], bool] = lambda: False,
+) -> Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]:
+    @asynccontextmanager
+    async def connect(url: str) -> AsyncIterator[WebSocketConnection]:
+        if attempts is not None:
+            attempts.append(trio.current_time())
+        if fail():
+            raise OSError(101, "Network is unreachable")
+        conn = await connect_in_memory(nursery, streams, urlsplit(url).path)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
+
+    return connect
+
+
+async def start(nursery: trio.Nursery, streams: FakeStreams, got: list[KlineUpdate], **kw: object) -> UpstreamIngest:
+    ingest = UpstreamIngest(
+        market="spot",
+        ws_base="ws://fakex",
+        deliver=got.append,
+        connect=kw.pop("connect", memory_connector(nursery, streams)),  # type: ignore[arg-type]
+        rng=random.Random(7),
+        **kw,  # type: ignore[arg-type]
+    )
+    await nursery.start(ingest.run)
+    return ingest
+
+
+async def test_many_series_share_one_connection_and_join_live(autojump_clock: trio.testing.MockClock) -> None:
+    streams = FakeStreams(Market.default(), trio_wall_ms(START_MS))
+    got: list[KlineUpdate] = []
+    async with trio.open_nursery() as nursery:
+        ingest = await start(nursery, streams, got)
+        ingest.add(BTC)
+        ingest.add(ETH)
+        await trio.sleep(70)
+        ingest.add(BTC5)  # joins the open connection by SUBSCRIBE
+        await trio.sleep(60 * 5)
+        assert streams.accepted == 1
+        assert ingest.connections[0].connects == 1
+        nursery.cancel_scope.cancel()
+    finals = {(str(u.series_id), u.candle.candle_time) for u in got if u.is_final}
+    market = streams.market.spot
+    assert (str(BTC), 1_700_000_040) in finals
+    assert any(s == str(BTC5) for s, _ in finals)
+    for u in got:
+        if u.is_final:
+            assert u.candle == market[u.series_id.symbol_id].candle(u.series_id.timeframe, u.candle.candle_time)
+
+
+async def test_drop_reconnects_with_backoff_and_resubscribes(autojump_clock: trio.testing.MockClock) -> None:
+    streams = FakeStreams(Market.default(), trio_wall_ms(START_MS))
+    got: list[KlineUpdate] = []
+    attempts: list[float] = []
+    async with trio.open_nursery() as nursery:
+        ingest = await start(nursery, streams, got, connect=memory_connector(nursery, streams, attempts))
+        ingest.add(BTC)
+        await trio.sleep(10)
+        streams.faults.drop_generation += 1
+        await trio.sleep(70)
+        state = ingest.connections[0]
+        assert state.connects == 2
+        assert state.failures == 1
+        assert state.last_error == "closed: 1011 dropped"
+        before = len(got)
+        await trio.sleep(10)
+        assert len(got) > before, "resubscribed after the reconnect"
+        nursery.cancel_scope.cancel()
+    # Dropped at the fake's next 2 s tick after t=10, then back within the first backoff step (<= 1 s).
+    assert 10 < attempts[1] - attempts[0] <= 10 + 2 + 1
+
+
+async def test_server_shutdown_reconnects_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    streams = FakeStreams(Market.default(), trio_wall_ms(START_MS))
+    got: list[KlineUpdate] = []
+    attempts: list[float] = []
+    async with trio.open_nursery() as nursery:
+        ingest = await start(nursery, streams, got, connect=memory_connector(nursery, streams, attempts))
+        ingest.add(BTC)
+        await trio.sleep(5)
+        streams.faults.shutdown_generation += 1
+        await trio.sleep(5)
+        assert ingest.stats.server_shutdowns == 1
+        assert ingest.connections[0].failures == 0
+        nursery.cancel_scope.cancel()
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] <= 5 + 2  # notice at the fake's next 2 s tick, then no backoff at all
+
+
+async def test_malformed_payloads_are_counted_and_skipped(autojump_clock: trio.testing.MockClock) -> None:
+    streams = FakeStreams(Market.default(), trio_wall_ms(START_MS))
+    got: list[KlineUpdate] = []
+    async with trio.open_nursery() as nursery:
+        ingest = await start(nursery, streams, got)
+        ingest.add(BTC)
+        await trio.sleep(3)
+        streams.faults.malformed = 4
+        await trio.sleep(10)
+        assert ingest.stats.malformed == 4
+        assert ingest.connections[0].connects == 1
+        count = len(got)
+        await trio.sleep(4)
+        assert len(got) > count
+        nursery.cancel_scope.cancel()
+
+
+async def test_stream_limit_opens_another_connection(autojump_clock: trio.testing.MockClock) -> None:
+    streams = FakeStreams(Market.default(), trio_wall_ms(START_MS))
+    got: list[KlineUpdate] = []
+    async with trio.open_nursery() as nursery:
+        ingest = await start(nursery, streams, got, stream_limit=2)
+        for series in (BTC, ETH, BTC5):
+            ingest.add(series)
+        await trio.sleep(10)
+        assert streams.accepted == 2
+        assert {str(u.series_id) for u in got} == {str(BTC), str(ETH), str(BTC5)}
+        ingest.remove(BTC5)
+        await trio.sleep(10)
+        assert len(ingest.connections) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_unreachable_exchange_backs_off_and_recovers(autojump_clock: trio.testing.MockClock) -> None:
+    streams = FakeStreams(Market.default(), trio_wall_ms(START_MS))
+    got: list[KlineUpdate] = []
+    attempts: list[float] = []
+    network = {"down": True}
+    async with trio.open_nursery() as nursery:
+        connect = memory_connector(nursery, streams, attempts, fail=lambda: network["down"])
+        ingest = await start(nursery, streams, got, connect=connect)
+        ingest.add(BTC)
+        await trio.sleep(600)
+        assert 8 <= len(attempts) <= 60, "backed off: no hot loop, still trying"
+        assert all(b - a >= 0.1 for a, b in itertools.pairwise(attempts))
+        assert ingest.connections[0].last_error == "OSError(101, 'Network is unreachable')"
+        assert got == []
+        network["down"] = False
+        await trio.sleep(70)
+        assert ingest.connections[0].connected
+        assert got
+        nursery.cancel_scope.cancel()
+
+
+async def test_real_loopback_socket() -> None:
+    streams = FakeStreams(Market.default(), system_wall_ms)
+    got: list[KlineUpdate] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            base = await nursery.start(serve_streams, streams)
+            first = trio.Event()
+
+            def deliver(update: KlineUpdate) -> None:
+                got.append(update)
+                first.set()
+
+            ingest = UpstreamIngest(market="spot", ws_base=base, deliver=deliver)
+            await nursery.start(ingest.run)
+            ingest.add(BTC)
+            await first.wait()
+            nursery.cancel_scope.cancel()
+    assert str(got[0].series_id) == str(BTC)
