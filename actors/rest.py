@@ -1,0 +1,111 @@
+"""Binance REST for the live path: exchange time (clock offset) and closed klines (fills), over httpx.
+
+Paginates 1000 rows a call with a cursor that must advance, retries 429 / 418 / 5xx / timeouts with
+backoff (honouring Retry-After), and returns closed candles only.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import httpx
+import structlog
+import trio
+
+from protocol.candle import Candle, make_candle
+from protocol.errors import ProtocolError
+from protocol.series import SeriesId
+
+log = structlog.get_logger(__name__)
+
+PAGE: Final = 1000
+RETRIES: Final = 5
+RETRY_STATUS: Final = frozenset({418, 429, 500, 502, 503, 504})
+
+
+class RestError(Exception):
+    """The exchange answered with an error we cannot retry past."""
+
+
+class BinanceRest:
+    """One market's REST base (``https://api.binance.com`` or ``https://fapi.binance.com``)."""
+
+    def __init__(self, base_url: str, *, futures: bool, client: httpx.AsyncClient | None = None) -> None:
+        self._prefix = "/fapi/v1" if futures else "/api/v3"
+        self._client = client or httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=10.0)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def server_time_ms(self) -> int:
+        data = await self._get("/time", {})
+        if not isinstance(data, dict) or type(data.get("serverTime")) is not int:
+            raise RestError(f"unexpected time answer: {data!r}")
+        return int(data["serverTime"])
+
+    async def closed_klines(self, series: SeriesId, first: int, last: int) -> list[Candle]:
+        """Closed candles with ``first <= candle_time <= last`` (open times, UTC seconds)."""
+        tf = series.timeframe
+        out: list[Candle] = []
+        cursor = first
+        while cursor <= last:
+            rows = await self._get(
+                "/klines",
+                {
+                    "symbol": series.symbol_id,
+                    "interval": tf.name,
+                    "startTime": cursor * 1000,
+                    "endTime": last * 1000,
+                    "limit": PAGE,
+                },
+            )
+            if not isinstance(rows, list) or not rows:
+                break
+            page = [
+                c for c in (_candle(row, series) for row in rows) if c is not None and first <= c.candle_time <= last
+            ]
+            if not page or page[-1].candle_time < cursor:
+                break  # an exchange that does not advance: stop rather than loop forever
+            out.extend(c for c in page if c.candle_time >= cursor)
+            cursor = tf.next_open(page[-1].candle_time)
+        return out
+
+    async def _get(self, path: str, params: dict[str, str | int]) -> object:
+        delay = 1.0
+        for attempt in range(RETRIES + 1):
+            try:
+                response = await self._client.get(self._prefix + path, params=params)
+            except httpx.TransportError as e:
+                if attempt == RETRIES:
+                    raise RestError(f"{path}: {e!r}") from e
+                log.warning("rest_retry", path=path, error=repr(e), retry_in_s=delay)
+            else:
+                if response.status_code == 200:
+                    return response.json()
+                if response.status_code not in RETRY_STATUS or attempt == RETRIES:
+                    raise RestError(f"{path}: HTTP {response.status_code} {response.text[:200]}")
+                wait = float(response.headers.get("Retry-After", delay))
+                log.warning("rest_retry", path=path, status=response.status_code, retry_in_s=wait)
+                delay = max(delay, wait)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+        raise RestError(f"{path}: retries exhausted")
+
+
+def _candle(row: object, series: SeriesId) -> Candle | None:
+    """A kline row as a candle; a malformed row is logged and skipped."""
+    try:
+        return _parse_row(row, series)
+    except (ValueError, TypeError, ProtocolError) as e:
+        log.warning("rest_bad_kline", series_id=str(series), row=repr(row)[:200], error=repr(e))
+        return None
+
+
+def _parse_row(row: object, series: SeriesId) -> Candle:
+    if not isinstance(row, list) or len(row) < 6:
+        raise ValueError("not a kline row")
+    open_ms = row[0]
+    if type(open_ms) is not int or open_ms % 1000:
+        raise ValueError(f"open time {open_ms!r} is not whole seconds in ms")
+    o, h, low, c, v = (float(x) for x in row[1:6])
+    return make_candle(open_ms // 1000, o, h, low, c, v, timeframe=series.timeframe)

@@ -1,0 +1,34 @@
+"""``python -m daemon.fakex``: run the fake exchange standalone (local demos, manual testing)."""
+
+from __future__ import annotations
+
+import argparse
+
+import trio
+
+from daemon.fakex.market import Market
+from daemon.fakex.server import FakeExchange, exchange_clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m daemon.fakex", description="a fake Binance on loopback")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--rest-port", type=int, default=0)
+    parser.add_argument("--ws-port", type=int, default=0)
+    parser.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="spot symbols, comma-separated")
+    parser.add_argument("--futures-symbols", default="BTCUSDT,ETHUSDT")
+    parser.add_argument("--speed", type=float, default=1.0, help="exchange clock speed (60 = a minute per second)")
+    args = parser.parse_args()
+    market = Market.default(args.symbols.split(","), args.futures_symbols.split(","))
+    fake = FakeExchange(market, exchange_clock(speed=args.speed))
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(fake.serve, args.host, args.rest_port, args.ws_port)
+            print(f"rest {urls.rest_url}\nws   {urls.spot_ws} (spot)  {urls.futures_ws} (futures)", flush=True)
+
+    trio.run(run)
+
+
+if __name__ == "__main__":
+    main()
