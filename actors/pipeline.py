@@ -64,6 +64,7 @@ class ClosedCandleWriter:
         *,
         batch_max: int = 200,
         flush_s: float = 0.5,
+        derive: Stage = no_op_stage,
         factor: Stage = no_op_stage,
         overlay: Stage = no_op_stage,
         publish: Stage = no_op_stage,
@@ -72,7 +73,8 @@ class ClosedCandleWriter:
         self._sink = sink
         self._batch_max = batch_max
         self._flush_s = flush_s
-        self._stages = (factor, overlay, publish)  # the fixed order after the append
+        # The fixed order after the append; derive writes derived timeframes (as their own series) first.
+        self._stages = (derive, factor, overlay, publish)
         # Bounded: a full queue makes producers wait (backpressure) rather than lose a closed candle.
         self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
         self.stats = WriterStats()

@@ -30,6 +30,7 @@ class Store:
         self._read_limiter = trio.CapacityLimiter(max_readers)
         self._batches = 0
         self._events = 0
+        self._appended = trio.Event()
 
     async def append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
         """Durably append one batch; returns only after the transaction has committed."""
@@ -38,7 +39,13 @@ class Store:
         result = await trio.to_thread.run_sync(self.log.append, batch, limiter=self._write_limiter)
         self._batches += 1
         self._events += result.appended + result.corrected
+        self._appended.set()
+        self._appended = trio.Event()
         return result
+
+    async def wait_appended(self) -> None:
+        """Return after the next batch commits (tests and pollers wait on the log, never on a timer)."""
+        await self._appended.wait()
 
     async def _read(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._read_limiter)

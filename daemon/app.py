@@ -22,6 +22,7 @@ from daemon import __version__
 from daemon.config import Settings
 from daemon.eventlog import EventLog
 from daemon.http_api import build_app
+from daemon.live import LiveIngest
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,7 @@ class Running:
     http_url: str
     store: Store
     stop: trio.Event
+    live: LiveIngest | None = None
 
 
 @asynccontextmanager
@@ -59,12 +61,18 @@ async def serve_daemon(settings: Settings, *, task_status: trio.TaskStatus[Runni
     """Run until ``Running.stop`` is set; ``started`` means the log is open and HTTP is listening."""
     stop = trio.Event()
     async with open_store(settings) as store, trio.open_nursery() as nursery:
+        live: LiveIngest | None = None
+        if settings.enable_whitelist_ingest:
+            live = LiveIngest(settings, store)
+            await nursery.start(live.run)
         config = HypercornConfig()
         config.bind = [f"{settings.http_host}:{settings.http_port}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler of its own
         config.graceful_timeout = 3.0
-        app = cast(ASGIFramework, build_app(settings, store))  # Starlette is ASGI 3; the types differ only nominally
+        app = cast(
+            ASGIFramework, build_app(settings, store, live)
+        )  # Starlette is ASGI 3; the types differ only nominally
         binds = await nursery.start(
             lambda task_status: hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
         )
@@ -74,9 +82,10 @@ async def serve_daemon(settings: Settings, *, task_status: trio.TaskStatus[Runni
         gc.collect()
         gc.freeze()
         log.info("daemon_ready", version=__version__, http_url=http_url, data_dir=str(settings.data_path))
-        task_status.started(Running(http_url=http_url, store=store, stop=stop))
+        task_status.started(Running(http_url=http_url, store=store, stop=stop, live=live))
         await stop.wait()
         log.info("daemon_stopping")
+        nursery.cancel_scope.cancel()
 
 
 async def run_until_signal(settings: Settings) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import attrs
 import orjson
 import structlog
 from starlette.applications import Starlette
@@ -18,6 +19,7 @@ from starlette.routing import Route
 from actors.store import Store
 from daemon import __version__
 from daemon.config import Settings
+from daemon.live import LiveIngest
 from protocol.codec import candle_to_wire
 from protocol.errors import ProtocolError
 from protocol.series import SeriesId
@@ -71,7 +73,7 @@ def _int_param(request: Request, name: str, *, low: int, high: int | None = None
     return value
 
 
-def build_app(settings: Settings, store: Store) -> Starlette:
+def build_app(settings: Settings, store: Store, live: LiveIngest | None = None) -> Starlette:
     """The ASGI app of one daemon; handlers close over its settings and store."""
 
     async def candles(request: Request) -> Response:
@@ -94,6 +96,30 @@ def build_app(settings: Settings, store: Store) -> Starlette:
     async def whitelist(request: Request) -> Response:
         return JSONResponse({"series_ids": list(settings.whitelist)})
 
+    async def ingest_state(request: Request) -> Response:
+        if not settings.enable_debug_api:
+            raise ApiError(404, "not_found", "debug API disabled")
+        if live is None:
+            return JSONResponse({"enabled": False, "jobs": []})
+        return JSONResponse({"enabled": True, "jobs": live.supervisor.jobs(), "stats": live.statistics()})
+
+    async def series_health(request: Request) -> Response:
+        if not settings.enable_debug_api:
+            raise ApiError(404, "not_found", "debug API disabled")
+        actors = live.actors if live else {}
+        return JSONResponse(
+            {
+                "series": [
+                    {
+                        "series_id": str(series),
+                        **{k: v for k, v in attrs.asdict(actor.state).items() if k != "holes"},
+                        "holes": [attrs.asdict(h) for h in actor.state.holes],
+                    }
+                    for series, actor in actors.items()
+                ]
+            }
+        )
+
     async def version(request: Request) -> Response:
         return JSONResponse({"name": "klined", "version": __version__})
 
@@ -115,6 +141,8 @@ def build_app(settings: Settings, store: Store) -> Starlette:
             Route("/api/market/candles", candles, methods=["GET"]),
             Route("/api/market/whitelist", whitelist, methods=["GET"]),
             Route("/api/version", version, methods=["GET"]),
+            Route("/api/market/debug/ingest_state", ingest_state, methods=["GET"]),
+            Route("/api/market/debug/series_health", series_health, methods=["GET"]),
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )

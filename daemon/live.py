@@ -1,0 +1,203 @@
+"""Live ingest wiring: exchange clock, writer, upstream connections, supervisor and series actors.
+
+The router hands each parsed update to its series actor without ever blocking a connection's reader:
+a forming update that finds a full inbox is dropped (a newer one follows within 2 s), a closed one is
+handed over by a task of its own so it is never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import attrs
+import structlog
+import trio
+
+from actors.clock import ExchangeClock
+from actors.ingest import UpstreamIngest
+from actors.pipeline import ClosedCandleWriter
+from actors.rest import BinanceRest, RestError
+from actors.series import SeriesActor
+from actors.store import Store
+from actors.supervisor import Supervisor
+from daemon.config import Settings
+from daemon.eventlog import AppendResult
+from protocol.aggregate import aggregate_bucket
+from protocol.binance import KlineUpdate
+from protocol.candle import Candle
+from protocol.series import Market, SeriesId
+from protocol.timeframes import Timeframe, can_derive, parse_timeframe
+
+log = structlog.get_logger(__name__)
+
+CLOCK_REMEASURE_S: Final = 1800.0
+
+
+@attrs.define
+class RouterStats:
+    delivered: int = 0
+    unrouted: int = 0
+    forming_dropped: int = 0
+    closed_deferred: int = 0
+
+
+class Router:
+    """Series id -> actor inbox."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._inboxes: dict[SeriesId, trio.MemorySendChannel[KlineUpdate]] = {}
+        self.stats = RouterStats()
+
+    def register(self, series: SeriesId, inbox: trio.MemorySendChannel[KlineUpdate]) -> None:
+        self._inboxes[series] = inbox
+
+    def unregister(self, series: SeriesId) -> None:
+        self._inboxes.pop(series, None)
+
+    def deliver(self, update: KlineUpdate) -> None:
+        inbox = self._inboxes.get(update.series_id)
+        if inbox is None:
+            self.stats.unrouted += 1
+            return
+        try:
+            inbox.send_nowait(update)
+            self.stats.delivered += 1
+        except trio.WouldBlock:
+            if update.is_final:
+                self.stats.closed_deferred += 1
+                self._nursery.start_soon(inbox.send, update)
+            else:
+                self.stats.forming_dropped += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.stats.unrouted += 1
+
+
+class Deriver:
+    """The derive stage: after base candles are durable, build the complete derived buckets they touch."""
+
+    def __init__(self, store: Store, base: Timeframe, targets: Sequence[Timeframe], bases: set[SeriesId]) -> None:
+        self._store = store
+        self._base = base
+        self._targets = [t for t in targets if can_derive(base, t)]
+        self._bases = bases  # the base series that have derived timeframes
+        self.derived = 0
+
+    async def __call__(self, result: AppendResult) -> None:
+        batch: dict[SeriesId, list[Candle]] = {}
+        for sid, candles in result.changed.items():
+            series = SeriesId.parse(sid)
+            if series not in self._bases or series.timeframe != self._base:
+                continue
+            for target in self._targets:
+                buckets = sorted({target.floor(c.candle_time) for c in candles})
+                out = batch.setdefault(series.with_timeframe(target), [])
+                for bucket in buckets:
+                    base = await self._store.range(series, bucket - 1, target.next_open(bucket) - 1, None)
+                    derived = aggregate_bucket(self._base, target, bucket, base)
+                    if derived is not None:
+                        out.append(derived)
+        batch = {s: c for s, c in batch.items() if c}
+        if batch:
+            written = await self._store.append(batch)
+            self.derived += written.appended + written.corrected
+
+
+class LiveIngest:
+    """Everything that follows the market live, started as one service."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = ExchangeClock()
+        base = parse_timeframe(settings.derived_base_timeframe)
+        whitelist = settings.whitelist_series
+        derive_from = {s for s in whitelist if s.timeframe == base} if settings.enable_derived_timeframes else set()
+        self.deriver = Deriver(store, base, [parse_timeframe(t) for t in settings.derived_timeframes], derive_from)
+        self.writer = ClosedCandleWriter(
+            store, batch_max=settings.binance_ws_batch_max, flush_s=settings.binance_ws_flush_s, derive=self.deriver
+        )
+        self.rest: dict[Market, BinanceRest] = {
+            "spot": BinanceRest(settings.binance_spot_rest_url, futures=False),
+            "futures": BinanceRest(settings.binance_futures_rest_url, futures=True),
+        }
+        self.actors: dict[SeriesId, SeriesActor] = {}
+        self.router: Router | None = None
+        self.ingest: dict[Market, UpstreamIngest] = {}
+        self.supervisor = Supervisor(
+            self._actor_main, max_jobs=settings.ondemand_max_jobs, idle_ttl_s=settings.ondemand_idle_ttl_s
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.router = Router(nursery)
+                ws_base: Mapping[Market, str] = {
+                    "spot": self.settings.binance_spot_ws_url,
+                    "futures": self.settings.binance_futures_ws_url,
+                }
+                for market in ("spot", "futures"):
+                    self.ingest[market] = UpstreamIngest(
+                        market=market, ws_base=ws_base[market], deliver=self.router.deliver
+                    )
+                    await nursery.start(self.ingest[market].run)
+                await self._measure_clock()
+                nursery.start_soon(self._remeasure_clock)
+                await nursery.start(self.writer.run)
+                await nursery.start(self.supervisor.run)
+                for series in self.settings.whitelist_series:
+                    self.supervisor.pin(series)
+                task_status.started()
+        finally:
+            for rest in self.rest.values():
+                with trio.CancelScope(shield=True):
+                    await rest.aclose()
+
+    async def _measure_clock(self) -> None:
+        try:
+            await self.clock.measure(self.rest["spot"].server_time_ms)
+        except (RestError, OSError) as e:
+            log.warning("clock_offset_unmeasured", error=repr(e), offset_ms=self.clock.offset_ms)
+
+    async def _remeasure_clock(self) -> None:
+        while True:
+            await trio.sleep(CLOCK_REMEASURE_S)
+            await self._measure_clock()
+
+    async def _actor_main(self, series: SeriesId) -> None:
+        assert self.router is not None
+        head = await self.store.head(series)
+        rest = self.rest[series.market]
+        actor = SeriesActor(
+            series,
+            head_time=head.head_time if head else None,
+            writer=self.writer,
+            broadcast_forming=_no_forming_broadcast,
+            fetch_closed=lambda s, first, last: rest.closed_klines(s, first, last),
+            clock=self.clock,
+            forming_interval_s=self.settings.market_forming_min_interval_ms / 1000,
+        )
+        self.actors[series] = actor
+        self.router.register(series, actor.inbox)
+        self.ingest[series.market].add(series)
+        try:
+            await actor.run()
+        finally:
+            self.router.unregister(series)
+            self.ingest[series.market].remove(series)
+            self.actors.pop(series, None)
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "writer": self.writer.statistics(),
+            "supervisor": self.supervisor.statistics(),
+            "router": attrs.asdict(self.router.stats) if self.router else {},
+            "ingest": {m: i.statistics() for m, i in self.ingest.items()},
+            "derived_written": self.deriver.derived,
+            "clock_offset_ms": self.clock.offset_ms,
+        }
+
+
+async def _no_forming_broadcast(series: SeriesId, candle: Candle) -> None:
+    """Forming candles go to WebSocket subscribers once the serving side lands (issue 4)."""
