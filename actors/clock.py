@@ -43,6 +43,7 @@ class ExchangeClock:
         self._wall = wall
         self.offset_ms = offset_ms
         self.last_sample: OffsetSample | None = None
+        self._stepped = trio.Event()  # set whenever the offset changes, so sleepers re-aim
 
     def now_ms(self) -> int:
         return self._wall() + self.offset_ms
@@ -54,6 +55,8 @@ class ExchangeClock:
         """Adopt the offset of one exchange time stamp taken between ``sent_ms`` and ``received_ms`` (wall)."""
         sample = OffsetSample(server_ms - (sent_ms + received_ms) // 2, received_ms - sent_ms)
         self.offset_ms, self.last_sample = sample.offset_ms, sample
+        self._stepped.set()
+        self._stepped = trio.Event()
         return sample
 
     async def measure(self, fetch_server_ms: Callable[[], Awaitable[int]]) -> OffsetSample:
@@ -64,10 +67,10 @@ class ExchangeClock:
         return sample
 
     async def sleep_until(self, exchange_ms: int) -> None:
-        """Sleep until exchange time reaches ``exchange_ms`` (re-checked, so a clock step cannot cut it short)."""
-        # Waits on wall time, which no task signals: a trio.Event does not apply here.
-        while (remaining := exchange_ms - self.now_ms()) > 0:  # noqa: ASYNC110
-            await trio.sleep(remaining / 1000)
+        """Sleep until exchange time reaches ``exchange_ms``; a new offset re-aims the wait at once."""
+        while (remaining := exchange_ms - self.now_ms()) > 0:
+            with trio.move_on_after(remaining / 1000):
+                await self._stepped.wait()
 
 
 @attrs.frozen

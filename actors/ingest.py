@@ -235,4 +235,5 @@ def _describe(error: BaseException) -> str:
         return f"closed: {error.reason.code} {error.reason.reason or ''}".strip()
     if isinstance(error, BaseExceptionGroup) and error.exceptions:
         return _describe(error.exceptions[0])
-    return repr(error)
+    cause = error.__cause__ or error.__context__
+    return f"{error!r} from {cause!r}" if cause is not None and not str(error) else repr(error)

@@ -32,6 +32,7 @@ from protocol.timeframes import Timeframe, can_derive, parse_timeframe
 log = structlog.get_logger(__name__)
 
 CLOCK_REMEASURE_S: Final = 1800.0
+FIRST_MEASURE_S: Final = 10.0
 
 
 @attrs.define
@@ -142,13 +143,16 @@ class LiveIngest:
                         market=market, ws_base=ws_base[market], deliver=self.router.deliver
                     )
                     await nursery.start(self.ingest[market].run)
-                await self._measure_clock()
-                nursery.start_soon(self._remeasure_clock)
                 await nursery.start(self.writer.run)
                 await nursery.start(self.supervisor.run)
+                # The daemon serves what it has at once; the series start once the exchange clock is
+                # measured (or after FIRST_MEASURE_S without a network, on the host's NTP time).
+                task_status.started()
+                with trio.move_on_after(FIRST_MEASURE_S):
+                    await self._measure_clock()
+                nursery.start_soon(self._keep_clock_measured)
                 for series in self.settings.whitelist_series:
                     self.supervisor.pin(series)
-                task_status.started()
         finally:
             for rest in self.rest.values():
                 with trio.CancelScope(shield=True):
@@ -160,9 +164,9 @@ class LiveIngest:
         except (RestError, OSError) as e:
             log.warning("clock_offset_unmeasured", error=repr(e), offset_ms=self.clock.offset_ms)
 
-    async def _remeasure_clock(self) -> None:
+    async def _keep_clock_measured(self) -> None:
         while True:
-            await trio.sleep(CLOCK_REMEASURE_S)
+            await trio.sleep(CLOCK_REMEASURE_S if self.clock.last_sample else FIRST_MEASURE_S)
             await self._measure_clock()
 
     async def _actor_main(self, series: SeriesId) -> None:

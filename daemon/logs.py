@@ -47,3 +47,5 @@ def configure_logging(*, stream: TextIO | None = None, json: bool | None = None,
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(numeric_level)
+    # httpx logs every request at info; klined logs the REST calls that matter itself.
+    logging.getLogger("httpx").setLevel(max(numeric_level, logging.WARNING))

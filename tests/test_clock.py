@@ -52,3 +52,21 @@ async def test_a_late_tick_catches_up_every_boundary(autojump_clock: trio.testin
     assert boundaries == [boundaries[0] + 60_000 * i for i in range(len(boundaries))]  # none skipped
     assert len(boundaries) == 6
     assert ticks[1].drift_ms > 0
+
+
+async def test_a_new_offset_reaims_a_sleeping_ticker(autojump_clock: trio.testing.MockClock) -> None:
+    clock = ExchangeClock(wall=trio_wall_ms(START_MS))
+    ticks: list[Tick] = []
+
+    async def on_tick(tick: Tick) -> None:
+        ticks.append(tick)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_ticker, clock, on_tick)
+        await trio.sleep(1)
+        # The exchange turns out to be 5 minutes ahead: the ticker must not sleep on the old aim.
+        clock.record(server_ms=START_MS + 1_000 + 300_000, sent_ms=START_MS + 1_000, received_ms=START_MS + 1_000)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert ticks, "the sleeping ticker woke on the new offset"
+    assert ticks[-1].boundary_ms <= clock.now_ms()
