@@ -68,9 +68,18 @@ class ExchangeClock:
 
     async def sleep_until(self, exchange_ms: int) -> None:
         """Sleep until exchange time reaches ``exchange_ms``; a new offset re-aims the wait at once."""
-        while (remaining := exchange_ms - self.now_ms()) > 0:
-            with trio.move_on_after(remaining / 1000):
-                await self._stepped.wait()
+        while not await self.sleep_until_or_step(exchange_ms):
+            pass
+
+    async def sleep_until_or_step(self, exchange_ms: int) -> bool:
+        """Sleep until ``exchange_ms`` (True) or until the offset changes first (False)."""
+        remaining = exchange_ms - self.now_ms()
+        if remaining <= 0:
+            return True
+        with trio.move_on_after(remaining / 1000):
+            await self._stepped.wait()
+            return False
+        return True
 
 
 @attrs.frozen
@@ -100,7 +109,11 @@ async def run_ticker(
     next_boundary = (clock.now_ms() // period_ms + 1) * period_ms
     task_status.started()
     while True:
-        await clock.sleep_until(next_boundary)
+        if not await clock.sleep_until_or_step(next_boundary):
+            # The offset changed: a clock now behind our aim re-aims at its next boundary; one ahead of
+            # it falls through below and catches up every boundary it passed.
+            next_boundary = min(next_boundary, (clock.now_ms() // period_ms + 1) * period_ms)
+            continue
         now = clock.now_ms()
         # A tick that fires late (a suspended VPS, a busy loop) catches up every boundary it passed.
         while next_boundary <= now:

@@ -32,7 +32,7 @@ from protocol.timeframes import Timeframe, can_derive, parse_timeframe
 log = structlog.get_logger(__name__)
 
 CLOCK_REMEASURE_S: Final = 1800.0
-FIRST_MEASURE_S: Final = 10.0
+RETRY_MEASURE_S: Final = 60.0
 
 
 @attrs.define
@@ -143,16 +143,14 @@ class LiveIngest:
                         market=market, ws_base=ws_base[market], deliver=self.router.deliver
                     )
                     await nursery.start(self.ingest[market].run)
+                # Measured in the background: series start from their stored heads with no exchange call,
+                # on the host's (NTP) time; a measured offset re-aims every ticker when it arrives.
+                nursery.start_soon(self._keep_clock_measured)
                 await nursery.start(self.writer.run)
                 await nursery.start(self.supervisor.run)
-                # The daemon serves what it has at once; the series start once the exchange clock is
-                # measured (or after FIRST_MEASURE_S without a network, on the host's NTP time).
-                task_status.started()
-                with trio.move_on_after(FIRST_MEASURE_S):
-                    await self._measure_clock()
-                nursery.start_soon(self._keep_clock_measured)
                 for series in self.settings.whitelist_series:
                     self.supervisor.pin(series)
+                task_status.started()
         finally:
             for rest in self.rest.values():
                 with trio.CancelScope(shield=True):
@@ -166,8 +164,8 @@ class LiveIngest:
 
     async def _keep_clock_measured(self) -> None:
         while True:
-            await trio.sleep(CLOCK_REMEASURE_S if self.clock.last_sample else FIRST_MEASURE_S)
             await self._measure_clock()
+            await trio.sleep(CLOCK_REMEASURE_S if self.clock.last_sample else RETRY_MEASURE_S)
 
     async def _actor_main(self, series: SeriesId) -> None:
         assert self.router is not None

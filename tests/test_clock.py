@@ -70,3 +70,22 @@ async def test_a_new_offset_reaims_a_sleeping_ticker(autojump_clock: trio.testin
         nursery.cancel_scope.cancel()
     assert ticks, "the sleeping ticker woke on the new offset"
     assert ticks[-1].boundary_ms <= clock.now_ms()
+
+
+async def test_an_exchange_behind_us_re_aims_earlier(autojump_clock: trio.testing.MockClock) -> None:
+    clock = ExchangeClock(wall=trio_wall_ms(START_MS))
+    ticks: list[Tick] = []
+
+    async def on_tick(tick: Tick) -> None:
+        ticks.append(tick)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_ticker, clock, on_tick)
+        first_aim = (START_MS // 60_000 + 1) * 60_000
+        # The exchange is 2 minutes behind our wall clock: its next boundary comes much sooner.
+        clock.record(server_ms=START_MS - 120_000, sent_ms=START_MS, received_ms=START_MS)
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert ticks
+    assert ticks[0].boundary_ms == first_aim - 120_000  # not skipped: aimed at the exchange's own boundary
+    assert ticks[0].drift_ms == 0
