@@ -9,6 +9,7 @@ retried with backoff and its candles are kept, never dropped.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 Stage = Callable[[AppendResult], Awaitable[None]]
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
+LATENCY_SAMPLES = 10_000
 
 
 class CandleSink(Protocol):
@@ -43,6 +45,7 @@ class _Pending:
     candles: Sequence[Candle]
     done: trio.Event | None = None
     result: AppendResult | None = None
+    sent_ms: int | None = None  # exchange time the exchange sent it (kline ``E``), for latency
 
 
 @attrs.define
@@ -69,8 +72,11 @@ class ClosedCandleWriter:
         overlay: Stage = no_op_stage,
         publish: Stage = no_op_stage,
         queue_size: int = 10_000,
+        now_ms: Callable[[], int] | None = None,
     ) -> None:
         self._sink = sink
+        self._now_ms = now_ms  # exchange clock: send -> durable latency is measured when given
+        self.latencies_ms: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._batch_max = batch_max
         self._flush_s = flush_s
         # The fixed order after the append; derive writes derived timeframes (as their own series) first.
@@ -79,12 +85,12 @@ class ClosedCandleWriter:
         self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
         self.stats = WriterStats()
 
-    async def submit(self, series: SeriesId, candles: Sequence[Candle]) -> None:
+    async def submit(self, series: SeriesId, candles: Sequence[Candle], *, sent_ms: int | None = None) -> None:
         """Queue closed candles; returns once queued. Invalid candles raise here, not in the batch."""
         for c in candles:
             check_candle(c, series.timeframe)
         self.stats.submitted += len(candles)
-        await self._send.send(_Pending(series, candles))
+        await self._send.send(_Pending(series, candles, sent_ms=sent_ms))
 
     async def write(self, series: SeriesId, candles: Sequence[Candle]) -> AppendResult:
         """Queue and wait until durable and through every stage (the HTTP ingest acknowledges after this)."""
@@ -98,8 +104,20 @@ class ClosedCandleWriter:
         assert pending.result is not None
         return pending.result
 
-    def statistics(self) -> dict[str, int]:
-        return {**attrs.asdict(self.stats), "queued": self._receive.statistics().current_buffer_used}
+    def statistics(self) -> dict[str, object]:
+        samples = sorted(self.latencies_ms)
+        latency = {}
+        if samples:
+            latency = {
+                q: samples[min(len(samples) - 1, int(len(samples) * f))] for q, f in (("p50", 0.5), ("p99", 0.99))
+            }
+            latency["max"] = samples[-1]
+            latency["samples"] = len(samples)
+        return {
+            **attrs.asdict(self.stats),
+            "queued": self._receive.statistics().current_buffer_used,
+            "send_to_durable_ms": latency,
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -121,6 +139,9 @@ class ClosedCandleWriter:
         batch, dropped = merge(buffer)
         self.stats.duplicates_dropped += dropped
         result = await self._append_with_retry(batch)
+        if self._now_ms is not None:
+            now = self._now_ms()
+            self.latencies_ms.extend(now - p.sent_ms for p in buffer if p.sent_ms is not None)
         for stage in self._stages:
             await stage(result)
         self.stats.flushes += 1

@@ -85,7 +85,7 @@ class SeriesActor:
     async def _on_update(self, update: KlineUpdate) -> None:
         candle = update.candle
         if update.is_final:
-            await self._on_closed([candle])
+            await self._on_closed([candle], sent_ms=update.event_time_ms)
             return
         head = self.state.head_time
         if head is not None and candle.candle_time <= head:
@@ -96,7 +96,7 @@ class SeriesActor:
         else:
             self._throttle_changed.set()
 
-    async def _on_closed(self, candles: list[Candle]) -> None:
+    async def _on_closed(self, candles: list[Candle], *, sent_ms: int | None = None) -> None:
         for c in candles:
             hole = self._holes.observe_closed(c.candle_time)
             if hole is not None:
@@ -106,7 +106,7 @@ class SeriesActor:
         if self.state.head_time is None or latest > self.state.head_time:
             self.state.head_time = latest
         self._throttle.drop_through(latest)
-        await self._writer.submit(self.series, candles)
+        await self._writer.submit(self.series, candles, sent_ms=sent_ms)
 
     def _record_hole(self, hole: Hole) -> None:
         self.state.holes.append(hole)

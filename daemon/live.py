@@ -117,13 +117,18 @@ class LiveIngest:
         derive_from = {s for s in whitelist if s.timeframe == base} if settings.enable_derived_timeframes else set()
         self.deriver = Deriver(store, base, [parse_timeframe(t) for t in settings.derived_timeframes], derive_from)
         self.writer = ClosedCandleWriter(
-            store, batch_max=settings.binance_ws_batch_max, flush_s=settings.binance_ws_flush_s, derive=self.deriver
+            store,
+            batch_max=settings.binance_ws_batch_max,
+            flush_s=settings.binance_ws_flush_s,
+            derive=self.deriver,
+            now_ms=self.clock.now_ms,
         )
         self.rest: dict[Market, BinanceRest] = {
             "spot": BinanceRest(settings.binance_spot_rest_url, futures=False),
             "futures": BinanceRest(settings.binance_futures_rest_url, futures=True),
         }
         self.actors: dict[SeriesId, SeriesActor] = {}
+        self._actor_started = trio.Event()
         self.router: Router | None = None
         self.ingest: dict[Market, UpstreamIngest] = {}
         self.supervisor = Supervisor(
@@ -183,12 +188,18 @@ class LiveIngest:
         self.actors[series] = actor
         self.router.register(series, actor.inbox)
         self.ingest[series.market].add(series)
+        self._actor_started.set()
+        self._actor_started = trio.Event()
         try:
             await actor.run()
         finally:
             self.router.unregister(series)
             self.ingest[series.market].remove(series)
             self.actors.pop(series, None)
+
+    async def wait_actor_started(self) -> None:
+        """Return after the next series actor registers (start-up tests wait on this, not a timer)."""
+        await self._actor_started.wait()
 
     def statistics(self) -> dict[str, object]:
         return {

@@ -142,3 +142,21 @@ async def test_invalid_candle_is_refused_at_submit(elog: EventLog) -> None:
     with pytest.raises(CandleError, match="not aligned"):
         await writer.write(BTC, [c(61)])
     assert writer.statistics()["queued"] == 0
+
+
+async def test_send_to_durable_latency_is_measured_on_the_exchange_clock(
+    elog: EventLog, autojump_clock: trio.testing.MockClock
+) -> None:
+    def now_ms() -> int:
+        return 1_000_000 + int(trio.current_time() * 1000)
+
+    writer = ClosedCandleWriter(InlineSink(elog), flush_s=0.5, now_ms=now_ms)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        sent = now_ms() - 100  # the exchange sent it 100 ms ago
+        await writer.submit(BTC, [c(60)], sent_ms=sent)
+        await writer.submit(ETH, [c(60)])  # no send time: not sampled
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    stats = writer.statistics()["send_to_durable_ms"]
+    assert stats == {"p50": 600, "p99": 600, "max": 600, "samples": 1}  # 100 ms in flight + the 0.5 s flush

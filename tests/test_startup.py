@@ -1,0 +1,52 @@
+"""Start-up restores every series from LMDB, with no exchange call: here the exchange is unreachable."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import trio
+
+from daemon.app import Running, serve_daemon
+from daemon.config import load_settings
+from daemon.eventlog import EventLog
+from protocol.candle import Candle
+from protocol.series import SeriesId
+
+N = 1000
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_thousand_series_start_from_their_stored_heads_offline(tmp_path: Path) -> None:
+    series = [SeriesId.parse(f"binance:spot:S{i:04d}/USDT:1m") for i in range(N)]
+    with EventLog(tmp_path / "eventlog") as log:
+        log.append({s: [Candle(60 * (1000 + i), 1.0, 2.0, 0.5, 1.5, 3.0)] for i, s in enumerate(series)})
+    port = closed_port()  # nothing listens: every exchange call fails
+    settings = load_settings(
+        env={
+            "KLINED_DATA_DIR": str(tmp_path),
+            "KLINED_HTTP_PORT": "0",
+            "KLINED_WHITELIST": ",".join(map(str, series)),
+            "KLINED_ENABLE_WHITELIST_INGEST": "1",
+            "KLINED_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{port}",
+            "KLINED_BINANCE_SPOT_REST_URL": f"http://127.0.0.1:{port}",
+        }
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            running: Running = await nursery.start(serve_daemon, settings)
+            live = running.live
+            assert live is not None
+            while len(live.actors) < N:
+                await live.wait_actor_started()
+            heads = {s: live.actors[s].state.head_time for s in series}
+            assert heads == {s: 60 * (1000 + i) for i, s in enumerate(series)}
+            jobs = live.supervisor.jobs()
+            assert len(jobs) == N
+            assert {j["refcount"] for j in jobs} == {-1}
+            running.stop.set()
