@@ -31,7 +31,14 @@ from protocol.binance import (
     stream_name,
 )
 from protocol.series import Market, SeriesId
-from protocol.upstream import PROACTIVE_RECONNECT_S, Backoff, ControlMessage, StreamPlan, control_bucket
+from protocol.upstream import (
+    PROACTIVE_RECONNECT_S,
+    Backoff,
+    ControlMessage,
+    StreamPlan,
+    coalesce,
+    control_bucket,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -197,13 +204,21 @@ class UpstreamIngest:
                 send.close()
 
     async def _send_controls(self, ws: WebSocketConnection, receive: trio.MemoryReceiveChannel[ControlMessage]) -> None:
+        """Paced below Binance's limit; whatever queued meanwhile is coalesced into as few frames as possible."""
         bucket = control_bucket(self.market)
+        queue: list[ControlMessage] = []
         message_id = 0
-        async for message in receive:
+        while True:
+            if not queue:
+                queue.append(await receive.receive())
             await trio.sleep(bucket.delay(trio.current_time()))
+            with contextlib.suppress(trio.WouldBlock):
+                while True:
+                    queue.append(receive.receive_nowait())
+            queue = coalesce(queue)
             bucket.take(trio.current_time())
             message_id += 1
-            await ws.send_message(orjson.dumps(message.payload(message_id)).decode())
+            await ws.send_message(orjson.dumps(queue.pop(0).payload(message_id)).decode())
 
     async def _read(self, ws: WebSocketConnection) -> None:
         """Drain promptly: parse, hand off without blocking, return on a shutdown notice."""

@@ -19,6 +19,10 @@ from protocol.series import SeriesId
 log = structlog.get_logger(__name__)
 
 PAGE: Final = 1000
+# Concurrent requests per REST base. Without a bound, a minute when a thousand series miss their close
+# sends a thousand requests at once: httpcore's pool assignment is quadratic in waiting requests (it
+# ate half a core in bench/ingest.py) and Binance's request-weight budget would not like it either.
+MAX_CONCURRENT: Final = 8
 RETRIES: Final = 5
 RETRY_STATUS: Final = frozenset({418, 429, 500, 502, 503, 504})
 
@@ -33,6 +37,7 @@ class BinanceRest:
     def __init__(self, base_url: str, *, futures: bool, client: httpx.AsyncClient | None = None) -> None:
         self._prefix = "/fapi/v1" if futures else "/api/v3"
         self._client = client or httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=10.0)
+        self._limiter = trio.CapacityLimiter(MAX_CONCURRENT)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -74,7 +79,8 @@ class BinanceRest:
         delay = 1.0
         for attempt in range(RETRIES + 1):
             try:
-                response = await self._client.get(self._prefix + path, params=params)
+                async with self._limiter:
+                    response = await self._client.get(self._prefix + path, params=params)
             except httpx.TransportError as e:
                 if attempt == RETRIES:
                     raise RestError(f"{path}: {e!r}") from e

@@ -70,9 +70,7 @@ class SeriesId:
             raise SeriesIdError(f"longer than {MAX_SERIES_ID_LENGTH} characters")
         parts = text.split(":")
         if len(parts) != 4:
-            raise SeriesIdError(
-                f"expected 4 parts exchange:market:symbol:timeframe, got {len(parts)} in {text!r}"
-            )
+            raise SeriesIdError(f"expected 4 parts exchange:market:symbol:timeframe, got {len(parts)} in {text!r}")
         exchange, market, symbol, timeframe = parts
         return cls(
             exchange=check_exchange(exchange),
@@ -104,9 +102,7 @@ def _check_timeframe(timeframe: str) -> Timeframe:
     try:
         return parse_timeframe(timeframe)
     except TimeframeError:
-        raise SeriesIdError(
-            f"bad timeframe {timeframe!r} (expected one of {' '.join(TIMEFRAME_NAMES)})"
-        ) from None
+        raise SeriesIdError(f"bad timeframe {timeframe!r} (expected one of {' '.join(TIMEFRAME_NAMES)})") from None
 
 
 def parse_series_id(text: object) -> SeriesId:

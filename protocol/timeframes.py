@@ -135,9 +135,7 @@ def parse_timeframe(name: str) -> Timeframe:
     try:
         return TIMEFRAMES[name]
     except (KeyError, TypeError):
-        raise TimeframeError(
-            f"unknown timeframe {name!r} (expected one of {' '.join(TIMEFRAME_NAMES)})"
-        ) from None
+        raise TimeframeError(f"unknown timeframe {name!r} (expected one of {' '.join(TIMEFRAME_NAMES)})") from None
 
 
 def can_derive(base: Timeframe, target: Timeframe) -> bool:

@@ -178,3 +178,24 @@ class HoleTracker:
             return None
         expected = self.timeframe.next_open(last)
         return Hole(expected, candle_time) if candle_time > expected else None
+
+
+def coalesce(messages: list[ControlMessage]) -> list[ControlMessage]:
+    """Merge runs of same-method messages for one connection (order kept, <= MAX_PARAMS_PER_MESSAGE).
+
+    Subscribing a thousand series one by one would cost a thousand control messages, four minutes at
+    Binance's pace; queued together they are five.
+    """
+    out: list[ControlMessage] = []
+    for message in messages:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.connection == message.connection
+            and last.method == message.method
+            and len(last.params) + len(message.params) <= MAX_PARAMS_PER_MESSAGE
+        ):
+            out[-1] = ControlMessage(last.connection, last.method, last.params + message.params)
+        else:
+            out.append(message)
+    return out

@@ -18,9 +18,12 @@ def main() -> None:
     parser.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="spot symbols, comma-separated")
     parser.add_argument("--futures-symbols", default="BTCUSDT,ETHUSDT")
     parser.add_argument("--speed", type=float, default=1.0, help="exchange clock speed (60 = a minute per second)")
+    parser.add_argument("--offset-ms", type=int, default=0, help="exchange clock offset from this host's clock")
+    parser.add_argument("--generate", type=int, default=0, help="add N generated spot symbols S0000USDT...")
     args = parser.parse_args()
-    market = Market.default(args.symbols.split(","), args.futures_symbols.split(","))
-    fake = FakeExchange(market, exchange_clock(speed=args.speed))
+    spot = args.symbols.split(",") + [f"S{i:04d}USDT" for i in range(args.generate)]
+    market = Market.default(spot, args.futures_symbols.split(","))
+    fake = FakeExchange(market, exchange_clock(offset_ms=args.offset_ms, speed=args.speed))
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -20,6 +20,7 @@ from protocol.candle import Candle
 from protocol.timeframes import TIMEFRAMES, Timeframe
 
 M1 = TIMEFRAMES["1m"]
+CACHE_MINUTES = 4096
 
 
 def _unit(*parts: object) -> float:
@@ -37,6 +38,8 @@ class Symbol:
     listed_at: int = 0  # first minute with candles (UTC seconds)
     quiet: list[tuple[int, int]] = attrs.field(factory=list)  # [start, end) minute ranges with no trade
     decimals: int = 2
+    # Minute candles are pure functions of the minute: memoised, since every 2 s update rebuilds them.
+    _cache: dict[int, Candle] = attrs.field(factory=dict, repr=False, eq=False)
 
     @property
     def symbol(self) -> str:
@@ -60,6 +63,14 @@ class Symbol:
         return self._level(m)
 
     def candle_1m(self, minute: int) -> Candle:
+        cached = self._cache.get(minute)
+        if cached is None:
+            cached = self._cache[minute] = self._compute_1m(minute)
+            if len(self._cache) > CACHE_MINUTES:
+                self._cache.pop(next(iter(self._cache)))
+        return cached
+
+    def _compute_1m(self, minute: int) -> Candle:
         if minute < self.listed_at:
             raise ValueError(f"{self.symbol_id} was listed at {self.listed_at}, no candle at {minute}")
         close = self.close_of(minute)

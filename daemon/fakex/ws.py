@@ -62,6 +62,7 @@ class _Stream:
     symbol_id: str
     timeframe: Timeframe
     next_close: int  # open time of the period whose final kline is due next
+    series: SeriesId
     held: bytes | None = None  # a final held back by swap_next_closed
 
 
@@ -132,8 +133,11 @@ class _Connection:
             return f"Invalid request: unknown stream {name!r}"
         if name not in self.streams and len(self.streams) >= MAX_STREAMS_PER_CONNECTION:
             return "too many streams"
-        now = self.server.now_ms() // 1000
-        self.streams.setdefault(name, _Stream(name, symbol.upper(), tf, tf.floor(now)))
+        if name not in self.streams:
+            now = self.server.now_ms() // 1000
+            sym = symbols[symbol.upper()]
+            series = SeriesId.parse(f"binance:{self.market}:{sym.symbol}:{tf.name}")
+            self.streams[name] = _Stream(name, symbol.upper(), tf, tf.floor(now), series)
         return None
 
     async def _read_control(self, scope: trio.CancelScope) -> None:
@@ -212,7 +216,7 @@ class _Connection:
     async def _update(self, stream: _Stream, now_ms: int) -> None:
         faults = self.server.faults
         symbol = self.server.market.symbols(self.market)[stream.symbol_id]
-        series = SeriesId.parse(f"binance:{self.market}:{symbol.symbol}:{stream.timeframe.name}")
+        series = stream.series
         tf, now = stream.timeframe, now_ms // 1000
         while tf.next_open(stream.next_close) <= now:  # periods that ended since the last update
             final = self._frame(stream, series, symbol.candle(tf, stream.next_close), True, now_ms)

@@ -193,3 +193,22 @@ async def test_real_loopback_socket() -> None:
             await first.wait()
             nursery.cancel_scope.cancel()
     assert str(got[0].series_id) == str(BTC)
+
+
+async def test_series_added_one_by_one_are_subscribed_in_few_frames(autojump_clock: trio.testing.MockClock) -> None:
+    names = [f"S{i:04d}USDT" for i in range(500)]
+    streams = FakeStreams(Market.default(names, ["BTCUSDT"]), trio_wall_ms(START_MS))
+    got: list[KlineUpdate] = []
+    async with trio.open_nursery() as nursery:
+        ingest = await start(nursery, streams, got)
+        ingest.add(SeriesId.parse("binance:spot:S0000/USDT:1m"))
+        await trio.sleep(1)  # connected and subscribed
+        for name in names[1:]:
+            ingest.add(SeriesId.parse(f"binance:spot:{name[:-4]}/USDT:1m"))
+        await trio.sleep(5)
+        assert streams.closed_by_limit == 0
+        assert ingest.connections[0].connects == 1
+        got.clear()
+        await trio.sleep(2)
+        assert len({u.series_id for u in got}) == 500  # every stream live within seconds, not minutes
+        nursery.cancel_scope.cancel()

@@ -14,10 +14,12 @@ from protocol.upstream import (
     MAX_PARAMS_PER_MESSAGE,
     MAX_STREAMS_PER_CONNECTION,
     Backoff,
+    ControlMessage,
     Hole,
     HoleTracker,
     StreamPlan,
     TokenBucket,
+    coalesce,
     control_bucket,
 )
 
@@ -151,3 +153,21 @@ def test_first_candle_of_a_new_series_is_no_hole() -> None:
     hole = month.observe_closed(1711929600)  # 2024-04-01
     assert hole == Hole(1706745600, 1711929600)
     assert hole.missing(TIMEFRAMES["1M"]) == 2  # February, March
+
+
+def test_coalesce_merges_runs_in_order_and_respects_the_param_cap() -> None:
+    sub = [ControlMessage(0, "SUBSCRIBE", (f"s{i}@kline_1m",)) for i in range(450)]
+    unsub = ControlMessage(0, "UNSUBSCRIBE", ("s1@kline_1m",))
+    other = ControlMessage(1, "SUBSCRIBE", ("x@kline_1m",))
+    merged = coalesce([*sub[:3], unsub, *sub[3:], other])
+    assert [(m.connection, m.method, len(m.params)) for m in merged] == [
+        (0, "SUBSCRIBE", 3),
+        (0, "UNSUBSCRIBE", 1),  # order across methods kept: never subscribe after a later unsubscribe
+        (0, "SUBSCRIBE", MAX_PARAMS_PER_MESSAGE),
+        (0, "SUBSCRIBE", MAX_PARAMS_PER_MESSAGE),
+        (0, "SUBSCRIBE", 47),
+        (1, "SUBSCRIBE", 1),
+    ]
+    assert [p for m in merged if m.method == "SUBSCRIBE" and m.connection == 0 for p in m.params] == [
+        p for m in sub for p in m.params
+    ]
