@@ -59,10 +59,21 @@ class ExchangeClock:
         self._stepped = trio.Event()
         return sample
 
-    async def measure(self, fetch_server_ms: Callable[[], Awaitable[int]]) -> OffsetSample:
-        sent = self._wall()
-        server = await fetch_server_ms()
-        sample = self.record(server, sent, self._wall())
+    async def measure(self, fetch_server_ms: Callable[[], Awaitable[int]], samples: int = 3) -> OffsetSample:
+        """Take ``samples`` stamps and adopt the one with the shortest round trip (NTP's rule).
+
+        A stamp taken while the host is busy (start-up, a burst) has a long round trip and its midpoint may be
+        far from when the exchange really stamped it; the shortest round trip bounds the error best.
+        """
+        best: tuple[int, int, int] | None = None
+        for _ in range(samples):
+            sent = self._wall()
+            server = await fetch_server_ms()
+            received = self._wall()
+            if best is None or received - sent < best[2] - best[1]:
+                best = (server, sent, received)
+        assert best is not None
+        sample = self.record(*best)
         log.info("clock_offset_measured", offset_ms=sample.offset_ms, round_trip_ms=sample.round_trip_ms)
         return sample
 
@@ -88,10 +99,11 @@ class Tick:
 
     boundary_ms: int
     fired_ms: int
+    lag_ms: int = 0  # the ticker aims at boundary + lag (a grace period after the close)
 
     @property
     def drift_ms(self) -> int:
-        return self.fired_ms - self.boundary_ms
+        return self.fired_ms - self.boundary_ms - self.lag_ms
 
     @property
     def boundary_s(self) -> int:
@@ -103,21 +115,30 @@ async def run_ticker(
     on_tick: Callable[[Tick], Awaitable[None]],
     *,
     period_ms: int = 60_000,
+    lag_ms: int = 0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Call ``on_tick`` at every period boundary of exchange time, forever, missing none."""
-    next_boundary = (clock.now_ms() // period_ms + 1) * period_ms
+    """Call ``on_tick`` ``lag_ms`` after every period boundary of exchange time, forever, missing none.
+
+    Aiming past the boundary (rather than waking at it and sleeping) keeps a thousand actors from waking
+    at the very moment the exchange's minute-close burst arrives.
+    """
+
+    def following(now_ms: int) -> int:
+        return ((now_ms - lag_ms) // period_ms + 1) * period_ms
+
+    next_boundary = following(clock.now_ms())
     task_status.started()
     while True:
-        if not await clock.sleep_until_or_step(next_boundary):
+        if not await clock.sleep_until_or_step(next_boundary + lag_ms):
             # The offset changed: a clock now behind our aim re-aims at its next boundary; one ahead of
             # it falls through below and catches up every boundary it passed.
-            next_boundary = min(next_boundary, (clock.now_ms() // period_ms + 1) * period_ms)
+            next_boundary = min(next_boundary, following(clock.now_ms()))
             continue
         now = clock.now_ms()
         # A tick that fires late (a suspended VPS, a busy loop) catches up every boundary it passed.
-        while next_boundary <= now:
-            tick = Tick(next_boundary, now)
+        while next_boundary + lag_ms <= now:
+            tick = Tick(next_boundary, now, lag_ms)
             if tick.drift_ms > period_ms // 10:
                 log.warning("tick_late", boundary_ms=tick.boundary_ms, drift_ms=tick.drift_ms)
             await on_tick(tick)

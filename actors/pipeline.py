@@ -1,7 +1,9 @@
 """The closed-candle write path, in SPEC's fixed order: append -> factor -> overlay -> publish.
 
-Closed candles of every series share one buffer, flushed when it holds ``batch_max`` candles or
-``flush_s`` after its first candle, so the minute-close burst of a thousand series is one transaction.
+Closed candles of every series share one buffer (group commit): it is flushed as soon as the queue
+has been quiet for ``linger_s`` (a burst is over), when it holds ``batch_max`` candles, or at the latest
+``flush_s`` after its first candle (a steady trickle that never goes quiet). So the minute-close burst of
+a thousand series is a handful of transactions and is durable within milliseconds, not ``flush_s``.
 A flush de-duplicates (last word per (series, time) wins) and orders each series ascending before the
 append. Nothing reaches a stage after the append before the append has committed; a failing append is
 retried with backoff and its candles are kept, never dropped.
@@ -26,6 +28,7 @@ log = structlog.get_logger(__name__)
 Stage = Callable[[AppendResult], Awaitable[None]]
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
+LINGER_S = 0.005  # a burst from the upstream readers arrives within a few ms; quiet this long = burst over
 LATENCY_SAMPLES = 10_000
 
 
@@ -67,6 +70,7 @@ class ClosedCandleWriter:
         *,
         batch_max: int = 200,
         flush_s: float = 0.5,
+        linger_s: float = LINGER_S,
         derive: Stage = no_op_stage,
         factor: Stage = no_op_stage,
         overlay: Stage = no_op_stage,
@@ -79,6 +83,7 @@ class ClosedCandleWriter:
         self.latencies_ms: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._batch_max = batch_max
         self._flush_s = flush_s
+        self._linger_s = min(linger_s, flush_s)
         # The fixed order after the append; derive writes derived timeframes (as their own series) first.
         self._stages = (derive, factor, overlay, publish)
         # Bounded: a full queue makes producers wait (backpressure) rather than lose a closed candle.
@@ -127,7 +132,7 @@ class ClosedCandleWriter:
                 buffer, count = [first], len(first.candles)
                 deadline = trio.current_time() + self._flush_s
                 while count < self._batch_max:
-                    with trio.move_on_at(deadline):
+                    with trio.move_on_at(min(deadline, trio.current_time() + self._linger_s)):
                         item = await self._receive.receive()
                         buffer.append(item)
                         count += len(item.candles)

@@ -8,6 +8,7 @@ REST in production) and appends what the exchange has. What is still missing sta
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -73,7 +74,9 @@ class SeriesActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_ticker, self._clock, self._on_tick)
+            await nursery.start(
+                functools.partial(run_ticker, lag_ms=round(self._grace_s * 1000)), self._clock, self._on_tick
+            )
             nursery.start_soon(self._flush_forming)
             task_status.started()
             async with self._updates:
@@ -142,7 +145,7 @@ class SeriesActor:
         boundary = tick.boundary_s
         if not tf.is_aligned(boundary):
             return  # this tick closes no period of our timeframe
-        await trio.sleep(self._grace_s)
+        # The ticker fires grace_s after the boundary: by now the final kline should have arrived.
         last_closed = tf.prev_open(boundary)
         head = self.state.head_time
         if head is not None and head >= last_closed:

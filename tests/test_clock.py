@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import trio
 import trio.testing
 
@@ -15,6 +17,23 @@ def test_offset_is_measured_against_the_round_trip_midpoint() -> None:
     sample = clock.record(server_ms=5_050, sent_ms=1_000, received_ms=1_100)
     assert (sample.offset_ms, sample.round_trip_ms) == (4_000, 100)
     assert clock.now_ms() == 5_000
+
+
+async def test_measure_keeps_the_stamp_with_the_shortest_round_trip(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = ExchangeClock(wall=trio_wall_ms(START_MS))
+    delays = iter([(0.4, 0.1), (0.005, 0.005), (0.2, 0.3)])  # (to the exchange, back) per request
+
+    async def fetch() -> int:
+        there, back = next(delays)
+        await trio.sleep(there)
+        stamp = START_MS + int(trio.current_time() * 1000) + 7_000  # the exchange is 7 s ahead
+        await trio.sleep(back)
+        return stamp
+
+    sample = await clock.measure(fetch)
+    assert (sample.offset_ms, sample.round_trip_ms) == (7_000, 10)  # the lopsided slow ones would be 150 ms off
 
 
 async def test_ticks_land_on_whole_minutes_of_exchange_time(autojump_clock: trio.testing.MockClock) -> None:
@@ -89,3 +108,26 @@ async def test_an_exchange_behind_us_re_aims_earlier(autojump_clock: trio.testin
     assert ticks
     assert ticks[0].boundary_ms == first_aim - 120_000  # not skipped: aimed at the exchange's own boundary
     assert ticks[0].drift_ms == 0
+
+
+async def test_a_lagged_ticker_fires_after_each_boundary_and_keeps_one_just_passed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start_ms = 1_700_000_040_000 + 1_000  # a second after a boundary: its 3 s-lagged tick is still due
+    clock = ExchangeClock(wall=trio_wall_ms(start_ms))
+    ticks: list[Tick] = []
+
+    async def on_tick(tick: Tick) -> None:
+        ticks.append(tick)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(run_ticker, lag_ms=3_000), clock, on_tick)
+        await trio.sleep(125)
+        nursery.cancel_scope.cancel()
+    boundary = 1_700_000_040_000
+    assert [(t.boundary_ms, t.fired_ms) for t in ticks] == [
+        (boundary, boundary + 3_000),
+        (boundary + 60_000, boundary + 63_000),
+        (boundary + 120_000, boundary + 123_000),
+    ]
+    assert all(t.drift_ms == 0 for t in ticks)

@@ -210,16 +210,20 @@ class _Connection:
             while faults.malformed:
                 faults.malformed -= 1
                 await self.conn.send_message(MALFORMED[faults.malformed % len(MALFORMED)].decode())
-            for stream in list(self.streams.values()):
-                await self._update(stream, now_ms)
+            # Like Binance at a period's end: every stream's closed kline goes out before the forming ones.
+            streams = list(self.streams.values())
+            for stream in streams:
+                await self._closes(stream, now_ms)
+            for stream in streams:
+                await self._forming(stream, now_ms)
 
-    async def _update(self, stream: _Stream, now_ms: int) -> None:
+    async def _closes(self, stream: _Stream, now_ms: int) -> None:
+        """Send the closed klines of the periods that ended by ``now_ms``, stamped as they go out."""
         faults = self.server.faults
         symbol = self.server.market.symbols(self.market)[stream.symbol_id]
-        series = stream.series
         tf, now = stream.timeframe, now_ms // 1000
-        while tf.next_open(stream.next_close) <= now:  # periods that ended since the last update
-            final = self._frame(stream, series, symbol.candle(tf, stream.next_close), True, now_ms)
+        while tf.next_open(stream.next_close) <= now:
+            final = self._frame(stream, symbol.candle(tf, stream.next_close), True)
             stream.next_close = tf.next_open(stream.next_close)
             if faults.swap_next_closed and stream.held is None:
                 stream.held = final
@@ -232,11 +236,15 @@ class _Connection:
             if faults.resend_closed:
                 faults.resend_closed -= 1
                 await self.conn.send_message(final.decode())
-        forming = symbol.forming(tf, now_ms)
-        await self.conn.send_message(self._frame(stream, series, forming, False, now_ms).decode())
 
-    def _frame(self, stream: _Stream, series: SeriesId, candle: Candle, final: bool, now_ms: int) -> bytes:
-        event = kline_event(series, candle, is_final=final, event_time_ms=now_ms)
+    async def _forming(self, stream: _Stream, now_ms: int) -> None:
+        symbol = self.server.market.symbols(self.market)[stream.symbol_id]
+        forming = symbol.forming(stream.timeframe, now_ms)
+        await self.conn.send_message(self._frame(stream, forming, False).decode())
+
+    def _frame(self, stream: _Stream, candle: Candle, final: bool) -> bytes:
+        # E is stamped per frame: a thousand frames take the fake a while to write, and that is not klined's time.
+        event = kline_event(stream.series, candle, is_final=final, event_time_ms=self.server.now_ms())
         return orjson.dumps({"stream": stream.name, "data": event} if self.combined else event)
 
     async def _send_json(self, obj: object) -> None:

@@ -31,9 +31,9 @@ def elog(tmp_path: Path) -> EventLog:
     log.close()
 
 
-async def test_flushes_on_size_then_on_time(elog: EventLog, autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_burst_flushes_on_size_then_once_quiet(elog: EventLog, autojump_clock: trio.testing.MockClock) -> None:
     sink = InlineSink(elog)
-    writer = ClosedCandleWriter(sink, batch_max=200, flush_s=0.5)
+    writer = ClosedCandleWriter(sink, batch_max=200, flush_s=0.5, linger_s=0.005)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         start = trio.current_time()
@@ -43,22 +43,39 @@ async def test_flushes_on_size_then_on_time(elog: EventLog, autojump_clock: trio
         nursery.cancel_scope.cancel()
     sizes = [sum(map(len, batch.values())) for _, batch in sink.calls]
     assert sizes == [200, 200, 50]
-    assert sink.calls[0][0] == start  # a full buffer does not wait for the timer
-    assert sink.calls[2][0] == pytest.approx(start + 0.5)
+    assert sink.calls[0][0] == start  # a full buffer does not wait at all
+    assert sink.calls[2][0] == pytest.approx(start + 0.005)  # the rest once the burst has gone quiet
     assert elog.last_seq() == 450
 
 
-async def test_single_candle_waits_exactly_flush_s(elog: EventLog, autojump_clock: trio.testing.MockClock) -> None:
+async def test_single_candle_waits_only_the_linger(elog: EventLog, autojump_clock: trio.testing.MockClock) -> None:
     sink = InlineSink(elog)
-    writer = ClosedCandleWriter(sink, batch_max=200, flush_s=0.5)
+    writer = ClosedCandleWriter(sink, batch_max=200, flush_s=0.5, linger_s=0.005)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await writer.submit(BTC, [c(60)])
-        await trio.sleep(0.49)
+        await trio.sleep(0.004)
         assert sink.calls == []
-        await trio.sleep(0.02)
+        await trio.sleep(0.002)
         assert len(sink.calls) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_trickle_that_never_goes_quiet_flushes_at_flush_s(
+    elog: EventLog, autojump_clock: trio.testing.MockClock
+) -> None:
+    sink = InlineSink(elog)
+    writer = ClosedCandleWriter(sink, batch_max=1000, flush_s=0.5, linger_s=0.005)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        start = trio.current_time()
+        for i in range(400):  # one candle every 3 ms: never quiet for the 5 ms linger
+            await writer.submit(BTC, [c(60 * (i + 1))])
+            await trio.sleep(0.003)
+        nursery.cancel_scope.cancel()
+    times = [t - start for t, _ in sink.calls]
+    assert times[:2] == [pytest.approx(0.5), pytest.approx(1.001)]  # flush_s after each buffer's first candle
+    assert sum(map(len, sink.calls[0][1].values())) == 167  # sent at 0, 3, ..., 498 ms
 
 
 async def test_duplicates_and_disorder_become_one_ascending_run(
@@ -159,4 +176,4 @@ async def test_send_to_durable_latency_is_measured_on_the_exchange_clock(
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     stats = writer.statistics()["send_to_durable_ms"]
-    assert stats == {"p50": 600, "p99": 600, "max": 600, "samples": 1}  # 100 ms in flight + the 0.5 s flush
+    assert stats == {"p50": 105, "p99": 105, "max": 105, "samples": 1}  # 100 ms in flight + the 5 ms linger
