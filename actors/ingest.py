@@ -78,12 +78,16 @@ class UpstreamIngest:
         ws_base: str,
         deliver: Deliver,
         connect: Connector = open_websocket_url,
+        on_connected: Callable[[list[SeriesId]], None] | None = None,
         rng: random.Random | None = None,
         stream_limit: int | None = None,
     ) -> None:
         self.exchange, self.market, self.ws_base = exchange, market, ws_base.rstrip("/")
         self._deliver = deliver
         self._connect = connect
+        # Told which series a connection carries each time it (re)connects: whatever closed while it was
+        # down never arrives on the new one, so their actors look for the hole at once.
+        self._on_connected = on_connected
         self._rng = rng or random.Random()
         self._plan = StreamPlan() if stream_limit is None else StreamPlan(stream_limit)
         self._symbols: dict[str, str] = {}
@@ -93,6 +97,7 @@ class UpstreamIngest:
         self._nursery: trio.Nursery | None = None
         self.connections: dict[int, ConnectionState] = {}
         self.stats = IngestStats()
+        self._connected = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -118,6 +123,10 @@ class UpstreamIngest:
             for cid, scope in self._running.items():
                 if cid not in live:
                     scope.cancel()  # its last stream is gone: close it rather than keep it idle
+
+    async def wait_connected(self) -> None:
+        """Return after the next connection (or reconnection) is up (tests wait on this, not a timer)."""
+        await self._connected.wait()
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -193,8 +202,14 @@ class UpstreamIngest:
     async def _session(self, cid: int, ws: WebSocketConnection) -> None:
         send, receive = trio.open_memory_channel[ControlMessage](1000)
         self._control[cid] = send
+        names: set[str] = set()
         for message in self._plan.resubscribe(cid):
             send.send_nowait(message)
+            names.update(message.params)
+        if self._on_connected is not None:
+            self._on_connected([s for s, name in self._series_streams.items() if name in names])
+        self._connected.set()
+        self._connected = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_controls, ws, receive)
             try:

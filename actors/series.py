@@ -71,9 +71,11 @@ class SeriesActor:
         self._holes = HoleTracker(series.timeframe, head_time)
         self._throttle_changed = trio.Event()
         self.inbox, self._updates = trio.open_memory_channel[KlineUpdate](inbox_size)
+        self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(
                 functools.partial(run_ticker, lag_ms=round(self._grace_s * 1000)), self._clock, self._on_tick
             )
@@ -138,6 +140,28 @@ class SeriesActor:
             if out is not None and (self.state.head_time is None or out.candle_time > self.state.head_time):
                 await self._send_forming(out)
 
+    # -- reconnects --------------------------------------------------------------------------------
+
+    def stream_resumed(self) -> None:
+        """The upstream connection carrying this series (re)connected; see :meth:`_check_resumed`."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._check_resumed)
+
+    async def _check_resumed(self) -> None:
+        """Periods that closed while the stream was down never arrive on the new one: record the hole
+        (``expected_next_time .. actual_time``, actual being the first period the stream will deliver)
+        and ask the exchange for it now, rather than at the next tick."""
+        tf, head = self.series.timeframe, self.state.head_time
+        if head is None:
+            return
+        expected, live_from = tf.next_open(head), tf.floor(self._clock.now_s())
+        if live_from <= expected:
+            return
+        self._record_hole(Hole(expected, live_from))
+        # Recorded here, once: the stream's next close (live_from) must not report the same hole again.
+        self._holes.last_closed = max(self._holes.last_closed or head, tf.prev_open(live_from))
+        await self._fill(expected, tf.prev_open(live_from))
+
     # -- the clock --------------------------------------------------------------------------------
 
     async def _on_tick(self, tick: Tick) -> None:
@@ -145,6 +169,8 @@ class SeriesActor:
         boundary = tick.boundary_s
         if not tf.is_aligned(boundary):
             return  # this tick closes no period of our timeframe
+        if self._clock.now_ms() >= tf.next_open(boundary) * 1000 + tick.lag_ms:
+            return  # catching up after a clock step or a stall: our next tick is due too and fills it all
         # The ticker fires grace_s after the boundary: by now the final kline should have arrived.
         last_closed = tf.prev_open(boundary)
         head = self.state.head_time

@@ -67,6 +67,8 @@ class Settings:
     binance_ws_batch_max: int = attrs.field(default=200, metadata=_kind("pos_int"))
     binance_ws_flush_s: float = attrs.field(default=0.5, metadata=_kind("pos_float"))
     market_forming_min_interval_ms: int = attrs.field(default=250, metadata=_kind("nonneg_int"))
+    # Beyond SPEC: how long after a period's end a missing final kline is asked of the exchange (REST).
+    market_close_grace_s: float = attrs.field(default=3.0, metadata=_kind("pos_float"))
     market_ws_catchup_limit: int = attrs.field(default=5000, metadata=_kind("pos_int"))
     enable_debug_api: bool = attrs.field(default=False, metadata=_kind("bool"))
     enable_kline_health: bool = attrs.field(default=False, metadata=_kind("bool"))

@@ -145,7 +145,10 @@ class LiveIngest:
                 }
                 for market in ("spot", "futures"):
                     self.ingest[market] = UpstreamIngest(
-                        market=market, ws_base=ws_base[market], deliver=self.router.deliver
+                        market=market,
+                        ws_base=ws_base[market],
+                        deliver=self.router.deliver,
+                        on_connected=self._streams_resumed,
                     )
                     await nursery.start(self.ingest[market].run)
                 # Measured in the background: series start from their stored heads with no exchange call,
@@ -184,6 +187,7 @@ class LiveIngest:
             fetch_closed=lambda s, first, last: rest.closed_klines(s, first, last),
             clock=self.clock,
             forming_interval_s=self.settings.market_forming_min_interval_ms / 1000,
+            grace_s=self.settings.market_close_grace_s,
         )
         self.actors[series] = actor
         self.router.register(series, actor.inbox)
@@ -197,6 +201,12 @@ class LiveIngest:
             self.ingest[series.market].remove(series)
             self.actors.pop(series, None)
 
+    def _streams_resumed(self, series: list[SeriesId]) -> None:
+        for s in series:
+            actor = self.actors.get(s)
+            if actor is not None:
+                actor.stream_resumed()
+
     async def wait_actor_started(self) -> None:
         """Return after the next series actor registers (start-up tests wait on this, not a timer)."""
         await self._actor_started.wait()
@@ -208,6 +218,10 @@ class LiveIngest:
             "router": attrs.asdict(self.router.stats) if self.router else {},
             "ingest": {m: i.statistics() for m, i in self.ingest.items()},
             "derived_written": self.deriver.derived,
+            # Known holes per series (detected after a reconnect or from a late close), newest last.
+            "holes": {
+                str(s): [attrs.asdict(h) for h in a.state.holes] for s, a in self.actors.items() if a.state.holes
+            },
             "clock_offset_ms": self.clock.offset_ms,
         }
 

@@ -12,8 +12,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
+from actors.supervisor import CapacityError
 from daemon.app import Running, serve_daemon
 from daemon.config import load_settings
 from daemon.eventlog import EventLog
@@ -105,3 +107,100 @@ async def test_silent_stream_is_filled_over_rest_after_the_tick(tmp_path: Path) 
             assert running.live is not None
             actor = running.live.actors[BTC]
             assert actor.state.fills_appended >= 1
+
+
+async def test_reconnect_after_a_drop_records_the_hole_and_fills_it(tmp_path: Path) -> None:
+    fake, boundary = fake_before_boundary()
+    seed_bucket(tmp_path, fake, boundary)  # head: boundary - 120
+    sym = fake.market.spot["BTCUSDT"]
+    with trio.fail_after(45):
+        # A long grace keeps the clock's own REST fill out of the way: the reconnect must find the hole.
+        async with daemon_against(fake, tmp_path, KLINED_MARKET_CLOSE_GRACE_S="30") as running:
+            assert running.live is not None
+            ingest = running.live.ingest["spot"]
+            if not any(c.connected for c in ingest.connections.values()):
+                await ingest.wait_connected()
+            # The exchange drops us and refuses us until after the minute closing at `boundary` is sent.
+            fake.streams.faults.refuse_until_ms = (boundary + 1) * 1000
+            fake.streams.faults.drop_generation += 1
+            await ingest.wait_connected()
+            await wait_for(running, BTC, boundary - 60)
+            assert running.store.log.get(BTC, boundary - 60) == sym.candle_1m(boundary - 60)
+            await wait_for(running, BTC5, boundary - 300)  # the 5m bucket completes from the fill
+            assert running.store.log.get(BTC5, boundary - 300) == sym.candle(BTC5.timeframe, boundary - 300)
+            async with httpx.AsyncClient(base_url=running.http_url) as client:
+                stats = (await client.get("/api/market/debug/ingest_state")).json()["stats"]
+            assert stats["holes"] == {str(BTC): [{"expected_next_time": boundary - 60, "actual_time": boundary}]}
+            (conn,) = stats["ingest"]["spot"]["connections"]
+            assert (conn["connects"], conn["connected"]) == (2, True)
+            assert conn["failures"] >= 1
+            assert fake.streams.refused >= 1
+
+
+async def test_duplicate_late_and_malformed_finals_are_stored_once_in_order(tmp_path: Path) -> None:
+    fake, boundary = fake_before_boundary()
+    sym = fake.market.spot["BTCUSDT"]
+    faults = fake.streams.faults
+    faults.malformed = 3
+    faults.resend_closed = 1  # the close at `boundary` comes twice
+    faults.replay_after_close = (boundary - 120, boundary - 180, boundary - 60)  # then older ones, reversed
+    with trio.fail_after(45):
+        async with daemon_against(fake, tmp_path) as running:
+            await wait_for(running, BTC, boundary - 60)
+            await wait_for(running, BTC, boundary - 180)
+            log = running.store.log
+            assert log.range(BTC)[-3:] == [sym.candle_1m(boundary - t) for t in (180, 120, 60)]
+            assert running.live is not None
+            assert running.live.ingest["spot"].stats.malformed == 3
+            assert running.live.actors[BTC].state.holes == []  # late candles are not holes
+    with EventLog(tmp_path / "eventlog") as log:  # every candle once, nothing corrected
+        events = [e for e in log.events_since(0) if e.series_id == str(BTC)]
+        times = [e.candle.candle_time for e in events]
+        assert len(times) == len(set(times))
+        assert {boundary - t for t in (180, 120, 60)} <= set(times)
+        assert all(e.previous is None for e in events)
+
+
+ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
+BTC_PERP = SeriesId.parse("binance:futures:BTC/USDT:1m")
+
+
+async def test_capacity_evicts_the_idle_or_refuses_and_a_crash_restarts_alone(tmp_path: Path) -> None:
+    fake, _ = fake_before_boundary()
+    with trio.fail_after(45):
+        async with daemon_against(fake, tmp_path, KLINED_ONDEMAND_MAX_JOBS="1") as running:
+            live = running.live
+            assert live is not None
+            supervisor = live.supervisor
+            supervisor.acquire(ETH)  # on demand, subscribed live on the open spot connection
+            while ETH not in live.actors:
+                await live.wait_actor_started()
+            assert live.ingest["spot"].statistics()["streams"] == 2
+            with pytest.raises(CapacityError) as refused:
+                supervisor.acquire(BTC_PERP)  # ETH has a subscriber: nothing to evict
+            assert refused.value.code == "ondemand_ingest_capacity"
+            assert BTC_PERP not in live.actors  # nothing partial
+            assert supervisor.job(BTC_PERP) is None
+
+            supervisor.release(ETH)  # idle now: the next on-demand series evicts it
+            supervisor.acquire(BTC_PERP)
+            while BTC_PERP not in live.actors:
+                await live.wait_actor_started()
+            assert supervisor.job(ETH) is None
+            assert ETH not in live.actors
+            assert live.ingest["spot"].statistics()["streams"] == 1  # ETH unsubscribed upstream
+            assert live.ingest["futures"].statistics()["streams"] == 1
+            await live.ingest["futures"].wait_connected()
+
+            # A poisoned actor crashes; the supervisor restarts it after a backoff, the others never notice.
+            live.actors[BTC].inbox.send_nowait(None)  # type: ignore[arg-type]
+            old = live.actors[BTC]
+            while live.actors.get(BTC) in (None, old):
+                await live.wait_actor_started()
+            job, other = supervisor.job(BTC), supervisor.job(BTC_PERP)
+            assert job is not None
+            assert other is not None
+            assert (job.crashes, job.running) == (1, True)
+            assert "AttributeError" in (job.last_error or "")
+            assert (other.crashes, other.running) == (0, True)
+            assert live.ingest["spot"].statistics()["streams"] == 1  # resubscribed after the restart

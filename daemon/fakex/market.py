@@ -90,8 +90,10 @@ class Symbol:
         if final.volume == 0 or frac >= 1:
             return final if frac >= 1 else Candle(minute, final.open, final.open, final.open, final.open, 0.0)
         close = round(final.open + (final.close - final.open) * frac, self.decimals)
-        high = max(final.open, close, round(final.open + (final.high - final.open) * min(1.0, frac * 1.5), 8))
-        low = min(final.open, close, round(final.open + (final.low - final.open) * min(1.0, frac * 1.5), 8))
+        high = max(
+            final.open, close, round(final.open + (final.high - final.open) * min(1.0, frac * 1.5), self.decimals)
+        )
+        low = min(final.open, close, round(final.open + (final.low - final.open) * min(1.0, frac * 1.5), self.decimals))
         return Candle(
             minute, final.open, min(high, final.high), max(low, final.low), close, round(final.volume * frac, 5)
         )

@@ -33,6 +33,11 @@ class RestFaults:
     repeat_pages: bool = False  # klines ignores startTime: a hostile exchange that repeats itself
 
 
+@attrs.define
+class RestStats:
+    klines_requests: int = 0  # pagination tests count the pages a client asked for
+
+
 class JSON(Response):
     media_type = "application/json"
 
@@ -62,7 +67,11 @@ def kline_row(symbol: Symbol, tf: Timeframe, candle: Candle) -> list[object]:
     ]
 
 
-def build_rest_app(market: Market, now_ms: Callable[[], int], faults: RestFaults) -> Starlette:
+def build_rest_app(
+    market: Market, now_ms: Callable[[], int], faults: RestFaults, stats: RestStats | None = None
+) -> Starlette:
+    stats = stats or RestStats()
+
     def market_of(request: Request) -> str:
         return "futures" if request.url.path.startswith("/fapi/") else "spot"
 
@@ -85,6 +94,7 @@ def build_rest_app(market: Market, now_ms: Callable[[], int], faults: RestFaults
         return None
 
     async def klines(request: Request) -> Response:
+        stats.klines_requests += 1
         if (bad := fault(request)) is not None:
             return bad
         kind = market_of(request)

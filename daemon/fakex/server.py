@@ -14,7 +14,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
 from daemon.fakex.market import Market
-from daemon.fakex.rest import RestFaults, build_rest_app
+from daemon.fakex.rest import RestFaults, RestStats, build_rest_app
 from daemon.fakex.ws import FakeStreams, serve_streams
 
 
@@ -44,6 +44,7 @@ class FakeExchange:
         self.now_ms = now_ms or exchange_clock()
         self.streams = FakeStreams(self.market, self.now_ms)
         self.rest_faults = RestFaults()
+        self.rest_stats = RestStats()
 
     async def serve(
         self,
@@ -57,7 +58,7 @@ class FakeExchange:
         config.bind = [f"{host}:{rest_port}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("fakex.rest")
-        app = cast(ASGIFramework, build_rest_app(self.market, self.now_ms, self.rest_faults))
+        app = cast(ASGIFramework, build_rest_app(self.market, self.now_ms, self.rest_faults, self.rest_stats))
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(lambda task_status: hypercorn_serve(app, config, task_status=task_status))
             ws_url = await nursery.start(serve_streams, self.streams, host, ws_port)

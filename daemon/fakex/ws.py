@@ -51,8 +51,10 @@ class Faults:
     silent_until_ms: int = 0
     resend_closed: int = 0  # send the next N final klines twice
     swap_next_closed: bool = False  # send the next two final klines of a stream in reverse order
+    replay_after_close: tuple[int, ...] = ()  # open times re-sent as finals, in this order, after the next close
     malformed: int = 0  # inject N malformed frames before the next updates
     drop_generation: int = 0  # bumped to drop every open connection
+    refuse_until_ms: int = 0  # handshakes before this exchange time are refused (HTTP 503): an outage
     shutdown_generation: int = 0  # bumped to send serverShutdown then close
 
 
@@ -76,10 +78,15 @@ class FakeStreams:
         self.connections = 0
         self.accepted = 0
         self.closed_by_limit = 0
+        self.refused = 0
         self.pongs = 0
 
     async def handle(self, request: WebSocketRequest) -> None:
         """trio-websocket handler: one connection's life."""
+        if self.now_ms() < self.faults.refuse_until_ms:
+            self.refused += 1
+            await request.reject(503, body=b'{"code":-1,"msg":"service unavailable"}')
+            return
         parts = urlsplit(request.path)
         path = parts.path
         market: MarketType = "spot"
@@ -212,19 +219,24 @@ class _Connection:
                 await self.conn.send_message(MALFORMED[faults.malformed % len(MALFORMED)].decode())
             # Like Binance at a period's end: every stream's closed kline goes out before the forming ones.
             streams = list(self.streams.values())
+            closed = 0
             for stream in streams:
-                await self._closes(stream, now_ms)
+                closed += await self._closes(stream, now_ms)
+            if closed:
+                faults.replay_after_close = ()  # replayed after this round's closes: done
             for stream in streams:
                 await self._forming(stream, now_ms)
 
-    async def _closes(self, stream: _Stream, now_ms: int) -> None:
-        """Send the closed klines of the periods that ended by ``now_ms``, stamped as they go out."""
+    async def _closes(self, stream: _Stream, now_ms: int) -> int:
+        """Send the closed klines of the periods that ended by ``now_ms``, stamped as they go out; how many."""
         faults = self.server.faults
+        sent = 0
         symbol = self.server.market.symbols(self.market)[stream.symbol_id]
         tf, now = stream.timeframe, now_ms // 1000
         while tf.next_open(stream.next_close) <= now:
             final = self._frame(stream, symbol.candle(tf, stream.next_close), True)
             stream.next_close = tf.next_open(stream.next_close)
+            sent += 1
             if faults.swap_next_closed and stream.held is None:
                 stream.held = final
                 continue
@@ -236,6 +248,9 @@ class _Connection:
             if faults.resend_closed:
                 faults.resend_closed -= 1
                 await self.conn.send_message(final.decode())
+        for open_time in faults.replay_after_close if sent else ():  # late, out of order: periods long closed
+            await self.conn.send_message(self._frame(stream, symbol.candle(tf, open_time), True).decode())
+        return sent
 
     async def _forming(self, stream: _Stream, now_ms: int) -> None:
         symbol = self.server.market.symbols(self.market)[stream.symbol_id]

@@ -40,6 +40,7 @@ class Harness:
     forming: list[tuple[float, Candle]]
     fetches: list[tuple[int, int]]
     exchange: dict[int, Candle]
+    clock: ExchangeClock
 
 
 @asynccontextmanager
@@ -67,7 +68,7 @@ async def running(tmp_path: Path, *, head_time: int | None = None, fail_fetch: b
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(actor.run)
-            yield Harness(actor, log, forming, fetches, exchange)
+            yield Harness(actor, log, forming, fetches, exchange, clock)
             nursery.cancel_scope.cancel()
     finally:
         log.close()
@@ -144,6 +145,45 @@ async def test_hole_after_reconnect_is_recorded(tmp_path: Path, autojump_clock: 
         (hole,) = h.actor.state.holes
         assert (hole.expected_next_time, hole.actual_time) == (T0 + 60, T0 + 240)
         assert hole.missing(BTC.timeframe) == 3
+
+
+async def test_a_reconnect_records_the_hole_at_once_and_fills_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60) as h:
+        await trio.sleep(170)  # exchange time T0 + 180: T0 .. T0 + 120 closed while the stream was down
+        for t in (T0, T0 + 60, T0 + 120):
+            h.exchange[t] = candle(t, 11.0)
+        h.fetches.clear()
+        h.actor.stream_resumed()
+        await trio.sleep(1)
+        (hole,) = h.actor.state.holes
+        assert (hole.expected_next_time, hole.actual_time) == (T0, T0 + 180)
+        assert (T0, T0 + 120) in h.fetches  # asked at once, not at the next tick
+        assert [c.candle_time for c in h.log.range(BTC)] == [T0, T0 + 60, T0 + 120]
+        await h.actor.inbox.send(update(T0 + 180, final=True))  # the new stream's first close
+        await trio.sleep(1)
+        assert len(h.actor.state.holes) == 1, "the same hole is not reported twice"
+
+
+async def test_a_reconnect_with_nothing_missed_records_nothing(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60) as h:  # exchange time T0 + 10: T0 is still forming
+        h.actor.stream_resumed()
+        await trio.sleep(1)
+        assert h.actor.state.holes == []
+        assert h.fetches == []
+
+
+async def test_ticks_caught_up_after_a_clock_step_make_one_fill(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60) as h:
+        wall = h.clock.now_ms()
+        h.clock.record(server_ms=wall + 300_000, sent_ms=wall, received_ms=wall)  # the exchange is 5 min ahead
+        await trio.sleep(1)
+        assert h.fetches == [(T0, T0 + 240)]  # five boundaries passed at once: one request for all of them
 
 
 @pytest.mark.parametrize("tf", ["5m", "1h"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import trio
 import trio.testing
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
 
 from actors.clock import system_wall_ms, trio_wall_ms
 from daemon.fakex.market import Market
@@ -162,4 +163,34 @@ async def test_real_socket_raw_spot_and_futures_under_market_prefix() -> None:
                 msg = await receive(fut, "futures")
                 assert isinstance(msg, KlineUpdate)
                 assert str(msg.series_id) == "binance:futures:ETH/USDT:1m"
+            nursery.cancel_scope.cancel()
+
+
+async def test_replay_sends_old_finals_after_the_next_close_once(autojump_clock: trio.testing.MockClock) -> None:
+    streams = fake()
+    base = 1_700_000_040
+    streams.faults.replay_after_close = (base - 120, base - 60)
+    async with trio.open_nursery() as nursery:
+        conn = await connect_in_memory(nursery, streams, "/stream?streams=btcusdt@kline_1m")
+        finals = [u.candle.candle_time for u in await updates_for(conn, 125) if u.is_final]
+        assert finals == [base, base - 120, base - 60, base + 60]  # late and reversed, then normal again
+        assert streams.faults.replay_after_close == ()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_outage_refuses_handshakes_until_it_ends() -> None:
+    now = {"ms": START_MS}
+    streams = FakeStreams(Market.default(), lambda: now["ms"])
+    streams.faults.refuse_until_ms = START_MS + 5_000
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            base = await nursery.start(serve_streams, streams)
+            with pytest.raises(ConnectionRejected) as refused:
+                async with open_websocket_url(f"{base}/stream"):
+                    pass
+            assert refused.value.status_code == 503
+            assert streams.refused == 1
+            now["ms"] = START_MS + 5_000
+            async with open_websocket_url(f"{base}/stream") as conn:
+                assert not conn.closed
             nursery.cancel_scope.cancel()
