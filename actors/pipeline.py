@@ -97,6 +97,17 @@ class ClosedCandleWriter:
         self.stats.submitted += len(candles)
         await self._send.send(_Pending(series, candles, sent_ms=sent_ms))
 
+    def submit_nowait(self, series: SeriesId, candles: Sequence[Candle], *, sent_ms: int | None = None) -> bool:
+        """Queue closed candles without waiting; False (nothing queued) when the queue is full."""
+        for c in candles:
+            check_candle(c, series.timeframe)
+        try:
+            self._send.send_nowait(_Pending(series, candles, sent_ms=sent_ms))
+        except trio.WouldBlock:
+            return False
+        self.stats.submitted += len(candles)
+        return True
+
     async def write(self, series: SeriesId, candles: Sequence[Candle]) -> AppendResult:
         """Queue and wait until durable and through every stage (the HTTP ingest acknowledges after this)."""
         for c in candles:
@@ -130,14 +141,19 @@ class ClosedCandleWriter:
             while True:
                 first = await self._receive.receive()
                 buffer, count = [first], len(first.candles)
+                item: _Pending | None = None
                 deadline = trio.current_time() + self._flush_s
                 while count < self._batch_max:
-                    with trio.move_on_at(min(deadline, trio.current_time() + self._linger_s)):
-                        item = await self._receive.receive()
-                        buffer.append(item)
-                        count += len(item.candles)
-                        continue
-                    break
+                    try:  # what is queued already is taken without a wait (no cancel scope per candle)
+                        item = self._receive.receive_nowait()
+                    except trio.WouldBlock:
+                        with trio.move_on_at(min(deadline, trio.current_time() + self._linger_s)):
+                            item = await self._receive.receive()
+                        if item is None:
+                            break
+                    buffer.append(item)
+                    count += len(item.candles)
+                    item = None
                 await self._flush(buffer)
 
     async def _flush(self, buffer: list[_Pending]) -> None:

@@ -1,7 +1,9 @@
 """One series actor: owns the series' head cursor, its forming throttle and its clock tick.
 
-It consumes parsed kline updates from the ingest (over its inbox), hands closed candles to the shared
-writer, broadcasts forming candles through the throttle, and on each tick of its timeframe checks, after
+Parsed kline updates arrive through :meth:`SeriesActor.deliver`, called synchronously by the upstream
+reader: a closed candle is handed to the shared writer and a forming one goes through the throttle,
+without a task switch per message (the minute-close burst of a thousand series is a thousand of them).
+A failure there crashes this actor, never the reader. On each tick of its timeframe checks, after
 a grace period, that the period's closed candle arrived; if not, it asks the exchange (``fetch_closed``,
 REST in production) and appends what the exchange has. What is still missing stays a recorded hole.
 """
@@ -28,7 +30,8 @@ log = structlog.get_logger(__name__)
 
 FetchClosed = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
 """(series, first_open, last_open) -> the exchange's closed candles in that inclusive range."""
-BroadcastForming = Callable[[SeriesId, Candle], Awaitable[None]]
+BroadcastForming = Callable[[SeriesId, Candle], None]
+"""Hand a forming candle to subscribers; never blocks (the fan-out queues or drops per subscriber)."""
 TICK_GRACE_S: Final = 3.0  # Binance sends the final kline within about a second of the close
 MAX_HOLES_KEPT: Final = 100
 
@@ -58,7 +61,6 @@ class SeriesActor:
         clock: ExchangeClock,
         forming_interval_s: float = 0.25,
         grace_s: float = TICK_GRACE_S,
-        inbox_size: int = 1000,
     ) -> None:
         self.series = series
         self.state = SeriesState(head_time=head_time)
@@ -70,8 +72,9 @@ class SeriesActor:
         self._throttle = FormingThrottle(forming_interval_s)
         self._holes = HoleTracker(series.timeframe, head_time)
         self._throttle_changed = trio.Event()
-        self.inbox, self._updates = trio.open_memory_channel[KlineUpdate](inbox_size)
         self._nursery: trio.Nursery | None = None
+        self._failed: BaseException | None = None
+        self._failure = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -81,27 +84,37 @@ class SeriesActor:
             )
             nursery.start_soon(self._flush_forming)
             task_status.started()
-            async with self._updates:
-                async for update in self._updates:
-                    await self._on_update(update)
+            await self._failure.wait()
+            assert self._failed is not None
+            raise self._failed
 
-    # -- stream updates ---------------------------------------------------------------------------
+    # -- stream updates (synchronous: called by the upstream reader) --------------------------------
 
-    async def _on_update(self, update: KlineUpdate) -> None:
+    def deliver(self, update: KlineUpdate) -> None:
+        """Take one update; a failure crashes this actor (its supervisor restarts it), not the caller."""
+        if self._failed is not None:
+            return
+        try:
+            self._on_update(update)
+        except Exception as e:
+            self._failed = e
+            self._failure.set()
+
+    def _on_update(self, update: KlineUpdate) -> None:
         candle = update.candle
         if update.is_final:
-            await self._on_closed([candle], sent_ms=update.event_time_ms)
+            self._on_closed([candle], sent_ms=update.event_time_ms)
             return
         head = self.state.head_time
         if head is not None and candle.candle_time <= head:
             return  # a late forming update of a period already closed
         out = self._throttle.offer(candle, trio.current_time())
         if out is not None:
-            await self._send_forming(out)
+            self._send_forming(out)
         else:
             self._throttle_changed.set()
 
-    async def _on_closed(self, candles: list[Candle], *, sent_ms: int | None = None) -> None:
+    def _on_closed(self, candles: list[Candle], *, sent_ms: int | None = None) -> None:
         for c in candles:
             hole = self._holes.observe_closed(c.candle_time)
             if hole is not None:
@@ -111,7 +124,10 @@ class SeriesActor:
         if self.state.head_time is None or latest > self.state.head_time:
             self.state.head_time = latest
         self._throttle.drop_through(latest)
-        await self._writer.submit(self.series, candles, sent_ms=sent_ms)
+        if not self._writer.submit_nowait(self.series, candles, sent_ms=sent_ms):
+            # The writer's queue is full (the disk is stalling): wait for room in a task, never drop a close.
+            assert self._nursery is not None
+            self._nursery.start_soon(functools.partial(self._writer.submit, self.series, candles, sent_ms=sent_ms))
 
     def _record_hole(self, hole: Hole) -> None:
         self.state.holes.append(hole)
@@ -124,9 +140,9 @@ class SeriesActor:
             missing=hole.missing(self.series.timeframe),
         )
 
-    async def _send_forming(self, candle: Candle) -> None:
+    def _send_forming(self, candle: Candle) -> None:
         self.state.forming_sent += 1
-        await self._broadcast(self.series, candle)
+        self._broadcast(self.series, candle)
 
     async def _flush_forming(self) -> None:
         while True:
@@ -138,7 +154,7 @@ class SeriesActor:
             await trio.sleep_until(deadline)
             out = self._throttle.due(trio.current_time())
             if out is not None and (self.state.head_time is None or out.candle_time > self.state.head_time):
-                await self._send_forming(out)
+                self._send_forming(out)
 
     # -- reconnects --------------------------------------------------------------------------------
 
@@ -192,7 +208,7 @@ class SeriesActor:
         if candles:
             self.state.fills_appended += len(candles)
             log.info("fill_from_exchange", series_id=str(self.series), first=first, last=last, got=len(candles))
-            await self._on_closed(candles)
+            self._on_closed(candles)
         got_last = candles[-1].candle_time if candles else None
         if got_last != last:
             log.warning("fill_incomplete", series_id=str(self.series), first=first, last=last, got=len(candles))

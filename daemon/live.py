@@ -1,8 +1,7 @@
 """Live ingest wiring: exchange clock, writer, upstream connections, supervisor and series actors.
 
-The router hands each parsed update to its series actor without ever blocking a connection's reader:
-a forming update that finds a full inbox is dropped (a newer one follows within 2 s), a closed one is
-handed over by a task of its own so it is never lost.
+The router hands each parsed update to its series actor synchronously (``SeriesActor.deliver`` never
+blocks a connection's reader and contains its own failures).
 """
 
 from __future__ import annotations
@@ -39,40 +38,28 @@ RETRY_MEASURE_S: Final = 60.0
 class RouterStats:
     delivered: int = 0
     unrouted: int = 0
-    forming_dropped: int = 0
-    closed_deferred: int = 0
 
 
 class Router:
-    """Series id -> actor inbox."""
+    """Series id -> actor."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        self._inboxes: dict[SeriesId, trio.MemorySendChannel[KlineUpdate]] = {}
+    def __init__(self) -> None:
+        self._actors: dict[SeriesId, SeriesActor] = {}
         self.stats = RouterStats()
 
-    def register(self, series: SeriesId, inbox: trio.MemorySendChannel[KlineUpdate]) -> None:
-        self._inboxes[series] = inbox
+    def register(self, series: SeriesId, actor: SeriesActor) -> None:
+        self._actors[series] = actor
 
     def unregister(self, series: SeriesId) -> None:
-        self._inboxes.pop(series, None)
+        self._actors.pop(series, None)
 
     def deliver(self, update: KlineUpdate) -> None:
-        inbox = self._inboxes.get(update.series_id)
-        if inbox is None:
-            self.stats.unrouted += 1
+        actor = self._actors.get(update.series_id)
+        if actor is None:
+            self.stats.unrouted += 1  # unsubscribed a moment ago: the stream has not stopped yet
             return
-        try:
-            inbox.send_nowait(update)
-            self.stats.delivered += 1
-        except trio.WouldBlock:
-            if update.is_final:
-                self.stats.closed_deferred += 1
-                self._nursery.start_soon(inbox.send, update)
-            else:
-                self.stats.forming_dropped += 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.stats.unrouted += 1
+        self.stats.delivered += 1
+        actor.deliver(update)
 
 
 class Deriver:
@@ -138,7 +125,7 @@ class LiveIngest:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                self.router = Router(nursery)
+                self.router = Router()
                 ws_base: Mapping[Market, str] = {
                     "spot": self.settings.binance_spot_ws_url,
                     "futures": self.settings.binance_futures_ws_url,
@@ -190,7 +177,7 @@ class LiveIngest:
             grace_s=self.settings.market_close_grace_s,
         )
         self.actors[series] = actor
-        self.router.register(series, actor.inbox)
+        self.router.register(series, actor)
         self.ingest[series.market].add(series)
         self._actor_started.set()
         self._actor_started = trio.Event()
@@ -226,5 +213,5 @@ class LiveIngest:
         }
 
 
-async def _no_forming_broadcast(series: SeriesId, candle: Candle) -> None:
+def _no_forming_broadcast(series: SeriesId, candle: Candle) -> None:
     """Forming candles go to WebSocket subscribers once the serving side lands (issue 4)."""

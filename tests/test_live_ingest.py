@@ -193,7 +193,7 @@ async def test_capacity_evicts_the_idle_or_refuses_and_a_crash_restarts_alone(tm
             await live.ingest["futures"].wait_connected()
 
             # A poisoned actor crashes; the supervisor restarts it after a backoff, the others never notice.
-            live.actors[BTC].inbox.send_nowait(None)  # type: ignore[arg-type]
+            live.actors[BTC].deliver(None)  # type: ignore[arg-type]
             old = live.actors[BTC]
             while live.actors.get(BTC) in (None, old):
                 await live.wait_actor_started()

@@ -50,7 +50,7 @@ async def running(tmp_path: Path, *, head_time: int | None = None, fail_fetch: b
     fetches: list[tuple[int, int]] = []
     exchange: dict[int, Candle] = {}
 
-    async def broadcast(series: SeriesId, c: Candle) -> None:
+    def broadcast(series: SeriesId, c: Candle) -> None:
         forming.append((trio.current_time(), c))
 
     async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
@@ -79,7 +79,7 @@ async def test_closed_candles_reach_the_log_once_and_in_order(
 ) -> None:
     async with running(tmp_path) as h:
         for t in (T0, T0 + 120, T0 + 60, T0 + 60, T0 + 120):  # out of order and repeated
-            await h.actor.inbox.send(update(t, final=True))
+            h.actor.deliver(update(t, final=True))
         await trio.sleep(1)
         assert h.log.range(BTC) == [candle(T0), candle(T0 + 60), candle(T0 + 120)]
         assert h.log.last_seq() == 3
@@ -92,14 +92,14 @@ async def test_forming_is_throttled_latest_wins_and_never_stored(
     async with running(tmp_path) as h:
         start = trio.current_time()
         for i in range(10):  # ten updates within 90 ms
-            await h.actor.inbox.send(update(T0, final=False, close=10.0 + i))
+            h.actor.deliver(update(T0, final=False, close=10.0 + i))
             await trio.sleep(0.01)
         await trio.sleep(1)
         assert [(round(t - start, 3), c.close) for t, c in h.forming] == [(0.0, 10.0), (0.25, 19.0)]
         assert h.log.last_seq() == 0, "forming candles are never persisted"
-        await h.actor.inbox.send(update(T0, final=True))
+        h.actor.deliver(update(T0, final=True))
         await trio.sleep(1)
-        await h.actor.inbox.send(update(T0, final=False, close=30.0))  # late forming of a closed period
+        h.actor.deliver(update(T0, final=False, close=30.0))  # late forming of a closed period
         await trio.sleep(1)
         assert len(h.forming) == 2
 
@@ -132,15 +132,15 @@ async def test_unreachable_exchange_is_reported_not_fatal(
         await trio.sleep(60 * 3)
         assert len(h.fetches) == 3  # once per tick, no hot loop
         assert h.actor.state.last_fill_error == "OSError('network unreachable')"
-        await h.actor.inbox.send(update(T0 + 180, final=True))  # the stream still works
+        h.actor.deliver(update(T0 + 180, final=True))  # the stream still works
         await trio.sleep(1)
         assert h.log.get(BTC, T0 + 180) == candle(T0 + 180)
 
 
 async def test_hole_after_reconnect_is_recorded(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     async with running(tmp_path, head_time=T0 - 60) as h:
-        await h.actor.inbox.send(update(T0, final=True))
-        await h.actor.inbox.send(update(T0 + 240, final=True))  # the connection dropped for three minutes
+        h.actor.deliver(update(T0, final=True))
+        h.actor.deliver(update(T0 + 240, final=True))  # the connection dropped for three minutes
         await trio.sleep(1)
         (hole,) = h.actor.state.holes
         assert (hole.expected_next_time, hole.actual_time) == (T0 + 60, T0 + 240)
@@ -161,7 +161,7 @@ async def test_a_reconnect_records_the_hole_at_once_and_fills_it(
         assert (hole.expected_next_time, hole.actual_time) == (T0, T0 + 180)
         assert (T0, T0 + 120) in h.fetches  # asked at once, not at the next tick
         assert [c.candle_time for c in h.log.range(BTC)] == [T0, T0 + 60, T0 + 120]
-        await h.actor.inbox.send(update(T0 + 180, final=True))  # the new stream's first close
+        h.actor.deliver(update(T0 + 180, final=True))  # the new stream's first close
         await trio.sleep(1)
         assert len(h.actor.state.holes) == 1, "the same hole is not reported twice"
 
@@ -197,7 +197,7 @@ async def test_longer_timeframes_only_act_on_their_own_boundaries(
         fetched.append((first, last))
         return []
 
-    async def broadcast(s: SeriesId, c: Candle) -> None:
+    def broadcast(s: SeriesId, c: Candle) -> None:
         pass
 
     with EventLog(tmp_path / "log") as log:
@@ -217,3 +217,40 @@ async def test_longer_timeframes_only_act_on_their_own_boundaries(
             await trio.sleep(series.timeframe.seconds * 2 + 5)  # two boundaries and their grace
             nursery.cancel_scope.cancel()
     assert len(fetched) == 2  # one per period of the series' own timeframe, not one per minute
+
+
+async def test_a_full_writer_queue_delays_closed_candles_but_never_drops_them(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    def broadcast(s: SeriesId, c: Candle) -> None:
+        pass
+
+    async def fetch(s: SeriesId, first: int, last: int) -> list[Candle]:
+        return []
+
+    with EventLog(tmp_path / "log") as log:
+        writer = ClosedCandleWriter(InlineSink(log), queue_size=1)  # a stalled disk: room for one
+        clock = ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 10_000))
+        actor = SeriesActor(
+            BTC, head_time=None, writer=writer, broadcast_forming=broadcast, fetch_closed=fetch, clock=clock
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            for t in (T0 - 120, T0 - 60, T0):
+                actor.deliver(update(t, final=True))  # returns at once: the reader is never blocked
+            await trio.sleep(1)
+            await nursery.start(writer.run)
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+        assert [c.candle_time for c in log.range(BTC)] == [T0 - 120, T0 - 60, T0]
+
+
+async def test_a_failing_update_crashes_the_actor_not_the_reader(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with pytest.raises(ExceptionGroup) as crashed:  # noqa: PT012 - the actor runs inside the context
+        async with running(tmp_path) as h:
+            h.actor.deliver(None)  # type: ignore[arg-type]  # returns normally
+            h.actor.deliver(update(T0, final=True))  # ignored: the actor is going down
+            await trio.sleep(1)
+    assert crashed.group_contains(AttributeError)
