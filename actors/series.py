@@ -126,8 +126,16 @@ class SeriesActor:
         self._throttle.drop_through(latest)
         if not self._writer.submit_nowait(self.series, candles, sent_ms=sent_ms):
             # The writer's queue is full (the disk is stalling): wait for room in a task, never drop a close.
-            assert self._nursery is not None
-            self._nursery.start_soon(functools.partial(self._writer.submit, self.series, candles, sent_ms=sent_ms))
+            self._spawn(functools.partial(self._writer.submit, self.series, candles, sent_ms=sent_ms))
+
+    def _spawn(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """Run ``fn`` in this actor's task tree; an actor going down (crashed, evicted) takes no new work."""
+        if self._nursery is None or self._failed is not None:
+            return
+        try:
+            self._nursery.start_soon(fn)
+        except RuntimeError:  # the nursery is closing: the actor is stopping
+            log.info("actor_stopping_work_dropped", series_id=str(self.series))
 
     def _record_hole(self, hole: Hole) -> None:
         self.state.holes.append(hole)
@@ -160,8 +168,7 @@ class SeriesActor:
 
     def stream_resumed(self) -> None:
         """The upstream connection carrying this series (re)connected; see :meth:`_check_resumed`."""
-        if self._nursery is not None:
-            self._nursery.start_soon(self._check_resumed)
+        self._spawn(self._check_resumed)
 
     async def _check_resumed(self) -> None:
         """Periods that closed while the stream was down never arrive on the new one: record the hole

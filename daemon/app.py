@@ -17,12 +17,17 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
+from actors.clock import ExchangeClock
+from actors.fanout import Hub
+from actors.pipeline import ClosedCandleWriter
 from actors.store import Store
 from daemon import __version__
 from daemon.config import Settings
 from daemon.eventlog import EventLog
 from daemon.http_api import build_app
-from daemon.live import LiveIngest
+from daemon.live import Deriver, LiveIngest
+from daemon.top_markets import TopMarkets
+from protocol.timeframes import parse_timeframe
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +40,7 @@ class Running:
     store: Store
     stop: trio.Event
     live: LiveIngest | None = None
+    services: Services | None = None
 
 
 @asynccontextmanager
@@ -57,35 +63,96 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         log.info("eventlog_closed", path=str(settings.eventlog_path))
 
 
+@attrs.define
+class Services:
+    """The long-lived parts every front (HTTP, WebSocket, live ingest) shares."""
+
+    settings: Settings
+    store: Store
+    clock: ExchangeClock
+    hub: Hub
+    writer: ClosedCandleWriter
+    deriver: Deriver
+    live: LiveIngest | None
+    top_markets: TopMarkets
+
+
+def build_services(settings: Settings, store: Store) -> Services:
+    clock = ExchangeClock()
+    hub = Hub(
+        store,
+        now_s=clock.now_s,
+        catchup_limit=settings.market_ws_catchup_limit,
+        queue_frames=settings.market_ws_queue_frames,
+        forming_interval_s=settings.market_forming_min_interval_ms / 1000,
+    )
+    base = parse_timeframe(settings.derived_base_timeframe)
+    derived = [parse_timeframe(t) for t in settings.derived_timeframes] if settings.enable_derived_timeframes else []
+    bases = {s for s in settings.whitelist_series if s.timeframe == base} if derived else set()
+    deriver = Deriver(store, base, derived, bases, publish=hub.publish)
+    writer = ClosedCandleWriter(
+        store,
+        batch_max=settings.binance_ws_batch_max,
+        flush_s=settings.binance_ws_flush_s,
+        derive=deriver,
+        publish=hub.publish_stage,
+        now_ms=clock.now_ms,
+    )
+    live: LiveIngest | None = None
+    if settings.enable_whitelist_ingest or settings.enable_ondemand_ingest:
+        live = LiveIngest(
+            settings, store, writer=writer, clock=clock, deriver=deriver, broadcast_forming=hub.publish_forming
+        )
+        if settings.enable_ondemand_ingest:
+            hub.ingest = live
+    top = TopMarkets(settings.binance_spot_rest_url, settings.binance_futures_rest_url)
+    return Services(settings, store, clock, hub, writer, deriver, live, top)
+
+
 async def serve_daemon(settings: Settings, *, task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
     """Run until ``Running.stop`` is set; ``started`` means the log is open and HTTP is listening."""
     stop = trio.Event()
     async with open_store(settings) as store, trio.open_nursery() as nursery:
-        live: LiveIngest | None = None
-        if settings.enable_whitelist_ingest:
-            live = LiveIngest(settings, store)
-            await nursery.start(live.run)
+        services = build_services(settings, store)
+        await nursery.start(services.hub.run)
+        await nursery.start(services.writer.run)
+        if services.live is not None:
+            await nursery.start(services.live.run)
         config = HypercornConfig()
         config.bind = [f"{settings.http_host}:{settings.http_port}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler of its own
         config.graceful_timeout = 3.0
-        app = cast(
-            ASGIFramework, build_app(settings, store, live)
-        )  # Starlette is ASGI 3; the types differ only nominally
-        binds = await nursery.start(
-            lambda task_status: hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
-        )
+        # Frames over our limit get a bad_request and the connection stays; far over it, hypercorn closes.
+        config.websocket_max_message_size = max(4 * settings.market_ws_max_message_bytes, 1 << 20)
+        app = cast(ASGIFramework, build_app(services))  # Starlette is ASGI 3; the types differ only nominally
+        shutdown, served = trio.Event(), trio.Event()
+
+        async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+            finally:
+                served.set()
+
+        binds = await nursery.start(serve_http)
         http_url = binds[0]
         # Start-up objects live for the whole run: moving them out of the collector's generations keeps
         # full collections short (tail(2000) p99 8.7 ms -> 1.1 ms in bench/eventlog.py).
         gc.collect()
         gc.freeze()
         log.info("daemon_ready", version=__version__, http_url=http_url, data_dir=str(settings.data_path))
-        task_status.started(Running(http_url=http_url, store=store, stop=stop, live=live))
+        task_status.started(Running(http_url=http_url, store=store, stop=stop, live=services.live, services=services))
         await stop.wait()
         log.info("daemon_stopping")
+        services.hub.shutdown()  # every WebSocket closes with 1001 server_shutdown
+        with trio.move_on_after(2.0):
+            await services.hub.wait_all_closed()
+        shutdown.set()
+        with trio.move_on_after(config.graceful_timeout + 1):
+            await served.wait()  # hypercorn drains open requests; the cancel below ends whatever remains
         nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await services.top_markets.aclose()
 
 
 async def run_until_signal(settings: Settings) -> None:

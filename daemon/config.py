@@ -70,6 +70,12 @@ class Settings:
     # Beyond SPEC: how long after a period's end a missing final kline is asked of the exchange (REST).
     market_close_grace_s: float = attrs.field(default=3.0, metadata=_kind("pos_float"))
     market_ws_catchup_limit: int = attrs.field(default=5000, metadata=_kind("pos_int"))
+    # Beyond SPEC: the WebSocket endpoint's limits (refusals are explicit `capacity` / `bad_request` errors).
+    market_ws_max_connections: int = attrs.field(default=4096, metadata=_kind("pos_int"))
+    market_ws_max_subscriptions: int = attrs.field(default=1000, metadata=_kind("pos_int"))
+    market_ws_max_message_bytes: int = attrs.field(default=65536, metadata=_kind("pos_int"))
+    market_ws_queue_frames: int = attrs.field(default=4096, metadata=_kind("pos_int"))
+    http_cors_origins: tuple[str, ...] = attrs.field(default=(), metadata=_kind("str_list"))
     enable_debug_api: bool = attrs.field(default=False, metadata=_kind("bool"))
     enable_kline_health: bool = attrs.field(default=False, metadata=_kind("bool"))
     pivot_window_major: int = attrs.field(default=50, metadata=_kind("pos_int"))
@@ -213,6 +219,7 @@ _PARSERS: Final[dict[str, Callable[[object, bool], Any]]] = {
     "nonneg_int": _bounded(_as_int, 0, "an integer >= 0"),
     "pos_float": _bounded(_as_float, 1e-9, "a number > 0"),
     "nonneg_float": _bounded(_as_float, 0, "a number >= 0"),
+    "str_list": _as_list,
     "series_list": _as_series_list,
     "timeframe": _as_timeframe,
     "timeframe_list": _as_timeframe_list,

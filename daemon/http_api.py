@@ -5,29 +5,39 @@ Errors are ``{"code": K, "detail": M}`` with a 4xx/5xx status and never a stack 
 
 from __future__ import annotations
 
-from typing import Any, Final
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import orjson
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
 
-from actors.store import Store
 from daemon import __version__
-from daemon.config import Settings
-from daemon.live import LiveIngest
-from protocol.codec import candle_to_wire
+from daemon.health import series_health_view
+from daemon.metrics import render_metrics
+from daemon.top_markets import TopMarketsError
+from daemon.ws_endpoint import MarketSocket
+from protocol.candle import Candle, check_candle
+from protocol.codec import CodecError, candle_from_wire, candle_to_wire
 from protocol.errors import ProtocolError
 from protocol.series import SeriesId
+
+if TYPE_CHECKING:
+    from daemon.app import Services
 
 log = structlog.get_logger(__name__)
 
 MAX_CANDLES_LIMIT: Final = 5000
 DEFAULT_CANDLES_LIMIT: Final = 500
+MAX_INGEST_BATCH: Final = 20_000
 
 
 class JSONResponse(Response):
@@ -73,8 +83,62 @@ def _int_param(request: Request, name: str, *, low: int, high: int | None = None
     return value
 
 
-def build_app(settings: Settings, store: Store, live: LiveIngest | None = None) -> Starlette:
-    """The ASGI app of one daemon; handlers close over its settings and store."""
+def _float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad_param(f"invalid {name}: expected a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise _bad_param(f"invalid {name}: expected {low}..{high}, got {value}")
+    return value
+
+
+def _bool_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off", ""):
+        return False
+    raise _bad_param(f"invalid {name}: expected a boolean, got {raw!r}")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise _bad_param("invalid json") from None
+    if not isinstance(body, dict):
+        raise _bad_param("body must be a JSON object")
+    return body
+
+
+def _body_series(body: dict[str, Any]) -> SeriesId:
+    if "series_id" not in body:
+        raise _bad_param("missing series_id")
+    try:
+        return SeriesId.parse(body["series_id"])
+    except ProtocolError as e:
+        raise _bad_param(f"invalid series_id: {e}") from None
+
+
+def _body_candle(series: SeriesId, raw: object) -> Candle:
+    """A wire candle that satisfies SPEC §1 for ``series`` (aligned, ordered prices, finite), or 422."""
+    try:
+        return check_candle(candle_from_wire(raw), series.timeframe)
+    except (CodecError, ProtocolError) as e:
+        raise _bad_param(f"invalid candle: {e}") from None
+
+
+def build_app(services: Services) -> Starlette:
+    """The ASGI app of one daemon (HTTP and ``/ws/market`` on one listener)."""
+    settings, store, live, hub = services.settings, services.store, services.live, services.hub
+
+    def require_debug() -> None:
+        if not settings.enable_debug_api:
+            raise ApiError(404, "not_found", "debug API disabled")
 
     async def candles(request: Request) -> Response:
         series = _series_param(request)
@@ -93,19 +157,116 @@ def build_app(settings: Settings, store: Store, live: LiveIngest | None = None) 
             }
         )
 
+    async def ingest_closed(request: Request) -> Response:
+        body = await _json_body(request)
+        series = _body_series(body)
+        if "candle" not in body:
+            raise _bad_param("missing candle")
+        candle = _body_candle(series, body["candle"])
+        await services.writer.write(series, [candle])  # durable and published when this returns
+        return JSONResponse({"ok": True, "series_id": str(series), "candle_time": candle.candle_time})
+
+    async def ingest_forming(request: Request) -> Response:
+        require_debug()
+        body = await _json_body(request)
+        series = _body_series(body)
+        if "candle" not in body:
+            raise _bad_param("missing candle")
+        candle = _body_candle(series, body["candle"])
+        hub.publish_forming(series, candle)
+        return JSONResponse({"ok": True, "series_id": str(series), "candle_time": candle.candle_time})
+
+    async def ingest_closed_batch(request: Request) -> Response:
+        require_debug()
+        body = await _json_body(request)
+        series = _body_series(body)
+        raw = body.get("candles")
+        if not isinstance(raw, list) or not raw:
+            raise _bad_param("candles must be a non-empty list")
+        if len(raw) > MAX_INGEST_BATCH:
+            raise _bad_param(f"at most {MAX_INGEST_BATCH} candles per batch, got {len(raw)}")
+        publish = body.get("publish_ws", False)
+        if type(publish) is not bool:
+            raise _bad_param("invalid publish_ws")
+        batch = sorted({c.candle_time: c for c in (_body_candle(series, r) for r in raw)}.values())
+        if publish:
+            await services.writer.write(series, batch)
+        else:  # durable and derived, not pushed to WebSocket subscribers (they get it by catchup)
+            result = await store.append({series: batch})
+            await services.deriver(result)
+        return JSONResponse(
+            {
+                "ok": True,
+                "series_id": str(series),
+                "count": len(batch),
+                "first_candle_time": batch[0].candle_time,
+                "last_candle_time": batch[-1].candle_time,
+            }
+        )
+
     async def whitelist(request: Request) -> Response:
         return JSONResponse({"series_ids": list(settings.whitelist)})
 
+    def top_params(request: Request) -> tuple[str, str, str, int]:
+        q = request.query_params
+        limit = _int_param(request, "limit", low=1, high=1000) or 20
+        return q.get("exchange", "binance"), q.get("market", "spot"), q.get("quote_asset", "USDT"), limit
+
+    async def top_markets(request: Request) -> Response:
+        exchange, market, quote, limit = top_params(request)
+        try:
+            data = await services.top_markets.get(exchange, market, quote, limit, _bool_param(request, "force"))
+        except TopMarketsError as e:
+            headers = {"Retry-After": str(max(1, round(e.retry_after_s)))} if e.retry_after_s else None
+            return JSONResponse({"code": e.code, "detail": e.detail}, status_code=e.status, headers=headers)
+        return JSONResponse(data)
+
+    async def top_markets_stream(request: Request) -> Response:
+        exchange, market, quote, limit = top_params(request)
+        interval = _float_param(request, "interval_s", 2.0, 0.2, 30.0)
+        max_events = _int_param(request, "max_events", low=1)
+        events = services.top_markets.stream(exchange, market, quote, limit, interval, max_events)
+        try:
+            first = await anext(events)  # bad parameters raise here, before the response starts
+        except TopMarketsError as e:
+            await events.aclose()
+            return JSONResponse({"code": e.code, "detail": e.detail}, status_code=e.status)
+        except StopAsyncIteration:
+            first = ""
+
+        async def body() -> AsyncIterator[str]:
+            async with contextlib.aclosing(events):
+                yield first
+                async for chunk in events:
+                    yield chunk
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def health(request: Request) -> Response:
+        if not settings.enable_kline_health:
+            raise ApiError(404, "not_found", "health API disabled")
+        now = _int_param(request, "now_time", low=0)
+        now = services.clock.now_s() if now is None else now
+        if "series_id" in request.query_params:
+            series = _series_param(request)
+            return JSONResponse(series_health_view(series, now, await store.head(series)))
+        active = dict.fromkeys([*settings.whitelist_series, *hub.active_series(), *(live.actors if live else ())])
+        heads = await store.heads()
+        views = []
+        for series in active:
+            head = heads.get(str(series))
+            views.append(series_health_view(series, now, head))
+        return JSONResponse({"now_time": now, "series": views})
+
     async def ingest_state(request: Request) -> Response:
-        if not settings.enable_debug_api:
-            raise ApiError(404, "not_found", "debug API disabled")
+        require_debug()
+        stats = {"writer": services.writer.statistics(), "fanout": hub.statistics()}
         if live is None:
-            return JSONResponse({"enabled": False, "jobs": []})
-        return JSONResponse({"enabled": True, "jobs": live.supervisor.jobs(), "stats": live.statistics()})
+            return JSONResponse({"enabled": False, "jobs": [], "stats": stats})
+        return JSONResponse({"enabled": True, "jobs": live.supervisor.jobs(), "stats": {**live.statistics(), **stats}})
 
     async def series_health(request: Request) -> Response:
-        if not settings.enable_debug_api:
-            raise ApiError(404, "not_found", "debug API disabled")
+        require_debug()
         actors = live.actors if live else {}
         return JSONResponse(
             {
@@ -114,11 +275,15 @@ def build_app(settings: Settings, store: Store, live: LiveIngest | None = None) 
                         "series_id": str(series),
                         **{k: v for k, v in attrs.asdict(actor.state).items() if k != "holes"},
                         "holes": [attrs.asdict(h) for h in actor.state.holes],
+                        "subscribers": hub.subscriber_count(series),
                     }
                     for series, actor in actors.items()
                 ]
             }
         )
+
+    async def metrics(request: Request) -> Response:
+        return Response(render_metrics(services), media_type="text/plain; version=0.0.4")
 
     async def version(request: Request) -> Response:
         return JSONResponse({"name": "klined", "version": __version__})
@@ -136,13 +301,33 @@ def build_app(settings: Settings, store: Store, live: LiveIngest | None = None) 
         log.error("http_internal_error", path=request.url.path, error=repr(exc))
         return JSONResponse({"code": "internal_error", "detail": "internal error"}, status_code=500)
 
+    market_socket = MarketSocket(
+        hub,
+        max_connections=settings.market_ws_max_connections,
+        max_subscriptions=settings.market_ws_max_subscriptions,
+        max_message_bytes=settings.market_ws_max_message_bytes,
+    )
+    middleware = []
+    if settings.http_cors_origins:  # a browser chart served from another origin may call the API
+        middleware.append(
+            Middleware(CORSMiddleware, allow_origins=list(settings.http_cors_origins), allow_methods=["GET", "POST"])
+        )
     return Starlette(
         routes=[
             Route("/api/market/candles", candles, methods=["GET"]),
+            Route("/api/market/ingest/candle_closed", ingest_closed, methods=["POST"]),
+            Route("/api/market/ingest/candle_forming", ingest_forming, methods=["POST"]),
+            Route("/api/dev/market/ingest/candles_closed_batch", ingest_closed_batch, methods=["POST"]),
             Route("/api/market/whitelist", whitelist, methods=["GET"]),
-            Route("/api/version", version, methods=["GET"]),
+            Route("/api/market/top_markets", top_markets, methods=["GET"]),
+            Route("/api/market/top_markets/stream", top_markets_stream, methods=["GET"]),
+            Route("/api/market/health", health, methods=["GET"]),
             Route("/api/market/debug/ingest_state", ingest_state, methods=["GET"]),
             Route("/api/market/debug/series_health", series_health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/api/version", version, methods=["GET"]),
+            WebSocketRoute("/ws/market", market_socket.serve),
         ],
+        middleware=middleware,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )

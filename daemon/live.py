@@ -6,7 +6,7 @@ blocks a connection's reader and contains its own failures).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -17,7 +17,7 @@ from actors.clock import ExchangeClock
 from actors.ingest import UpstreamIngest
 from actors.pipeline import ClosedCandleWriter
 from actors.rest import BinanceRest, RestError
-from actors.series import SeriesActor
+from actors.series import BroadcastForming, SeriesActor
 from actors.store import Store
 from actors.supervisor import Supervisor
 from daemon.config import Settings
@@ -26,7 +26,7 @@ from protocol.aggregate import aggregate_bucket
 from protocol.binance import KlineUpdate
 from protocol.candle import Candle
 from protocol.series import Market, SeriesId
-from protocol.timeframes import Timeframe, can_derive, parse_timeframe
+from protocol.timeframes import Timeframe, can_derive
 
 log = structlog.get_logger(__name__)
 
@@ -65,51 +65,75 @@ class Router:
 class Deriver:
     """The derive stage: after base candles are durable, build the complete derived buckets they touch."""
 
-    def __init__(self, store: Store, base: Timeframe, targets: Sequence[Timeframe], bases: set[SeriesId]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        base: Timeframe,
+        targets: Sequence[Timeframe],
+        bases: set[SeriesId],
+        publish: Callable[[SeriesId, Sequence[Candle]], None] | None = None,
+    ) -> None:
         self._store = store
-        self._base = base
+        self.base = base
         self._targets = [t for t in targets if can_derive(base, t)]
         self._bases = bases  # the base series that have derived timeframes
+        self._publish = publish  # derived candles go to subscribers once durable, like any other
         self.derived = 0
+
+    def derives(self, series: SeriesId) -> bool:
+        """Whether ``series`` is one this stage builds (from its base timeframe), never an upstream stream."""
+        return series.timeframe != self.base and series.timeframe in self._targets
+
+    def add_base(self, series: SeriesId) -> None:
+        """Derive from ``series`` from now on (an on-demand subscriber asked for one of its timeframes)."""
+        self._bases.add(series)
 
     async def __call__(self, result: AppendResult) -> None:
         batch: dict[SeriesId, list[Candle]] = {}
         for sid, candles in result.changed.items():
             series = SeriesId.parse(sid)
-            if series not in self._bases or series.timeframe != self._base:
+            if series not in self._bases or series.timeframe != self.base:
                 continue
             for target in self._targets:
                 buckets = sorted({target.floor(c.candle_time) for c in candles})
                 out = batch.setdefault(series.with_timeframe(target), [])
                 for bucket in buckets:
                     base = await self._store.range(series, bucket - 1, target.next_open(bucket) - 1, None)
-                    derived = aggregate_bucket(self._base, target, bucket, base)
+                    derived = aggregate_bucket(self.base, target, bucket, base)
                     if derived is not None:
                         out.append(derived)
         batch = {s: c for s, c in batch.items() if c}
         if batch:
             written = await self._store.append(batch)
             self.derived += written.appended + written.corrected
+            if self._publish is not None:
+                for sid, changed in written.changed.items():
+                    self._publish(SeriesId.parse(sid), changed)
+
+
+def _no_forming_broadcast(series: SeriesId, candle: Candle) -> None:
+    """No subscribers (tests of ingest alone)."""
 
 
 class LiveIngest:
     """Everything that follows the market live, started as one service."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        writer: ClosedCandleWriter,
+        clock: ExchangeClock,
+        deriver: Deriver,
+        broadcast_forming: BroadcastForming = _no_forming_broadcast,
+    ) -> None:
         self.settings = settings
         self.store = store
-        self.clock = ExchangeClock()
-        base = parse_timeframe(settings.derived_base_timeframe)
-        whitelist = settings.whitelist_series
-        derive_from = {s for s in whitelist if s.timeframe == base} if settings.enable_derived_timeframes else set()
-        self.deriver = Deriver(store, base, [parse_timeframe(t) for t in settings.derived_timeframes], derive_from)
-        self.writer = ClosedCandleWriter(
-            store,
-            batch_max=settings.binance_ws_batch_max,
-            flush_s=settings.binance_ws_flush_s,
-            derive=self.deriver,
-            now_ms=self.clock.now_ms,
-        )
+        self.clock = clock
+        self.deriver = deriver
+        self.writer = writer
+        self._broadcast_forming = broadcast_forming
         self.rest: dict[Market, BinanceRest] = {
             "spot": BinanceRest(settings.binance_spot_rest_url, futures=False),
             "futures": BinanceRest(settings.binance_futures_rest_url, futures=True),
@@ -121,6 +145,23 @@ class LiveIngest:
         self.supervisor = Supervisor(
             self._actor_main, max_jobs=settings.ondemand_max_jobs, idle_ttl_s=settings.ondemand_idle_ttl_s
         )
+
+    # -- on-demand ingest (the fan-out's IngestControl) ---------------------------------------------
+
+    def upstream_series(self, series: SeriesId) -> SeriesId:
+        """The series whose actor and stream serve ``series``: a derived timeframe maps to its base."""
+        return series.with_timeframe(self.deriver.base) if self.deriver.derives(series) else series
+
+    def acquire(self, series: SeriesId) -> bool:
+        """One more subscriber of ``series``: its actor starts on the first (raises ``CapacityError``)."""
+        upstream = self.upstream_series(series)
+        self.supervisor.acquire(upstream)
+        if upstream != series:
+            self.deriver.add_base(upstream)
+        return True
+
+    def release(self, series: SeriesId) -> None:
+        self.supervisor.release(self.upstream_series(series))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -141,10 +182,13 @@ class LiveIngest:
                 # Measured in the background: series start from their stored heads with no exchange call,
                 # on the host's (NTP) time; a measured offset re-aims every ticker when it arrives.
                 nursery.start_soon(self._keep_clock_measured)
-                await nursery.start(self.writer.run)
                 await nursery.start(self.supervisor.run)
-                for series in self.settings.whitelist_series:
-                    self.supervisor.pin(series)
+                if self.settings.enable_whitelist_ingest:
+                    for series in self.settings.whitelist_series:
+                        upstream = self.upstream_series(series)
+                        self.supervisor.pin(upstream)
+                        if upstream != series:
+                            self.deriver.add_base(upstream)
                 task_status.started()
         finally:
             for rest in self.rest.values():
@@ -170,7 +214,7 @@ class LiveIngest:
             series,
             head_time=head.head_time if head else None,
             writer=self.writer,
-            broadcast_forming=_no_forming_broadcast,
+            broadcast_forming=self._broadcast_forming,
             fetch_closed=lambda s, first, last: rest.closed_klines(s, first, last),
             clock=self.clock,
             forming_interval_s=self.settings.market_forming_min_interval_ms / 1000,
@@ -211,7 +255,3 @@ class LiveIngest:
             },
             "clock_offset_ms": self.clock.offset_ms,
         }
-
-
-def _no_forming_broadcast(series: SeriesId, candle: Candle) -> None:
-    """Forming candles go to WebSocket subscribers once the serving side lands (issue 4)."""

@@ -1,0 +1,49 @@
+"""The kline health view of one series (SPEC §4 ``/api/market/health``): how far its head trails the
+latest closed period of the exchange clock, as green / yellow / red with a reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.logformat import SeriesHead
+from protocol.series import SeriesId
+
+
+def series_health_view(
+    series: SeriesId, now_time: int, head: SeriesHead | None, backfill: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``backfill`` is the gap-repair state of the series (``state``: idle|running|succeeded|failed, ...)."""
+    tf = series.timeframe
+    expected = tf.last_closed_open(now_time)
+    backfill = backfill or {"state": "idle", "progress_pct": None}
+    head_time = head.head_time if head else None
+    missing = 0
+    lag: int | None = None
+    if head_time is None:
+        status, reason = "red", "missing_head"
+    elif head_time > expected:
+        status, reason, lag = "yellow", "head_ahead_of_closed_window", 0
+    else:
+        lag = expected - head_time
+        missing = tf.count_between(tf.next_open(head_time), expected)
+        if missing == 0:
+            status, reason = "green", "up_to_date"
+        elif backfill.get("state") == "running":
+            status, reason = "yellow", "backfill_running"
+        elif backfill.get("state") == "succeeded" and backfill.get("recent", False):
+            status, reason = "yellow", "backfill_recent"
+        else:
+            status, reason = "red", "lagging_no_recent_backfill"
+    return {
+        "series_id": str(series),
+        "timeframe_seconds": tf.seconds,
+        "now_time": now_time,
+        "expected_latest_closed_time": expected,
+        "head_time": head_time,
+        "lag_seconds": lag,
+        "missing_seconds": missing * tf.seconds,
+        "missing_candles": missing,
+        "status": status,
+        "status_reason": reason,
+        "backfill": backfill,
+    }
