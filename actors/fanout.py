@@ -237,6 +237,7 @@ class Hub:
 
         Raises ``CapacityError`` (on-demand ingest full): nothing is registered, no frame will follow.
         """
+        since = since or None  # 0: "from the first stored candle", no cursor (no gap before it)
         sub = client.subs.get(series)
         if sub is None:
             holds = self.ingest.acquire(series) if self.ingest is not None else False
