@@ -36,6 +36,8 @@ async def test_derived_subscription_rides_on_the_base_stream(tmp_path: Path) -> 
                 assert job is not None
                 assert (job.source, job.refcount) == ("ondemand", 1)
                 assert live.supervisor.job(BTC5) is None
+                while BTC not in live.actors:
+                    await live.wait_actor_started()
                 assert live.ingest["spot"]._series_streams == {BTC: "btcusdt@kline_1m"}
                 while True:
                     frame = await c.recv()
