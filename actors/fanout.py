@@ -174,7 +174,7 @@ class Hub:
         self._catchup_limit = catchup_limit
         self._queue_frames = queue_frames
         self._forming_interval_s = forming_interval_s
-        self._heal_fn: Heal = heal or self._heal_from_log
+        self.heal: Heal = heal or self._heal_from_log
         self.ingest = ingest
         self._subs: dict[SeriesId, dict[Subscription, None]] = {}
         self._clients: dict[int, Client] = {}
@@ -417,7 +417,7 @@ class Hub:
         self.stats.heals += 1
         assert sub.last_sent is not None
         series, tf = sub.series, sub.series.timeframe
-        healed = await self._heal_fn(series, sub.last_sent, until)
+        healed = await self.heal(series, sub.last_sent, until)
         sub.healed_until = max(sub.healed_until, until)
         if not sub.active or not healed:
             return

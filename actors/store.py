@@ -67,6 +67,9 @@ class Store:
     ) -> list[Candle]:
         return await self._read(self.log.range, series, since, until, limit)
 
+    async def count_between(self, series: SeriesId | str, start: int, end: int) -> int:
+        return await self._read(self.log.count_between, series, start, end)
+
     async def head(self, series: SeriesId | str) -> SeriesHead | None:
         return await self._read(self.log.head, series)
 

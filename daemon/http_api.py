@@ -145,6 +145,7 @@ def build_app(services: Services) -> Starlette:
         since = _int_param(request, "since", low=0)
         limit = _int_param(request, "limit", low=1, high=MAX_CANDLES_LIMIT) or DEFAULT_CANDLES_LIMIT
         if since is None:
+            await services.history.tail_for_read(series, limit)  # bounded wait; off unless the flag is on
             rows = await store.tail(series, limit)
         else:
             rows = await store.range(series, since, None, limit)
@@ -249,13 +250,14 @@ def build_app(services: Services) -> Starlette:
         now = services.clock.now_s() if now is None else now
         if "series_id" in request.query_params:
             series = _series_param(request)
-            return JSONResponse(series_health_view(series, now, await store.head(series)))
+            backfill = services.history.progress.view(series)
+            return JSONResponse(series_health_view(series, now, await store.head(series), backfill))
         active = dict.fromkeys([*settings.whitelist_series, *hub.active_series(), *(live.actors if live else ())])
         heads = await store.heads()
         views = []
         for series in active:
             head = heads.get(str(series))
-            views.append(series_health_view(series, now, head))
+            views.append(series_health_view(series, now, head, services.history.progress.view(series)))
         return JSONResponse({"now_time": now, "series": views})
 
     async def ingest_state(request: Request) -> Response:

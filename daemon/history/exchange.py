@@ -1,0 +1,116 @@
+"""Exchange history through ccxt: sync ``ccxt.binance`` in a worker thread, 1000 candles a call.
+
+The cursor must advance every page or the walk stops (an exchange that repeats a page cannot loop us);
+rate limits, bans and outages are retried with backoff; a cancelled walk returns at once (the thread's
+one request in flight is abandoned, never awaited).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import ccxt
+import structlog
+import trio
+
+from protocol.candle import Candle, make_candle
+from protocol.errors import ProtocolError
+from protocol.series import Market, SeriesId
+
+log = structlog.get_logger(__name__)
+
+PAGE: Final = 1000
+RETRIES: Final = 6
+RETRY_FIRST_S: Final = 1.0
+RETRYABLE: Final = (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.ExchangeNotAvailable, ccxt.NetworkError)
+BINANCE_HOSTS: Final = {"spot": "api.binance.com", "futures": "fapi.binance.com"}
+
+
+class HistoryError(Exception):
+    """The exchange could not give what was asked (after retries), or refused it."""
+
+
+def binance_exchange(market: Market, rest_url: str) -> Any:
+    """A ccxt client for one market; its URLs point at ``rest_url`` when that is not Binance's own."""
+    options = {"fetchMarkets": {"types": ["spot"] if market == "spot" else ["linear"]}}
+    exchange = ccxt.binance({"enableRateLimit": True, "timeout": 10_000, "options": options})
+    base = urlsplit(rest_url)
+    if base.hostname != BINANCE_HOSTS[market]:
+        api = exchange.urls["api"]
+        for name, url in list(api.items()):
+            if isinstance(url, str):  # keep each API's path (/api/v3, /fapi/v1 ...), swap the host
+                api[name] = f"{base.scheme}://{base.netloc}{urlsplit(url).path}"
+    return exchange
+
+
+class CcxtSource:
+    """Closed candles of any series from the exchange, page by page."""
+
+    def __init__(
+        self,
+        spot_rest_url: str,
+        futures_rest_url: str,
+        *,
+        make: Callable[[Market, str], Any] = binance_exchange,
+        retry_first_s: float = RETRY_FIRST_S,
+    ) -> None:
+        self._urls: dict[Market, str] = {"spot": spot_rest_url, "futures": futures_rest_url}
+        self._make = make
+        self._clients: dict[Market, Any] = {}
+        self._retry_first_s = retry_first_s
+        self.calls = 0  # REST calls made (pages), for the benchmark and the progress view
+
+    def _client(self, market: Market) -> Any:
+        client = self._clients.get(market)
+        if client is None:
+            client = self._clients[market] = self._make(market, self._urls[market])
+        return client
+
+    async def pages(self, series: SeriesId, first: int, last: int) -> AsyncGenerator[list[Candle], None]:
+        """Pages of closed candles with ``first <= candle_time <= last``, ascending."""
+        tf = series.timeframe
+        symbol = series.symbol if series.market == "spot" else f"{series.symbol}:{series.symbol.split('/')[1]}"
+        cursor = first
+        while cursor <= last:
+            rows = await self._fetch(series.market, symbol, tf.name, cursor)
+            page: list[Candle] = []
+            for row in rows:
+                t = int(row[0]) // 1000
+                if t < cursor or t > last:
+                    continue
+                try:
+                    page.append(make_candle(t, row[1], row[2], row[3], row[4], row[5], timeframe=tf))
+                except (ProtocolError, TypeError, ValueError) as e:
+                    log.warning("history_row_skipped", series_id=str(series), candle_time=t, error=str(e))
+            if not page:
+                return  # nothing (more) in the range: the exchange has no older data, or the range is empty
+            yield page
+            following = tf.next_open(page[-1].candle_time)
+            if following <= cursor:
+                return  # the cursor must advance: an exchange that repeats itself ends the walk
+            cursor = following
+
+    async def _fetch(self, market: Market, symbol: str, timeframe: str, since: int) -> list[list[Any]]:
+        delay = self._retry_first_s
+        for attempt in range(RETRIES):
+            self.calls += 1
+            client = self._client(market)
+            try:
+                rows: list[list[Any]] = await trio.to_thread.run_sync(
+                    functools.partial(client.fetch_ohlcv, symbol, timeframe, since=since * 1000, limit=PAGE),
+                    abandon_on_cancel=True,
+                )
+            except RETRYABLE as e:
+                if attempt == RETRIES - 1:
+                    raise HistoryError(f"{symbol} {timeframe}: {type(e).__name__}: {e}") from e
+                log.warning("history_retry", symbol=symbol, error=type(e).__name__, retry_in_s=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+            except ccxt.BaseError as e:
+                raise HistoryError(f"{symbol} {timeframe}: {type(e).__name__}: {e}") from e
+            else:
+                return rows
+        raise AssertionError("unreachable")

@@ -1,0 +1,293 @@
+"""The three repairs of the past (issue 5), each behind its own flag, each best-effort and visible:
+
+- gap backfill: a known hole ``expected_next_time..actual_time`` from freqtrade files, then the exchange;
+- tail coverage: the reader wants N candles up to a time: freqtrade -> derive from the base timeframe ->
+  the exchange (ccxt; on the read path only when ``enable_ccxt_backfill_on_read`` too), checking after each
+  level, capped by ``market_auto_tail_backfill_max_candles``;
+- startup sync: every whitelist series brought to its latest closed period before the daemon is ready.
+
+Every repair is tracked (:class:`ProgressTracker`) for health. Repaired candles are appended through the
+store like any other (derived timeframes follow through the derive stage); subscribers get them by
+healing or catchup, never as live frames out of order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+import structlog
+import trio
+
+from actors.store import Store
+from daemon.config import Settings
+from daemon.eventlog import AppendResult
+from daemon.history.exchange import CcxtSource, HistoryError
+from daemon.history.freqtrade import ReadStats, data_file, read_candles
+from daemon.history.progress import ProgressTracker
+from protocol.aggregate import aggregate
+from protocol.candle import Candle
+from protocol.coverage import count_missing, missing_ranges, tail_window_start
+from protocol.series import SeriesId
+from protocol.timeframes import Timeframe
+
+log = structlog.get_logger(__name__)
+
+HEAL_WAIT_S: Final = 5.0  # a subscriber waits this long for a gap backfill before it gets the gap
+TAIL_WAIT_S: Final = 5.0  # GET /candles waits this long for tail coverage, then answers what is stored
+STARTUP_CONCURRENCY: Final = 4
+
+Derive = Callable[[AppendResult], object]
+
+
+@attrs.define
+class CoverageResult:
+    series_id: str
+    target: int
+    had: int
+    filled: dict[str, int]
+    still_missing: int
+
+    @property
+    def note(self) -> str:
+        return "tail_coverage_done" if self.still_missing == 0 else "tail_coverage_partial"
+
+
+class History:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        source: CcxtSource,
+        derive_stage: Callable[[AppendResult], object] | None = None,
+        base: Timeframe,
+        derived: Sequence[Timeframe],
+        now_s: Callable[[], int],
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self.source = source
+        self._derive_stage = derive_stage
+        self._base = base
+        self._derived = set(derived)
+        self._now_s = now_s
+        self.progress = ProgressTracker(now_ms or (lambda: time.time_ns() // 1_000_000))
+        self._running: dict[tuple[str, str], trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- appends ------------------------------------------------------------------------------------
+
+    async def _append(self, series: SeriesId, candles: Sequence[Candle]) -> int:
+        if not candles:
+            return 0
+        result = await self._store.append({series: list(candles)})
+        if self._derive_stage is not None:
+            await self._derive_stage(result)  # type: ignore[misc]
+        return result.appended + result.corrected
+
+    # -- levels -------------------------------------------------------------------------------------
+
+    async def from_freqtrade(self, series: SeriesId, ranges: Sequence[tuple[int, int]]) -> int:
+        """Import the file's candles in ``ranges``; streamed from a worker thread, batch by batch."""
+        datadir = self.settings.freqtrade_data_dir
+        if not datadir or not ranges:
+            return 0
+        path = await trio.to_thread.run_sync(lambda: data_file(Path(datadir).expanduser(), series))
+        if path is None:
+            return 0
+        stats = ReadStats()
+        filled = 0
+        for first, last in ranges:
+            filled += await self._import_range(path, series, first, last, stats)
+        log.info("freqtrade_imported", series_id=str(series), path=str(path), candles=filled, skipped=stats.skipped)
+        return filled
+
+    async def _import_range(self, path: Path, series: SeriesId, first: int, last: int, stats: ReadStats) -> int:
+        send, receive = trio.open_memory_channel[list[Candle]](2)  # the reader stays at most two batches ahead
+
+        def read() -> None:
+            with send:  # closes the channel when the file is done (or failed)
+                for batch in read_candles(path, series, first, last, stats=stats):
+                    trio.from_thread.run(send.send, batch)
+
+        filled = 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(trio.to_thread.run_sync, read, abandon_on_cancel=True))
+            async with receive:
+                async for batch in receive:
+                    filled += await self._append(series, batch)
+        return filled
+
+    async def by_derivation(self, series: SeriesId, ranges: Sequence[tuple[int, int]]) -> int:
+        """Complete buckets of a derived timeframe, built from the stored base candles."""
+        tf = series.timeframe
+        if tf not in self._derived or tf == self._base or not ranges:
+            return 0
+        base_series = series.with_timeframe(self._base)
+        filled = 0
+        for first, last in ranges:
+            base = await self._store.range(base_series, first - 1, tf.next_open(last) - 1, None)
+            filled += await self._append(series, list(aggregate(self._base, tf, base)))
+        return filled
+
+    async def from_exchange(self, series: SeriesId, ranges: Sequence[tuple[int, int]], cap: int | None = None) -> int:
+        filled = 0
+        for first, last in ranges:
+            async with contextlib.aclosing(self.source.pages(series, first, last)) as pages:
+                async for page in pages:
+                    filled += await self._append(series, page)
+                    if cap is not None and filled >= cap:
+                        return filled
+        return filled
+
+    # -- repairs ------------------------------------------------------------------------------------
+
+    async def _missing(self, series: SeriesId, first: int, last: int) -> list[tuple[int, int]]:
+        stored = await self._store.range(series, first - 1, last, None)
+        return missing_ranges(series.timeframe, (c.candle_time for c in stored), first, last)
+
+    async def gap_backfill(self, series: SeriesId, expected_next_time: int, actual_time: int) -> int:
+        """Fill the hole before ``actual_time``: freqtrade, then the exchange. Returns candles filled."""
+        if not self.settings.enable_market_gap_backfill:
+            return 0
+        tf = series.timeframe
+        last = tf.prev_open(actual_time)
+        ranges = await self._missing(series, expected_next_time, last)
+        if not ranges:
+            return 0
+        progress = self.progress.begin(series, "gap_backfill", count_missing(tf, ranges))
+        filled = 0
+        try:
+            filled += await self.from_freqtrade(series, ranges)
+            ranges = await self._missing(series, expected_next_time, last)
+            if ranges:
+                filled += await self.from_exchange(series, ranges)
+                ranges = await self._missing(series, expected_next_time, last)
+        except HistoryError as e:
+            self.progress.fail(progress, str(e))
+            log.warning("gap_backfill_failed", series_id=str(series), error=str(e))
+            return filled
+        progress.filled = filled
+        still = count_missing(tf, ranges)
+        self.progress.succeed(progress, still, "gap_filled" if not still else "gap_partial")
+        log.info("gap_backfill", series_id=str(series), filled=filled, still_missing=still)
+        return filled
+
+    async def heal(self, series: SeriesId, after: int, before: int) -> list[Candle]:
+        """For the WebSocket gate: candles strictly between two times, from the log, after a bounded gap
+        backfill when that is on."""
+        candles = await self._store.range(series, after, before - 1, None)
+        tf = series.timeframe
+        complete = len(candles) == tf.count_between(tf.next_open(after), tf.prev_open(before))
+        if not complete and self.settings.enable_market_gap_backfill:
+            with trio.move_on_after(HEAL_WAIT_S):
+                await self.gap_backfill(series, tf.next_open(after), before)
+            candles = await self._store.range(series, after, before - 1, None)
+        return candles
+
+    async def ensure_tail_coverage(
+        self, series: SeriesId, target: int, to_time: int, *, on_read: bool = False, exchange: bool | None = None
+    ) -> CoverageResult:
+        """Walk freqtrade -> derivation -> exchange until ``target`` candles end at ``to_time``."""
+        tf = series.timeframe
+        target = min(target, self.settings.market_auto_tail_backfill_max_candles)
+        last = tf.floor(to_time)
+        first = tail_window_start(tf, last, target)
+        ranges = await self._missing(series, first, last)
+        missing = count_missing(tf, ranges)
+        result = CoverageResult(str(series), target, target - missing, {}, missing)
+        if not ranges:
+            return result
+        use_exchange = exchange
+        if use_exchange is None:
+            use_exchange = self.settings.enable_ccxt_backfill and (
+                not on_read or self.settings.enable_ccxt_backfill_on_read
+            )
+        progress = self.progress.begin(series, "tail_coverage", missing)
+        levels: list[tuple[str, Callable[[SeriesId, Sequence[tuple[int, int]]], object]]] = [
+            ("freqtrade", self.from_freqtrade),
+            ("derived", self.by_derivation),
+        ]
+        if use_exchange:
+            levels.append(("exchange", self.from_exchange))
+        try:
+            for name, level in levels:
+                got = await level(series, ranges)  # type: ignore[misc]
+                result.filled[name] = got
+                self.progress.advance(progress, got)
+                ranges = await self._missing(series, first, last)
+                if not ranges:
+                    break
+        except HistoryError as e:
+            self.progress.fail(progress, str(e))
+            result.still_missing = count_missing(tf, ranges)
+            log.warning("tail_coverage_failed", series_id=str(series), error=str(e))
+            return result
+        result.still_missing = count_missing(tf, ranges)
+        self.progress.succeed(progress, result.still_missing, result.note)
+        log.info(result.note, series_id=str(series), target=target, filled=result.filled, missing=result.still_missing)
+        return result
+
+    async def tail_for_read(self, series: SeriesId, target: int) -> None:
+        """``GET /candles``: start (or join) tail coverage in the background and wait for it, bounded."""
+        if not self.settings.enable_market_auto_tail_backfill or self._nursery is None:
+            return
+        key = (str(series), "tail")
+        done = self._running.get(key)
+        if done is None:
+            done = self._running[key] = trio.Event()
+            to_time = series.timeframe.last_closed_open(self._now_s())
+            self._nursery.start_soon(self._tail_job, series, target, to_time, key, done)
+        with trio.move_on_after(TAIL_WAIT_S):
+            await done.wait()
+
+    async def _tail_job(
+        self, series: SeriesId, target: int, to_time: int, key: tuple[str, str], done: trio.Event
+    ) -> None:
+        try:
+            await self.ensure_tail_coverage(series, target, to_time, on_read=True)
+        except Exception as e:  # best effort: the reader gets what is stored; the error is visible in health
+            log.warning("tail_coverage_error", series_id=str(series), error=repr(e))
+        finally:
+            self._running.pop(key, None)
+            done.set()
+
+    async def startup_sync(self, series_list: Sequence[SeriesId]) -> dict[str, list[str]]:
+        """Before ready: each series up to its latest closed period (a window of the configured size)."""
+        summary: dict[str, list[str]] = {"synced": [], "lagging": [], "errors": []}
+        limiter = trio.CapacityLimiter(STARTUP_CONCURRENCY)
+        target = self.settings.startup_kline_sync_target_candles
+
+        async def one(series: SeriesId) -> None:
+            async with limiter:
+                try:
+                    to_time = series.timeframe.last_closed_open(self._now_s())
+                    result = await self.ensure_tail_coverage(series, target, to_time, exchange=True)
+                except Exception as e:  # one series failing never stops the others (nor the start)
+                    summary["errors"].append(f"{series}: {e!r}")
+                    return
+                summary["synced" if result.still_missing == 0 else "lagging"].append(str(series))
+
+        async with trio.open_nursery() as nursery:
+            for series in series_list:
+                nursery.start_soon(one, series)
+        log.info(
+            "startup_sync_done",
+            synced=len(summary["synced"]),
+            lagging=summary["lagging"],
+            errors=summary["errors"],
+        )
+        return summary
