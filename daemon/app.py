@@ -23,6 +23,7 @@ from actors.pipeline import ClosedCandleWriter
 from actors.store import Store
 from daemon import __version__
 from daemon.config import Settings
+from daemon.control import serve_control
 from daemon.eventlog import EventLog
 from daemon.history.exchange import CcxtSource
 from daemon.history.service import History
@@ -130,6 +131,7 @@ async def serve_daemon(settings: Settings, *, task_status: trio.TaskStatus[Runni
         await nursery.start(services.hub.run)
         await nursery.start(services.writer.run)
         await nursery.start(services.history.run)
+        await nursery.start(serve_control, services, settings.control_socket_path)
         if settings.enable_startup_kline_sync and settings.whitelist_series:
             await services.history.startup_sync(settings.whitelist_series)  # before ready, as SPEC asks
         if services.live is not None:

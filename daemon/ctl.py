@@ -1,20 +1,131 @@
-"""``klinectl``: the operator's control client (talks to the daemon's unix socket; version only for now)."""
+"""``klinectl``: the operator's client of the daemon's control socket.
+
+    klinectl health                                   the health table of every active series
+    klinectl backfill SERIES --since T [--until T]    repair a range now, with a live progress bar
+    klinectl version                                  client and daemon versions
+
+Times are UTC seconds or ISO dates (``2024-01-01``, ``2024-01-01T12:00``). The socket is the config's
+``control_socket`` (``<data_dir>/klined.sock``), or ``--socket PATH``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import socket
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tqdm import tqdm
 
 from daemon import __version__
+from daemon.config import ConfigError, load_settings
+
+
+def parse_time(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (UTC seconds or an ISO date)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp())
+
+
+def request(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Send one request; yield the answer's JSON lines."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sock.sendall(orjson.dumps(payload) + b"\n")
+        buffer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                yield orjson.loads(line)
+
+
+def show_health(rows: list[dict[str, Any]]) -> None:
+    header = f"{'series':<36} {'status':<7} {'reason':<28} {'head':>12} {'lag_s':>8} {'missing':>8} backfill"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        backfill = r["backfill"]
+        pct = backfill.get("progress_pct")
+        repair = backfill["state"] + (f" {pct:.0f}%" if pct is not None and backfill["state"] == "running" else "")
+        lag = "-" if r["lag_seconds"] is None else str(r["lag_seconds"])
+        print(
+            f"{r['series_id']:<36} {r['status']:<7} {r['status_reason']:<28} {r['head_time'] or '-':>12} "
+            f"{lag:>8} {r['missing_candles']:>8} {repair}"
+        )
+
+
+def run_backfill(path: Path, series: str, since: int, until: int | None) -> int:
+    bar: tqdm[Any] | None = None
+    try:
+        for event in request(path, {"cmd": "backfill", "series_id": series, "since": since, "until": until}):
+            if event["event"] == "progress":
+                if bar is None and event.get("missing_candles"):
+                    bar = tqdm(total=event["missing_candles"], unit="candle", desc=series, dynamic_ncols=True)
+                if bar is not None:
+                    bar.update(max(0, event.get("filled_candles", 0) - bar.n))
+            elif event["event"] == "done":
+                if bar is not None:
+                    bar.close()
+                print(f"done: filled {event.get('filled', {})}, still missing {event.get('still_missing', 0)}")
+                return 0 if not event.get("still_missing") else 3
+            else:
+                print(f"error: {event.get('code')}: {event.get('detail')}", file=sys.stderr)
+                return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="klinectl", description="control a running klined")
     parser.add_argument("--version", action="version", version=f"klinectl {__version__}")
-    parser.add_argument("command", nargs="?", choices=["version"], default="version")
-    parser.parse_args(argv)
-    print(f"klinectl {__version__}")
-    return 0
+    parser.add_argument("--config", help="the daemon's TOML config (to find its control socket)")
+    parser.add_argument("--socket", help="the control socket path (overrides the config)")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("version", help="client and daemon versions")
+    sub.add_parser("health", help="the health table of every active series")
+    backfill = sub.add_parser("backfill", help="repair a range of a series now, with progress")
+    backfill.add_argument("series_id")
+    backfill.add_argument("--since", required=True, type=parse_time)
+    backfill.add_argument("--until", type=parse_time)
+    args = parser.parse_args(argv)
+    if args.socket:
+        path = Path(args.socket)
+    else:
+        try:
+            path = load_settings(args.config).control_socket_path
+        except ConfigError as e:
+            print(f"klinectl: {e}", file=sys.stderr)
+            return 2
+    command = args.command or "version"
+    try:
+        if command == "version":
+            (answer,) = list(request(path, {"cmd": "version"}))
+            print(f"klinectl {__version__}, klined {answer.get('version')}")
+            return 0
+        if command == "health":
+            (answer,) = list(request(path, {"cmd": "health"}))
+            show_health(answer["series"])
+            return 0 if all(r["status"] == "green" for r in answer["series"]) else 3
+        return run_backfill(path, args.series_id, args.since, args.until)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"klinectl: no daemon listening on {path} (is klined running?)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

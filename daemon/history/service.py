@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -29,7 +29,7 @@ from daemon.config import Settings
 from daemon.eventlog import AppendResult
 from daemon.history.exchange import CcxtSource, HistoryError
 from daemon.history.freqtrade import ReadStats, data_file, read_candles
-from daemon.history.progress import ProgressTracker
+from daemon.history.progress import Progress, ProgressTracker
 from protocol.aggregate import aggregate
 from protocol.candle import Candle
 from protocol.coverage import count_missing, missing_ranges, tail_window_start
@@ -80,11 +80,11 @@ class History:
         self._now_s = now_s
         self.progress = ProgressTracker(now_ms or (lambda: time.time_ns() // 1_000_000))
         self._running: dict[tuple[str, str], trio.Event] = {}
-        self._nursery: trio.Nursery | None = None
+        self.nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self.nursery = nursery
             task_status.started()
             await trio.sleep_forever()
 
@@ -143,12 +143,21 @@ class History:
             filled += await self._append(series, list(aggregate(self._base, tf, base)))
         return filled
 
-    async def from_exchange(self, series: SeriesId, ranges: Sequence[tuple[int, int]], cap: int | None = None) -> int:
+    async def from_exchange(
+        self,
+        series: SeriesId,
+        ranges: Sequence[tuple[int, int]],
+        cap: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
         filled = 0
         for first, last in ranges:
             async with contextlib.aclosing(self.source.pages(series, first, last)) as pages:
                 async for page in pages:
-                    filled += await self._append(series, page)
+                    got = await self._append(series, page)
+                    filled += got
+                    if progress is not None:
+                        self.progress.advance(progress, got)  # page by page: klinectl shows it live
                     if cap is not None and filled >= cap:
                         return filled
         return filled
@@ -206,51 +215,67 @@ class History:
         target = min(target, self.settings.market_auto_tail_backfill_max_candles)
         last = tf.floor(to_time)
         first = tail_window_start(tf, last, target)
-        ranges = await self._missing(series, first, last)
-        missing = count_missing(tf, ranges)
-        result = CoverageResult(str(series), target, target - missing, {}, missing)
-        if not ranges:
-            return result
         use_exchange = exchange
         if use_exchange is None:
             use_exchange = self.settings.enable_ccxt_backfill and (
                 not on_read or self.settings.enable_ccxt_backfill_on_read
             )
-        progress = self.progress.begin(series, "tail_coverage", missing)
-        levels: list[tuple[str, Callable[[SeriesId, Sequence[tuple[int, int]]], object]]] = [
+        result = await self.repair_range(series, first, last, reason="tail_coverage", exchange=use_exchange)
+        result.target = target
+        return result
+
+    async def repair_range(
+        self, series: SeriesId, first: int, last: int, *, reason: str, exchange: bool
+    ) -> CoverageResult:
+        """Fill what ``[first, last]`` lacks, cheapest source first, checking after each level."""
+        tf = series.timeframe
+        ranges = await self._missing(series, first, last)
+        missing = count_missing(tf, ranges)
+        total = tf.count_between(first, last)
+        result = CoverageResult(str(series), total, total - missing, {}, missing)
+        if not ranges:
+            return result
+        progress = self.progress.begin(series, reason, missing)
+        levels: list[tuple[str, Callable[[SeriesId, Sequence[tuple[int, int]]], Awaitable[int]]]] = [
             ("freqtrade", self.from_freqtrade),
             ("derived", self.by_derivation),
         ]
-        if use_exchange:
-            levels.append(("exchange", self.from_exchange))
+        if exchange:
+            levels.append(("exchange", functools.partial(self.from_exchange, progress=progress)))
         try:
             for name, level in levels:
-                got = await level(series, ranges)  # type: ignore[misc]
+                got = await level(series, ranges)
                 result.filled[name] = got
-                self.progress.advance(progress, got)
+                if name != "exchange":
+                    self.progress.advance(progress, got)
                 ranges = await self._missing(series, first, last)
                 if not ranges:
                     break
         except HistoryError as e:
             self.progress.fail(progress, str(e))
             result.still_missing = count_missing(tf, ranges)
-            log.warning("tail_coverage_failed", series_id=str(series), error=str(e))
+            log.warning("repair_failed", series_id=str(series), reason=reason, error=str(e))
             return result
         result.still_missing = count_missing(tf, ranges)
-        self.progress.succeed(progress, result.still_missing, result.note)
-        log.info(result.note, series_id=str(series), target=target, filled=result.filled, missing=result.still_missing)
+        note = (
+            result.note
+            if reason == "tail_coverage"
+            else ("repair_done" if not result.still_missing else "repair_partial")
+        )
+        self.progress.succeed(progress, result.still_missing, note)
+        log.info(note, series_id=str(series), filled=result.filled, missing=result.still_missing)
         return result
 
     async def tail_for_read(self, series: SeriesId, target: int) -> None:
         """``GET /candles``: start (or join) tail coverage in the background and wait for it, bounded."""
-        if not self.settings.enable_market_auto_tail_backfill or self._nursery is None:
+        if not self.settings.enable_market_auto_tail_backfill or self.nursery is None:
             return
         key = (str(series), "tail")
         done = self._running.get(key)
         if done is None:
             done = self._running[key] = trio.Event()
             to_time = series.timeframe.last_closed_open(self._now_s())
-            self._nursery.start_soon(self._tail_job, series, target, to_time, key, done)
+            self.nursery.start_soon(self._tail_job, series, target, to_time, key, done)
         with trio.move_on_after(TAIL_WAIT_S):
             await done.wait()
 
