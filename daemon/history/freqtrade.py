@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -52,7 +52,7 @@ def data_file(datadir: Path, series: SeriesId) -> Path | None:
 
 def read_candles(
     path: Path, series: SeriesId, first: int, last: int, *, batch: int = BATCH, stats: ReadStats | None = None
-) -> Iterator[list[Candle]]:
+) -> Generator[list[Candle], None, None]:
     """Batches of candles with ``first <= candle_time <= last``, ascending as the file is."""
     stats = stats or ReadStats()
     name = path.name
@@ -125,18 +125,18 @@ def _candles(
         ok &= times % tf.seconds == 0
     for start in range(0, len(times), batch):
         sl = slice(start, start + batch)
-        out = [
-            Candle(int(t), a, b, d, e, f)
-            for t, a, b, d, e, f in zip(
+        # Columns to Python candles in one C-level pass (tolist gives ints and floats already).
+        out = list(
+            map(
+                Candle,
                 times[sl].tolist(),
                 o[sl].tolist(),
                 h[sl].tolist(),
                 low[sl].tolist(),
                 c[sl].tolist(),
                 v[sl].tolist(),
-                strict=True,
             )
-        ]
+        )
         stats.rows += len(out)
         if not ok[sl].all():
             good = []

@@ -116,19 +116,15 @@ class History:
         return filled
 
     async def _import_range(self, path: Path, series: SeriesId, first: int, last: int, stats: ReadStats) -> int:
-        send, receive = trio.open_memory_channel[list[Candle]](2)  # the reader stays at most two batches ahead
-
-        def read() -> None:
-            with send:  # closes the channel when the file is done (or failed)
-                for batch in read_candles(path, series, first, last, stats=stats):
-                    trio.from_thread.run(send.send, batch)
-
+        # Read a batch, append it, read the next: in turns, each in a worker thread. Reading ahead in a
+        # second thread was slower (471k vs 500k+ candles/s): both halves hold the GIL and fight for it.
+        batches = read_candles(path, series, first, last, stats=stats)
         filled = 0
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(trio.to_thread.run_sync, read, abandon_on_cancel=True))
-            async with receive:
-                async for batch in receive:
-                    filled += await self._append(series, batch)
+        try:
+            while (batch := await trio.to_thread.run_sync(next, batches, None)) is not None:
+                filled += await self._append(series, batch)
+        finally:
+            batches.close()
         return filled
 
     async def by_derivation(self, series: SeriesId, ranges: Sequence[tuple[int, int]]) -> int:
