@@ -20,6 +20,7 @@ class Progress:
     reason: str
     started_at_ms: int
     missing_at_start: int
+    timeframe_seconds: int
     filled: int = 0
     still_missing: int | None = None
     finished_at_ms: int | None = None
@@ -39,7 +40,7 @@ class ProgressTracker:
         self._by_series: dict[str, Progress] = {}
 
     def begin(self, series: SeriesId, reason: str, missing: int) -> Progress:
-        p = Progress(str(series), "running", reason, self._now_ms(), missing)
+        p = Progress(str(series), "running", reason, self._now_ms(), missing, series.timeframe.seconds)
         self._by_series[str(series)] = p
         return p
 
@@ -66,6 +67,7 @@ class ProgressTracker:
             "progress_pct": p.progress_pct,
             "reason": p.reason,
             "missing_candles": p.missing_at_start,
+            "missing_seconds": p.missing_at_start * p.timeframe_seconds,
             "filled_candles": p.filled,
             "still_missing": p.still_missing,
             "note": p.note,
