@@ -204,3 +204,23 @@ async def test_gap_backfill_fills_a_known_hole(tmp_path: Path) -> None:
         await env.store.append({BTC: [sym.candle_1m(last - 600), sym.candle_1m(last)]})
         assert await env.history.gap_backfill(BTC, last - 540, last) == 9
         assert env.store.log.count_between(BTC, last - 600, last) == 11
+
+
+async def test_each_level_alone(tmp_path: Path) -> None:
+    async with history_env(tmp_path) as env:
+        sym = env.fake.market.spot["BTCUSDT"]
+        last = M1.last_closed_open(env.fake.now_ms() // 1000)
+        # freqtrade alone (the exchange is off): the file has the whole window
+        write_freqtrade(
+            tmp_path / "freqtrade" / "binance" / "BTC_USDT-1m.parquet",
+            [sym.candle_1m(last - 60 * i) for i in range(199, -1, -1)],
+            "parquet",
+        )
+        result = await env.history.ensure_tail_coverage(BTC, 200, last)
+        assert (result.filled, result.still_missing) == ({"freqtrade": 200}, 0)
+        # derived alone: 5m from the 1m now stored (the 5m file does not exist)
+        last5 = M5.last_closed_open(last + 60)
+        result = await env.history.ensure_tail_coverage(BTC5, 30, last5)
+        assert result.filled == {"freqtrade": 0, "derived": 30}
+        assert result.still_missing == 0
+        assert env.source.calls == 0  # no exchange call for either
