@@ -28,7 +28,7 @@ from protocol.candle import Candle
 from protocol.forming import FormingThrottle
 from protocol.series import SeriesId
 from protocol.timeframes import Timeframe
-from protocol.ws_market import Run, error_frame, forming_frame, gate, render
+from protocol.ws_market import Run, error_frame, forming_frame, gate, render, system_frame
 
 log = structlog.get_logger(__name__)
 
@@ -226,7 +226,14 @@ class Hub:
             await self._all_closed.wait()
 
     def shutdown(self) -> None:
+        """Every connection: a ``system`` goodbye per subscription, then close code 1001 server_shutdown."""
         for client in list(self._clients.values()):
+            client.offer(
+                [
+                    system_frame(str(series), "server_shutdown", "klined is shutting down; reconnect later")
+                    for series in client.subs
+                ]
+            )
             client.close(1001, "server_shutdown")
 
     # -- subscriptions ------------------------------------------------------------------------------

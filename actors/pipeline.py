@@ -89,6 +89,7 @@ class ClosedCandleWriter:
         # Bounded: a full queue makes producers wait (backpressure) rather than lose a closed candle.
         self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
         self.stats = WriterStats()
+        self.finished = trio.Event()
 
     async def submit(self, series: SeriesId, candles: Sequence[Candle], *, sent_ms: int | None = None) -> None:
         """Queue closed candles; returns once queued. Invalid candles raise here, not in the batch."""
@@ -137,24 +138,42 @@ class ClosedCandleWriter:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async with self._receive:
-            while True:
-                first = await self._receive.receive()
-                buffer, count = [first], len(first.candles)
-                item: _Pending | None = None
-                deadline = trio.current_time() + self._flush_s
-                while count < self._batch_max:
-                    try:  # what is queued already is taken without a wait (no cancel scope per candle)
-                        item = self._receive.receive_nowait()
-                    except trio.WouldBlock:
-                        with trio.move_on_at(min(deadline, trio.current_time() + self._linger_s)):
-                            item = await self._receive.receive()
-                        if item is None:
+        try:
+            async with self._receive:
+                ended = False
+                while not ended:
+                    try:
+                        first = await self._receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                    buffer, count = [first], len(first.candles)
+                    item: _Pending | None = None
+                    deadline = trio.current_time() + self._flush_s
+                    while count < self._batch_max:
+                        try:  # what is queued already is taken without a wait (no cancel scope per candle)
+                            item = self._receive.receive_nowait()
+                        except trio.WouldBlock:
+                            with trio.move_on_at(min(deadline, trio.current_time() + self._linger_s)):
+                                try:
+                                    item = await self._receive.receive()
+                                except trio.EndOfChannel:
+                                    ended = True
+                            if item is None:
+                                break
+                        except trio.EndOfChannel:
+                            ended = True
                             break
-                    buffer.append(item)
-                    count += len(item.candles)
-                    item = None
-                await self._flush(buffer)
+                        buffer.append(item)
+                        count += len(item.candles)
+                        item = None
+                    await self._flush(buffer)
+        finally:
+            self.finished.set()
+
+    async def close(self) -> None:
+        """Take no more candles; return once every queued one is durable and through its stages (shutdown)."""
+        await self._send.aclose()
+        await self.finished.wait()
 
     async def _flush(self, buffer: list[_Pending]) -> None:
         batch, dropped = merge(buffer)

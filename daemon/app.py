@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from daemon.history.exchange import CcxtSource
 from daemon.history.service import History
 from daemon.http_api import build_app
 from daemon.live import Deriver, LiveIngest
+from daemon.sdnotify import Notifier
 from daemon.top_markets import TopMarkets
 from protocol.timeframes import parse_timeframe
 
@@ -123,9 +125,17 @@ def build_services(settings: Settings, store: Store) -> Services:
     return Services(settings, store, clock, hub, writer, deriver, live, top, history)
 
 
-async def serve_daemon(settings: Settings, *, task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run until ``Running.stop`` is set; ``started`` means the log is open and HTTP is listening."""
+async def serve_daemon(
+    settings: Settings,
+    *,
+    notifier: Notifier | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until ``Running.stop`` is set; ``started`` (and systemd's READY=1) means the log is open, heads
+    restored, startup sync done and every listener bound."""
     stop = trio.Event()
+    notifier = notifier or Notifier()
+    live_scope = trio.CancelScope()
     async with open_store(settings) as store, trio.open_nursery() as nursery:
         services = build_services(settings, store)
         await nursery.start(services.hub.run)
@@ -133,9 +143,16 @@ async def serve_daemon(settings: Settings, *, task_status: trio.TaskStatus[Runni
         await nursery.start(services.history.run)
         await nursery.start(serve_control, services, settings.control_socket_path)
         if settings.enable_startup_kline_sync and settings.whitelist_series:
+            notifier.send(f"STATUS=startup sync of {len(settings.whitelist_series)} series")
             await services.history.startup_sync(settings.whitelist_series)  # before ready, as SPEC asks
         if services.live is not None:
-            await nursery.start(services.live.run)
+            live = services.live
+
+            async def run_live(task_status: trio.TaskStatus[None]) -> None:
+                with live_scope:  # stopped first at shutdown: no new candle once the writer drains
+                    await live.run(task_status=task_status)
+
+            await nursery.start(run_live)
         config = HypercornConfig()
         config.bind = [f"{settings.http_host}:{settings.http_port}"]
         config.accesslog = None
@@ -159,18 +176,32 @@ async def serve_daemon(settings: Settings, *, task_status: trio.TaskStatus[Runni
         gc.collect()
         gc.freeze()
         log.info("daemon_ready", version=__version__, http_url=http_url, data_dir=str(settings.data_path))
+        notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS={status_line(services)} on {http_url}")
+        nursery.start_soon(notifier.watchdog)
         task_status.started(Running(http_url=http_url, store=store, stop=stop, live=services.live, services=services))
         await stop.wait()
         log.info("daemon_stopping")
-        services.hub.shutdown()  # every WebSocket closes with 1001 server_shutdown
+        notifier.send("STOPPING=1", "STATUS=stopping: flushing closed candles, closing subscribers")
+        # Within the 5 s a stop may take: no new candles, every queued closed candle durable, subscribers
+        # told (a `system` goodbye, then 1001 server_shutdown), then the listeners and the log close.
+        live_scope.cancel()
+        shutdown.set()  # hypercorn stops accepting
         with trio.move_on_after(2.0):
+            await services.writer.close()
+        services.hub.shutdown()
+        with trio.move_on_after(1.5):
             await services.hub.wait_all_closed()
-        shutdown.set()
-        with trio.move_on_after(config.graceful_timeout + 1):
+        with trio.move_on_after(1.0):
             await served.wait()  # hypercorn drains open requests; the cancel below ends whatever remains
         nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
             await services.top_markets.aclose()
+
+
+def status_line(services: Services) -> str:
+    live = services.live
+    actors = len(live.actors) if live else 0
+    return f"serving: {actors} live series, {services.hub.connection_count} WebSocket connections"
 
 
 async def run_until_signal(settings: Settings) -> None:

@@ -80,8 +80,8 @@ class MarketSocket:
     async def _send_loop(self, websocket: WebSocket, client: Client, scope: trio.CancelScope) -> None:
         """Frames in order; once the client is closing, the final frame (if any) and the close code."""
         async for frame in client.outbox:
-            if client.closing.is_set():
-                break  # a slow consumer's queued frames are abandoned
+            if client.final_frame is not None:
+                break  # a slow consumer's queued frames are abandoned (a shutdown's goodbyes are not)
             await websocket.send_text(frame)
         if client.final_frame is not None:
             await websocket.send_text(client.final_frame)

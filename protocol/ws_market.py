@@ -14,7 +14,7 @@ import attrs
 import orjson
 
 from protocol.candle import Candle
-from protocol.codec import CandleClosed, CandleForming, CandlesBatch, ErrorMessage, Gap, encode
+from protocol.codec import CandleClosed, CandleForming, CandlesBatch, ErrorMessage, Gap, SystemEvent, encode
 from protocol.errors import ProtocolError
 from protocol.series import SeriesId
 from protocol.timeframes import Timeframe
@@ -144,6 +144,10 @@ def render(series_id: str, pieces: Sequence[Piece], *, batch: bool, live: bool) 
 
 def forming_frame(series_id: str, candle: Candle) -> bytes:
     return encode(CandleForming(series_id, candle))
+
+
+def system_frame(series_id: str, event: str, message: str) -> str:
+    return encode(SystemEvent(series_id, event, message)).decode()
 
 
 def error_frame(code: str, message: str, series_id: str | None = None) -> bytes:

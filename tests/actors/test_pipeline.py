@@ -177,3 +177,15 @@ async def test_send_to_durable_latency_is_measured_on_the_exchange_clock(
         nursery.cancel_scope.cancel()
     stats = writer.statistics()["send_to_durable_ms"]
     assert stats == {"p50": 105, "p99": 105, "max": 105, "samples": 1}  # 100 ms in flight + the 5 ms linger
+
+
+async def test_close_makes_every_queued_candle_durable_first(elog: EventLog) -> None:
+    writer = ClosedCandleWriter(InlineSink(elog), flush_s=60.0, linger_s=60.0, batch_max=10_000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(300):
+            await writer.submit(BTC, [c(60 * (i + 1))])
+        await writer.close()  # no timer fired: the close itself flushes
+        assert elog.last_seq() == 300
+        assert writer.finished.is_set()
+        nursery.cancel_scope.cancel()

@@ -184,11 +184,14 @@ async def test_one_stalled_client_among_200_readers_is_cut_off_alone(tmp_path: P
         assert outcome == [("slow_consumer", 1008)]
 
 
-async def test_shutdown_closes_every_socket_with_1001(tmp_path: Path) -> None:
+async def test_shutdown_says_goodbye_then_closes_every_socket_with_1001(tmp_path: Path) -> None:
     async with daemon(tmp_path) as d, d.client() as c:
+        await d.ingest(120)
         await c.subscribe(since=None)
         await c.frames_until_quiet()
         d.running.stop.set()
+        goodbye = await c.recv()
+        assert (goodbye["type"], goodbye["series_id"], goodbye["event"]) == ("system", S1, "server_shutdown")
         with pytest.raises(ConnectionClosed) as info:
             await c.ws.get_message()
         assert info.value.reason is not None
