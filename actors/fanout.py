@@ -278,6 +278,12 @@ class Hub:
         if sub.holds_ingest and self.ingest is not None:
             self.ingest.release(series)
 
+    def holders(self, upstream: Callable[[SeriesId], SeriesId], series: SeriesId) -> int:
+        """Subscriptions that hold an on-demand refcount on ``series`` (through ``upstream``'s mapping)."""
+        return sum(
+            1 for subs in self._subs.values() for sub in subs if sub.holds_ingest and upstream(sub.series) == series
+        )
+
     def active_series(self) -> list[SeriesId]:
         return list(self._subs)
 

@@ -36,6 +36,7 @@ class Store:
         self._batches = 0
         self._events = 0
         self._appended = trio.Event()
+        self._versions: dict[str, int] = {}  # per series, bumped by every append that changes it
 
     async def append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
         """Durably append one batch; returns only after the transaction has committed."""
@@ -48,9 +49,15 @@ class Store:
             result = await trio.to_thread.run_sync(self.log.append, batch, limiter=self._write_limiter)
         self._batches += 1
         self._events += result.appended + result.corrected
+        for sid in result.changed:
+            self._versions[sid] = self._versions.get(sid, 0) + 1
         self._appended.set()
         self._appended = trio.Event()
         return result
+
+    def version(self, series: SeriesId | str) -> int:
+        """Changes whenever an append changes ``series``: readers key caches on it."""
+        return self._versions.get(str(series), 0)
 
     async def wait_appended(self) -> None:
         """Return after the next batch commits (tests and pollers wait on the log, never on a timer)."""

@@ -109,6 +109,17 @@ class Supervisor:
             job.source, job.refcount = "whitelist", PINNED
             self._idle_since.pop(series, None)
 
+    def unpin(self, series: SeriesId, subscribers: int = 0) -> None:
+        """No longer pinned: it becomes on demand with ``subscribers`` holding it (reaped after the TTL at 0)."""
+        job = self._jobs.get(series)
+        if job is None or job.refcount != PINNED:
+            return
+        job.source, job.refcount = "ondemand", subscribers
+        if subscribers == 0:
+            job.last_zero_at = self._wall()
+            self._idle_since[series] = trio.current_time()
+            self._changed.set()
+
     def acquire(self, series: SeriesId) -> None:
         """One more subscriber; starts the actor if needed or raises :class:`CapacityError`."""
         job = self._jobs.get(series)

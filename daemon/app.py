@@ -23,15 +23,17 @@ from actors.fanout import Hub
 from actors.pipeline import ClosedCandleWriter
 from actors.store import Store
 from daemon import __version__
-from daemon.config import Settings
+from daemon.config import ConfigError, Settings, load_settings
 from daemon.control import serve_control
 from daemon.eventlog import EventLog
 from daemon.history.exchange import CcxtSource
 from daemon.history.service import History
 from daemon.http_api import build_app
 from daemon.live import Deriver, LiveIngest
+from daemon.pins import RuntimePins
 from daemon.sdnotify import Notifier
 from daemon.top_markets import TopMarkets
+from protocol.series import SeriesId
 from protocol.timeframes import parse_timeframe
 
 log = structlog.get_logger(__name__)
@@ -81,6 +83,17 @@ class Services:
     live: LiveIngest | None
     top_markets: TopMarkets
     history: History
+    pins: RuntimePins
+    started_at: float = attrs.field(factory=time.time)
+
+    def whitelist(self) -> list[SeriesId]:
+        """The effective whitelist: the config's, with the operator's run-time pins and unpins."""
+        return self.pins.effective(self.settings.whitelist_series)
+
+    def apply_whitelist(self) -> None:
+        if self.live is not None and self.settings.enable_whitelist_ingest:
+            live = self.live
+            live.apply_whitelist(self.whitelist(), lambda s: self.hub.holders(live.upstream_series, s))
 
 
 def build_services(settings: Settings, store: Store) -> Services:
@@ -122,7 +135,10 @@ def build_services(settings: Settings, store: Store) -> Services:
         now_s=clock.now_s,
     )
     hub.heal = history.heal  # holes before a live candle: the log, then a bounded gap backfill when on
-    return Services(settings, store, clock, hub, writer, deriver, live, top, history)
+    pins = RuntimePins(settings.data_path / "pins.json")
+    if live is not None:
+        live.whitelist = pins.effective(settings.whitelist_series)
+    return Services(settings, store, clock, hub, writer, deriver, live, top, history, pins)
 
 
 async def serve_daemon(
@@ -142,9 +158,10 @@ async def serve_daemon(
         await nursery.start(services.writer.run)
         await nursery.start(services.history.run)
         await nursery.start(serve_control, services, settings.control_socket_path)
-        if settings.enable_startup_kline_sync and settings.whitelist_series:
-            notifier.send(f"STATUS=startup sync of {len(settings.whitelist_series)} series")
-            await services.history.startup_sync(settings.whitelist_series)  # before ready, as SPEC asks
+        whitelist = services.whitelist()
+        if settings.enable_startup_kline_sync and whitelist:
+            notifier.send(f"STATUS=startup sync of {len(whitelist)} series")
+            await services.history.startup_sync(whitelist)  # before ready, as SPEC asks
         if services.live is not None:
             live = services.live
 
@@ -204,12 +221,29 @@ def status_line(services: Services) -> str:
     return f"serving: {actors} live series, {services.hub.connection_count} WebSocket connections"
 
 
-async def run_until_signal(settings: Settings) -> None:
-    """The ``klined run`` main: serve until SIGTERM or SIGINT, then shut down in order."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def run_until_signal(settings: Settings, config_path: str | None = None) -> None:
+    """The ``klined run`` main: serve until SIGTERM or SIGINT, then shut down in order. SIGHUP re-reads the
+    config's whitelist (logs go to stdout, journald's: there is no file to reopen)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(serve_daemon, settings)
             async for signum in signals:
                 log.info("signal_received", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    reload_whitelist(running, config_path)
+                    continue
                 running.stop.set()
                 break
+
+
+def reload_whitelist(running: Running, config_path: str | None) -> None:
+    services = running.services
+    assert services is not None
+    try:
+        fresh = load_settings(config_path)
+    except ConfigError as e:  # a bad edit keeps the running whitelist; the operator is told
+        log.warning("reload_failed", error=str(e))
+        return
+    services.settings = attrs.evolve(services.settings, whitelist=fresh.whitelist)
+    services.apply_whitelist()
+    log.info("whitelist_reloaded", series=[str(s) for s in services.whitelist()])

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     from daemon.app import run_until_signal  # keeps `check-config` free of server imports
 
-    trio.run(run_until_signal, settings)
+    trio.run(run_until_signal, settings, args.config)
     return 0
 
 

@@ -1,8 +1,10 @@
-"""The operator's control socket (unix, owner-only): one JSON request line in, JSON lines out.
+"""The operator's control socket (unix, mode 0600, peers of another uid refused via SO_PEERCRED): one JSON
+request line in, JSON lines out.
 
-Requests: ``{"cmd": "version"}``, ``{"cmd": "health"}``, ``{"cmd": "backfill", "series_id": S, "since": T,
-"until": T|null}``. A backfill answers with ``{"event": "progress", ...}`` lines every half second while
-it runs, then ``{"event": "done", ...}``; an error is ``{"event": "error", "code", "detail"}``.
+Requests (``cmd``): ``version``, ``status``, ``series``, ``health``, ``pin``/``unpin`` (``series_id``),
+``backfill`` (``series_id``, ``since``, ``until``), ``backup`` (``path``), ``top_markets`` (``market``,
+``quote_asset``, ``limit``), ``rebuild``. Answers end with ``{"event": "done", ...}`` or ``{"event": "error",
+"code", "detail"}``; a backfill sends ``{"event": "progress", ...}`` every half second until then.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -55,11 +59,24 @@ def _prepare(path: Path) -> None:
         path.unlink()  # a stale socket of a previous run (the event log's lock guards the data dir)
 
 
+def peer_uid(stream: trio.abc.Stream) -> int | None:
+    sock = getattr(stream, "socket", None)
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return int(uid)
+
+
 async def _serve_one(services: Services, stream: trio.abc.Stream) -> None:
     async def send(obj: dict[str, Any]) -> None:
         await stream.send_all(orjson.dumps(obj) + b"\n")
 
     async with stream:
+        uid = peer_uid(stream)
+        if uid is not None and uid not in (os.getuid(), 0):
+            log.warning("control_peer_refused", uid=uid)
+            await send({"event": "error", "code": "forbidden", "detail": f"uid {uid} may not control this daemon"})
+            return
         try:
             request = await _read_line(stream)
             await _handle(services, request, send)
@@ -95,26 +112,112 @@ async def _handle(services: Services, request: dict[str, Any], send: Any) -> Non
     cmd = request.get("cmd")
     if cmd == "version":
         await send({"event": "done", "version": __version__})
+    elif cmd == "status":
+        await send({"event": "done", **await _status(services)})
+    elif cmd == "series":
+        await send({"event": "done", "series": await _series_rows(services)})
     elif cmd == "health":
         now = services.clock.now_s()
         heads = await services.store.heads()
-        live = services.live
-        series = dict.fromkeys(
-            [*services.settings.whitelist_series, *services.hub.active_series(), *(live.actors if live else ())]
-        )
-        rows = [series_health_view(s, now, heads.get(str(s)), services.history.progress.view(s)) for s in series]
+        rows = [
+            series_health_view(s, now, heads.get(str(s)), services.history.progress.view(s)) for s in _active(services)
+        ]
         await send({"event": "done", "now_time": now, "series": rows})
+    elif cmd in ("pin", "unpin"):
+        series = _series(request)
+        (services.pins.pin if cmd == "pin" else services.pins.unpin)(series)
+        services.apply_whitelist()
+        log.info(f"series_{cmd}ned", series_id=str(series))
+        await send({"event": "done", "series_id": str(series), "whitelist": [str(s) for s in services.whitelist()]})
     elif cmd == "backfill":
         await _backfill(services, request, send)
+    elif cmd == "backup":
+        target = request.get("path")
+        if not isinstance(target, str) or not target:
+            raise BadControlRequestError("backup needs a path (an empty or new directory)")
+        path = Path(target)
+        if await trio.to_thread.run_sync(lambda: path.exists() and any(path.iterdir())):
+            raise BadControlRequestError(f"{target} is not empty")
+        await trio.to_thread.run_sync(services.store.log.copy_to, path)  # a hot, consistent, compacted copy
+        size = await trio.to_thread.run_sync(lambda: sum(f.stat().st_size for f in path.iterdir()))
+        await send({"event": "done", "path": str(path), "bytes": size})
+    elif cmd == "top_markets":
+        data = await services.top_markets.get(
+            "binance",
+            str(request.get("market", "spot")),
+            str(request.get("quote_asset", "USDT")),
+            int(request.get("limit", 20)),
+            False,
+        )
+        await send({"event": "done", **data})
+    elif cmd == "rebuild":
+        raise BadControlRequestError("no projections to rebuild yet: they arrive with the projections work")
     else:
         raise BadControlRequestError(f"unknown command: {cmd!r}")
 
 
-async def _backfill(services: Services, request: dict[str, Any], send: Any) -> None:
+def _series(request: dict[str, Any]) -> SeriesId:
     try:
-        series = SeriesId.parse(request.get("series_id"))
+        return SeriesId.parse(request.get("series_id"))
     except ProtocolError as e:
         raise BadControlRequestError(f"invalid series_id: {e}") from None
+
+
+def _active(services: Services) -> list[SeriesId]:
+    live = services.live
+    return list(dict.fromkeys([*services.whitelist(), *services.hub.active_series(), *(live.actors if live else ())]))
+
+
+async def _status(services: Services) -> dict[str, Any]:
+    live = services.live
+    sup = live.supervisor.statistics() if live else {}
+    log_stats = services.store.log.statistics()
+    data_file = services.settings.eventlog_path / "data.mdb"
+    size = await trio.to_thread.run_sync(lambda: data_file.stat().st_size if data_file.exists() else 0)
+    return {
+        "version": __version__,
+        "uptime_s": round(time.time() - services.started_at, 1),
+        "series_stored": log_stats["series"],
+        "last_seq": log_stats["last_seq"],
+        "lmdb_bytes": size,
+        "pinned": sup.get("pinned", 0),
+        "ondemand": sup.get("ondemand", 0),
+        "actors_running": len(live.actors) if live else 0,
+        "connections": services.hub.connection_count,
+        "subscriptions": services.hub.stats.subscriptions,
+        "whitelist": [str(s) for s in services.whitelist()],
+    }
+
+
+async def _series_rows(services: Services) -> list[dict[str, Any]]:
+    now = services.clock.now_s()
+    heads = await services.store.heads()
+    live = services.live
+    jobs = {j["series_id"]: j for j in (live.supervisor.jobs() if live else [])}
+    rows = []
+    for series in _active(services):
+        upstream = str(live.upstream_series(series)) if live else str(series)
+        job = jobs.get(upstream, {})
+        head = heads.get(str(series))
+        head_time = head.head_time if head else None
+        expected = series.timeframe.last_closed_open(now)
+        rows.append(
+            {
+                "series_id": str(series),
+                "source": job.get("source", "stored"),
+                "refcount": job.get("refcount"),
+                "running": job.get("running", False),
+                "crashes": job.get("crashes", 0),
+                "head_time": head_time,
+                "lag_seconds": None if head_time is None else max(0, expected - head_time),
+                "subscribers": services.hub.subscriber_count(series),
+            }
+        )
+    return rows
+
+
+async def _backfill(services: Services, request: dict[str, Any], send: Any) -> None:
+    series = _series(request)
     tf = series.timeframe
     since, until = request.get("since"), request.get("until")
     if type(since) is not int or since < 0:

@@ -6,6 +6,7 @@ Errors are ``{"code": K, "detail": M}`` with a 4xx/5xx status and never a stack 
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,7 +19,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from daemon import __version__
 from daemon.health import series_health_view
@@ -38,6 +40,7 @@ log = structlog.get_logger(__name__)
 MAX_CANDLES_LIMIT: Final = 5000
 DEFAULT_CANDLES_LIMIT: Final = 500
 MAX_INGEST_BATCH: Final = 20_000
+TAIL_CACHE_SIZE: Final = 256
 
 
 class JSONResponse(Response):
@@ -132,7 +135,20 @@ def _body_candle(series: SeriesId, raw: object) -> Candle:
         raise _bad_param(f"invalid candle: {e}") from None
 
 
-def build_app(services: Services) -> Starlette:
+class MarketApp:
+    """``/ws/market`` straight to its endpoint (the fan-out's hot path), everything else to Starlette."""
+
+    def __init__(self, http: Starlette, market_socket: MarketSocket) -> None:
+        self.http, self.market_socket = http, market_socket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws/market":
+            await self.market_socket.asgi(scope, receive, send)
+        else:
+            await self.http(scope, receive, send)
+
+
+def build_app(services: Services) -> MarketApp:
     """The ASGI app of one daemon (HTTP and ``/ws/market`` on one listener)."""
     settings, store, live, hub = services.settings, services.store, services.live, services.hub
 
@@ -140,23 +156,40 @@ def build_app(services: Services) -> Starlette:
         if not settings.enable_debug_api:
             raise ApiError(404, "not_found", "debug API disabled")
 
+    # The tail a chart asks for is the same for every chart until the series changes: encoded once.
+    tail_cache: OrderedDict[tuple[str, int], tuple[int, bytes]] = OrderedDict()
+
     async def candles(request: Request) -> Response:
         series = _series_param(request)
         since = _int_param(request, "since", low=0)
         limit = _int_param(request, "limit", low=1, high=MAX_CANDLES_LIMIT) or DEFAULT_CANDLES_LIMIT
+        key = (str(series), limit)
         if since is None:
             await services.history.tail_for_read(series, limit)  # bounded wait; off unless the flag is on
+            version = store.version(series)
+            cached = tail_cache.get(key)
+            if cached is not None and cached[0] == version:
+                tail_cache.move_to_end(key)
+                return Response(cached[1], media_type="application/json")
             rows = await store.tail(series, limit)
         else:
             rows = await store.range(series, since, None, limit)
-        head = await store.head(series)
-        return JSONResponse(
+        body = orjson.dumps(
             {
                 "series_id": str(series),
-                "server_head_time": head.head_time if head else None,
+                "server_head_time": rows[-1].candle_time if rows and since is None else await _head_time(series),
                 "candles": [candle_to_wire(c) for c in rows],
             }
         )
+        if since is None:
+            tail_cache[key] = (version, body)
+            if len(tail_cache) > TAIL_CACHE_SIZE:
+                tail_cache.popitem(last=False)
+        return Response(body, media_type="application/json")
+
+    async def _head_time(series: SeriesId) -> int | None:
+        head = await store.head(series)
+        return head.head_time if head else None
 
     async def ingest_closed(request: Request) -> Response:
         body = await _json_body(request)
@@ -206,7 +239,7 @@ def build_app(services: Services) -> Starlette:
         )
 
     async def whitelist(request: Request) -> Response:
-        return JSONResponse({"series_ids": list(settings.whitelist)})
+        return JSONResponse({"series_ids": [str(s) for s in services.whitelist()]})
 
     def top_params(request: Request) -> tuple[str, str, str, int]:
         q = request.query_params
@@ -314,7 +347,7 @@ def build_app(services: Services) -> Starlette:
         middleware.append(
             Middleware(CORSMiddleware, allow_origins=list(settings.http_cors_origins), allow_methods=["GET", "POST"])
         )
-    return Starlette(
+    http = Starlette(
         routes=[
             Route("/api/market/candles", candles, methods=["GET"]),
             Route("/api/market/ingest/candle_closed", ingest_closed, methods=["POST"]),
@@ -328,8 +361,8 @@ def build_app(services: Services) -> Starlette:
             Route("/api/market/debug/series_health", series_health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/version", version, methods=["GET"]),
-            WebSocketRoute("/ws/market", market_socket.serve),
         ],
         middleware=middleware,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
     )
+    return MarketApp(http, market_socket)

@@ -130,6 +130,7 @@ class LiveIngest:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.whitelist: list[SeriesId] = list(settings.whitelist_series)
         self.clock = clock
         self.deriver = deriver
         self.writer = writer
@@ -163,6 +164,19 @@ class LiveIngest:
     def release(self, series: SeriesId) -> None:
         self.supervisor.release(self.upstream_series(series))
 
+    # -- the whitelist at run time (klinectl pin / unpin, SIGHUP) -----------------------------------
+
+    def apply_whitelist(self, whitelist: Sequence[SeriesId], holders: Callable[[SeriesId], int] | None = None) -> None:
+        """Pin ``whitelist``; what it no longer holds becomes on demand (kept while subscribers hold it)."""
+        wanted = {self.upstream_series(s): s for s in whitelist}
+        for upstream, series in wanted.items():
+            self.supervisor.pin(upstream)
+            if upstream != series:
+                self.deriver.add_base(upstream)
+        for upstream in {self.upstream_series(s) for s in self.whitelist} - set(wanted):
+            self.supervisor.unpin(upstream, holders(upstream) if holders else 0)
+        self.whitelist = list(whitelist)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
@@ -184,11 +198,7 @@ class LiveIngest:
                 nursery.start_soon(self._keep_clock_measured)
                 await nursery.start(self.supervisor.run)
                 if self.settings.enable_whitelist_ingest:
-                    for series in self.settings.whitelist_series:
-                        upstream = self.upstream_series(series)
-                        self.supervisor.pin(upstream)
-                        if upstream != series:
-                            self.deriver.add_base(upstream)
+                    self.apply_whitelist(self.whitelist)
                 task_status.started()
         finally:
             for rest in self.rest.values():

@@ -11,6 +11,7 @@ from typing import Final
 
 import structlog
 import trio
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.fanout import Client, Hub
@@ -22,6 +23,32 @@ log = structlog.get_logger(__name__)
 FINAL_FRAME_TIMEOUT_S: Final = 5.0  # a stalled client gets this long to take its last frame
 
 
+class RawWebSocket:
+    """The four operations the endpoint needs, straight on ASGI's ``receive``/``send``.
+
+    Starlette's ``WebSocket`` wraps every send in its middlewares' send wrappers; at a thousand subscribers
+    the fan-out pays that per frame, so ``/ws/market`` is dispatched to this before Starlette's router.
+    """
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive, self._send = receive, send
+
+    async def accept(self) -> None:
+        message = await self._receive()
+        if message["type"] != "websocket.connect":
+            raise WebSocketDisconnect(1006)
+        await self._send({"type": "websocket.accept"})
+
+    async def receive(self) -> Message:
+        return await self._receive()
+
+    async def send_text(self, text: str) -> None:
+        await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
 class MarketSocket:
     """The endpoint's settings and its hub; :meth:`serve` serves one connection."""
 
@@ -31,7 +58,10 @@ class MarketSocket:
         self.max_subscriptions = max_subscriptions
         self.max_message_bytes = max_message_bytes
 
-    async def serve(self, websocket: WebSocket) -> None:
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(RawWebSocket(receive, send))
+
+    async def serve(self, websocket: WebSocket | RawWebSocket) -> None:
         await websocket.accept()
         if self.hub.connection_count >= self.max_connections:
             await websocket.send_text(error_frame("capacity", "too many connections").decode())
@@ -50,7 +80,7 @@ class MarketSocket:
         finally:
             self.hub.disconnect(client)
 
-    async def _read_loop(self, websocket: WebSocket, client: Client) -> None:
+    async def _read_loop(self, websocket: WebSocket | RawWebSocket, client: Client) -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -77,7 +107,7 @@ class MarketSocket:
         except CapacityError as e:
             client.send_error(e.code, str(e), series)
 
-    async def _send_loop(self, websocket: WebSocket, client: Client, scope: trio.CancelScope) -> None:
+    async def _send_loop(self, websocket: WebSocket | RawWebSocket, client: Client, scope: trio.CancelScope) -> None:
         """Frames in order; once the client is closing, the final frame (if any) and the close code."""
         async for frame in client.outbox:
             if client.final_frame is not None:

@@ -142,3 +142,19 @@ async def test_top_markets_and_its_stream_through_the_daemon(tmp_path: Path) -> 
             r = await d.http.get("/api/market/top_markets", params={"market": "futures", "force": "true"})
             assert (r.status_code, r.json()["code"]) == (502, "upstream_error")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cached_tail_follows_every_append(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as d:
+        await d.ingest(120)
+        params = {"series_id": S1, "limit": 2}
+        assert [
+            c["candle_time"] for c in (await d.http.get("/api/market/candles", params=params)).json()["candles"]
+        ] == [120]
+        assert (await d.http.get("/api/market/candles", params=params)).json()["server_head_time"] == 120  # cached
+        await d.ingest(180)
+        body = (await d.http.get("/api/market/candles", params=params)).json()
+        assert ([c["candle_time"] for c in body["candles"]], body["server_head_time"]) == ([120, 180], 180)
+        await d.ingest(120, close=12.0)  # a correction changes the series too
+        body = (await d.http.get("/api/market/candles", params=params)).json()
+        assert body["candles"][0]["close"] == 12.0

@@ -1,0 +1,53 @@
+"""Run-time whitelist changes (``klinectl pin`` / ``unpin``), persisted in ``<data_dir>/pins.json`` so they
+survive a restart. The effective whitelist is the config's, plus pinned, minus unpinned."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+
+from protocol.series import SeriesId
+
+
+class RuntimePins:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pinned: list[str] = []
+        self.unpinned: list[str] = []
+        if path.is_file():
+            data = orjson.loads(path.read_bytes())
+            self.pinned = [str(SeriesId.parse(s)) for s in data.get("pinned", [])]
+            self.unpinned = [str(SeriesId.parse(s)) for s in data.get("unpinned", [])]
+
+    def effective(self, configured: Iterable[SeriesId]) -> list[SeriesId]:
+        out = dict.fromkeys(str(s) for s in configured)
+        out.update(dict.fromkeys(self.pinned))
+        for s in self.unpinned:
+            out.pop(s, None)
+        return [SeriesId.parse(s) for s in out]
+
+    def pin(self, series: SeriesId) -> None:
+        text = str(series)
+        if text in self.unpinned:
+            self.unpinned.remove(text)
+        if text not in self.pinned:
+            self.pinned.append(text)
+        self._save()
+
+    def unpin(self, series: SeriesId) -> None:
+        text = str(series)
+        if text in self.pinned:
+            self.pinned.remove(text)
+        if text not in self.unpinned:
+            self.unpinned.append(text)
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"pinned": self.pinned, "unpinned": self.unpinned}, option=orjson.OPT_INDENT_2))
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(self.path)  # atomic: a crash leaves the old or the new file, never half of one
