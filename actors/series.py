@@ -30,6 +30,8 @@ log = structlog.get_logger(__name__)
 
 FetchClosed = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
 """(series, first_open, last_open) -> the exchange's closed candles in that inclusive range."""
+RepairHole = Callable[[SeriesId, int, int], Awaitable[int]]
+"""(series, expected_next_time, actual_time) -> candles filled (gap backfill: freqtrade, then the exchange)."""
 BroadcastForming = Callable[[SeriesId, Candle], None]
 """Hand a forming candle to subscribers; never blocks (the fan-out queues or drops per subscriber)."""
 TICK_GRACE_S: Final = 3.0  # Binance sends the final kline within about a second of the close
@@ -61,6 +63,7 @@ class SeriesActor:
         clock: ExchangeClock,
         forming_interval_s: float = 0.25,
         grace_s: float = TICK_GRACE_S,
+        repair_hole: RepairHole | None = None,
     ) -> None:
         self.series = series
         self.state = SeriesState(head_time=head_time)
@@ -72,6 +75,7 @@ class SeriesActor:
         self._throttle = FormingThrottle(forming_interval_s)
         self._holes = HoleTracker(series.timeframe, head_time)
         self._throttle_changed = trio.Event()
+        self._repair_hole = repair_hole
         self._nursery: trio.Nursery | None = None
         self._failed: BaseException | None = None
         self._failure = trio.Event()
@@ -119,6 +123,8 @@ class SeriesActor:
             hole = self._holes.observe_closed(c.candle_time)
             if hole is not None:
                 self._record_hole(hole)
+                if self._repair_hole is not None:  # a late close revealed it: repair in the background
+                    self._spawn(functools.partial(self._repair, hole))
         self.state.closed_seen += len(candles)
         latest = max(c.candle_time for c in candles)
         if self.state.head_time is None or latest > self.state.head_time:
@@ -180,10 +186,25 @@ class SeriesActor:
         expected, live_from = tf.next_open(head), tf.floor(self._clock.now_s())
         if live_from <= expected:
             return
-        self._record_hole(Hole(expected, live_from))
+        hole = Hole(expected, live_from)
+        self._record_hole(hole)
         # Recorded here, once: the stream's next close (live_from) must not report the same hole again.
         self._holes.last_closed = max(self._holes.last_closed or head, tf.prev_open(live_from))
-        await self._fill(expected, tf.prev_open(live_from))
+        if self._repair_hole is not None:
+            await self._repair(hole)
+        else:
+            await self._fill(expected, tf.prev_open(live_from))
+
+    async def _repair(self, hole: Hole) -> None:
+        """Gap backfill of a known hole (freqtrade files first, then the exchange), when it is switched on."""
+        assert self._repair_hole is not None
+        try:
+            filled = await self._repair_hole(self.series, hole.expected_next_time, hole.actual_time)
+        except Exception as e:  # best effort: the clock's REST fill and the subscribers' gap still follow
+            self.state.last_fill_error = repr(e)
+            log.warning("gap_repair_failed", series_id=str(self.series), error=repr(e))
+            return
+        self.state.fills_appended += filled
 
     # -- the clock --------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ blocks a connection's reader and contains its own failures).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -135,6 +135,7 @@ class LiveIngest:
         self.deriver = deriver
         self.writer = writer
         self._broadcast_forming = broadcast_forming
+        self.repair_hole: Callable[[SeriesId, int, int], Awaitable[int]] | None = None  # History.gap_backfill
         self.rest: dict[Market, BinanceRest] = {
             "spot": BinanceRest(settings.binance_spot_rest_url, futures=False),
             "futures": BinanceRest(settings.binance_futures_rest_url, futures=True),
@@ -229,6 +230,7 @@ class LiveIngest:
             clock=self.clock,
             forming_interval_s=self.settings.market_forming_min_interval_ms / 1000,
             grace_s=self.settings.market_close_grace_s,
+            repair_hole=self.repair_hole if self.settings.enable_market_gap_backfill else None,
         )
         self.actors[series] = actor
         self.router.register(series, actor)

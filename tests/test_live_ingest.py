@@ -204,3 +204,33 @@ async def test_capacity_evicts_the_idle_or_refuses_and_a_crash_restarts_alone(tm
             assert "AttributeError" in (job.last_error or "")
             assert (other.crashes, other.running) == (0, True)
             assert live.ingest["spot"].statistics()["streams"] == 1  # resubscribed after the restart
+
+
+async def test_with_gap_backfill_on_a_reconnect_hole_is_filled_from_freqtrade_first(tmp_path: Path) -> None:
+    from tests.history.test_history import write_freqtrade
+
+    fake, boundary = fake_before_boundary()
+    seed_bucket(tmp_path, fake, boundary)
+    sym = fake.market.spot["BTCUSDT"]
+    write_freqtrade(tmp_path / "ft" / "binance" / "BTC_USDT-1m.feather", [sym.candle_1m(boundary - 60)], "feather")
+    env = {
+        "KLINED_MARKET_CLOSE_GRACE_S": "30",
+        "KLINED_ENABLE_MARKET_GAP_BACKFILL": "1",
+        "KLINED_FREQTRADE_DATA_DIR": str(tmp_path / "ft"),
+    }
+    with trio.fail_after(45):
+        async with daemon_against(fake, tmp_path, **env) as running:
+            assert running.live is not None
+            ingest = running.live.ingest["spot"]
+            if not any(c.connected for c in ingest.connections.values()):
+                await ingest.wait_connected()
+            fake.rest_faults.status, fake.rest_faults.count = 503, 1000  # the exchange's REST is down too
+            fake.rest_faults.path_prefix = "/api/v3/klines"
+            fake.streams.faults.refuse_until_ms = (boundary + 1) * 1000
+            fake.streams.faults.drop_generation += 1
+            await ingest.wait_connected()
+            await wait_for(running, BTC, boundary - 60)
+            assert running.store.log.get(BTC, boundary - 60) == sym.candle_1m(boundary - 60)
+            assert running.services is not None
+            assert running.services.history.progress.view(BTC)["reason"] == "gap_backfill"
+            assert fake.rest_faults.count == 1000  # not one klines request: the file had it
