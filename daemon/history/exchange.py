@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import ccxt
 import structlog
 import trio
 
@@ -25,7 +24,6 @@ log = structlog.get_logger(__name__)
 PAGE: Final = 1000
 RETRIES: Final = 6
 RETRY_FIRST_S: Final = 1.0
-RETRYABLE: Final = (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.ExchangeNotAvailable, ccxt.NetworkError)
 BINANCE_HOSTS: Final = {"spot": "api.binance.com", "futures": "fapi.binance.com"}
 
 
@@ -35,6 +33,7 @@ class HistoryError(Exception):
 
 def binance_exchange(market: Market, rest_url: str) -> Any:
     """A ccxt client for one market; its URLs point at ``rest_url`` when that is not Binance's own."""
+    import ccxt  # imported on first use: ccxt alone is ~66 MB of RSS a daemon without history never needs
     options = {"fetchMarkets": {"types": ["spot"] if market == "spot" else ["linear"]}}
     exchange = ccxt.binance({"enableRateLimit": True, "timeout": 10_000, "options": options})
     base = urlsplit(rest_url)
@@ -94,6 +93,9 @@ class CcxtSource:
             cursor = following
 
     async def _fetch(self, market: Market, symbol: str, timeframe: str, since: int) -> list[list[Any]]:
+        import ccxt
+
+        retryable = (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.ExchangeNotAvailable, ccxt.NetworkError)
         delay = self._retry_first_s
         for attempt in range(RETRIES):
             self.calls += 1
@@ -103,7 +105,7 @@ class CcxtSource:
                     functools.partial(client.fetch_ohlcv, symbol, timeframe, since=since * 1000, limit=PAGE),
                     abandon_on_cancel=True,
                 )
-            except RETRYABLE as e:
+            except retryable as e:
                 if attempt == RETRIES - 1:
                     raise HistoryError(f"{symbol} {timeframe}: {type(e).__name__}: {e}") from e
                 log.warning("history_retry", symbol=symbol, error=type(e).__name__, retry_in_s=delay)
