@@ -1,8 +1,16 @@
 """``klinectl``: the operator's client of the daemon's control socket.
 
+    klinectl status                                   uptime, series, connections, LMDB size
+    klinectl series                                   one line per active series (source, refcount, lag)
     klinectl health                                   the health table of every active series
+    klinectl pin SERIES / unpin SERIES                change the whitelist now (kept across restarts)
     klinectl backfill SERIES --since T [--until T]    repair a range now, with a live progress bar
+    klinectl backup DIR                               a hot, consistent copy of the LMDB log
+    klinectl top-markets [--market spot|futures]      the top markets by quote volume
     klinectl version                                  client and daemon versions
+
+``--json`` prints the daemon's answer as JSON for scripts. Exit codes: 0 ok, 1 the daemon refused or failed,
+2 no daemon / bad usage, 3 ok but not healthy (a red or yellow series, an incomplete backfill).
 
 Times are UTC seconds or ISO dates (``2024-01-01``, ``2024-01-01T12:00``). The socket is the config's
 ``control_socket`` (``<data_dir>/klined.sock``), or ``--socket PATH``.
@@ -91,18 +99,50 @@ def run_backfill(path: Path, series: str, since: int, until: int | None) -> int:
     return 1
 
 
+def one(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    answers = list(request(path, payload))
+    if not answers:
+        raise ConnectionRefusedError("the daemon closed the connection")
+    return answers[-1]
+
+
+def show_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows)) for c in columns} if rows else {}
+    print("  ".join(c.ljust(widths.get(c, len(c))) for c in columns))
+    for r in rows:
+        print("  ".join(_cell(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="klinectl", description="control a running klined")
     parser.add_argument("--version", action="version", version=f"klinectl {__version__}")
     parser.add_argument("--config", help="the daemon's TOML config (to find its control socket)")
     parser.add_argument("--socket", help="the control socket path (overrides the config)")
+    parser.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("version", help="client and daemon versions")
-    sub.add_parser("health", help="the health table of every active series")
+    for name, text in (
+        ("version", "client and daemon versions"),
+        ("status", "uptime, series, connections, LMDB size"),
+        ("series", "one line per active series"),
+        ("health", "the health table of every active series"),
+    ):
+        sub.add_parser(name, help=text)
+    for name in ("pin", "unpin"):
+        sub.add_parser(name, help=f"{name} a series (persisted)").add_argument("series_id")
     backfill = sub.add_parser("backfill", help="repair a range of a series now, with progress")
     backfill.add_argument("series_id")
     backfill.add_argument("--since", required=True, type=parse_time)
     backfill.add_argument("--until", type=parse_time)
+    sub.add_parser("backup", help="a hot copy of the LMDB log into an empty directory").add_argument("path")
+    top = sub.add_parser("top-markets", help="the top markets by quote volume")
+    top.add_argument("--market", default="spot", choices=["spot", "futures"])
+    top.add_argument("--quote-asset", default="USDT")
+    top.add_argument("--limit", type=int, default=20)
+    sub.add_parser("rebuild", help="rebuild projections").add_argument("series_id", nargs="?")
     args = parser.parse_args(argv)
     if args.socket:
         path = Path(args.socket)
@@ -114,18 +154,45 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     command = args.command or "version"
     try:
-        if command == "version":
-            (answer,) = list(request(path, {"cmd": "version"}))
-            print(f"klinectl {__version__}, klined {answer.get('version')}")
-            return 0
-        if command == "health":
-            (answer,) = list(request(path, {"cmd": "health"}))
-            show_health(answer["series"])
-            return 0 if all(r["status"] == "green" for r in answer["series"]) else 3
-        return run_backfill(path, args.series_id, args.since, args.until)
+        if command == "backfill":
+            return run_backfill(path, args.series_id, args.since, args.until)
+        payload: dict[str, Any] = {"cmd": command.replace("-", "_")}
+        if command in ("pin", "unpin", "rebuild"):
+            payload["series_id"] = args.series_id
+        elif command == "backup":
+            payload["path"] = str(Path(args.path).resolve())
+        elif command == "top-markets":
+            payload.update(market=args.market, quote_asset=args.quote_asset, limit=args.limit)
+        answer = one(path, payload)
     except (FileNotFoundError, ConnectionRefusedError):
         print(f"klinectl: no daemon listening on {path} (is klined running?)", file=sys.stderr)
         return 2
+    if answer.get("event") == "error":
+        print(f"klinectl: {answer.get('code')}: {answer.get('detail')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    elif command == "version":
+        print(f"klinectl {__version__}, klined {answer.get('version')}")
+    elif command == "status":
+        for key, value in answer.items():
+            if key != "event":
+                print(f"{key:<16} {value}")
+    elif command == "series":
+        show_table(
+            answer["series"], ["series_id", "source", "refcount", "running", "head_time", "lag_seconds", "subscribers"]
+        )
+    elif command == "health":
+        show_health(answer["series"])
+    elif command in ("pin", "unpin"):
+        print(f"{command}ned {answer['series_id']}; whitelist: {', '.join(answer['whitelist']) or '(empty)'}")
+    elif command == "backup":
+        print(f"backup written to {answer['path']} ({answer['bytes']:,} bytes)")
+    elif command == "top-markets":
+        show_table(answer["items"], ["symbol", "last_price", "quote_volume", "price_change_percent"])
+    if command == "health" and not all(r["status"] == "green" for r in answer["series"]):
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class HistoryError(Exception):
 def binance_exchange(market: Market, rest_url: str) -> Any:
     """A ccxt client for one market; its URLs point at ``rest_url`` when that is not Binance's own."""
     import ccxt  # imported on first use: ccxt alone is ~66 MB of RSS a daemon without history never needs
+
     options = {"fetchMarkets": {"types": ["spot"] if market == "spot" else ["linear"]}}
     exchange = ccxt.binance({"enableRateLimit": True, "timeout": 10_000, "options": options})
     base = urlsplit(rest_url)
