@@ -284,6 +284,9 @@ class Hub:
             1 for subs in self._subs.values() for sub in subs if sub.holds_ingest and upstream(sub.series) == series
         )
 
+    def max_outbox_depth(self) -> int:
+        return max((c.outbox.statistics().current_buffer_used for c in self._clients.values()), default=0)
+
     def active_series(self) -> list[SeriesId]:
         return list(self._subs)
 

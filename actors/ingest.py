@@ -60,6 +60,7 @@ class ConnectionState:
 
 @attrs.define
 class IngestStats:
+    reconnects: int = 0
     messages: int = 0
     klines: int = 0
     malformed: int = 0
@@ -192,6 +193,8 @@ class UpstreamIngest:
             with trio.move_on_after(PROACTIVE_RECONNECT_S):  # before Binance's 24 h cut
                 async with self._connect(url) as ws:
                     state.connected, state.connects, state.next_retry_s = True, state.connects + 1, None
+                    if state.connects > 1:
+                        self.stats.reconnects += 1
                     backoff.reset()
                     log.info("upstream_connected", market=self.market, connection=cid, url=url)
                     await self._session(cid, ws)

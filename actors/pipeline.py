@@ -121,6 +121,9 @@ class ClosedCandleWriter:
         assert pending.result is not None
         return pending.result
 
+    def queue_depth(self) -> int:
+        return self._receive.statistics().current_buffer_used
+
     def statistics(self) -> dict[str, object]:
         samples = sorted(self.latencies_ms)
         latency = {}

@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from daemon import __version__
 from daemon.health import series_health_view
-from daemon.metrics import render_metrics
+from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from daemon.metrics import build_registry, render_metrics
 from daemon.top_markets import TopMarketsError
 from daemon.ws_endpoint import MarketSocket
 from protocol.candle import Candle, check_candle
@@ -317,8 +318,10 @@ def build_app(services: Services) -> MarketApp:
             }
         )
 
+    registry = build_registry(services)
+
     async def metrics(request: Request) -> Response:
-        return Response(render_metrics(services), media_type="text/plain; version=0.0.4")
+        return Response(render_metrics(registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def version(request: Request) -> Response:
         return JSONResponse({"name": "klined", "version": __version__})

@@ -1,63 +1,98 @@
-"""``GET /metrics``: the daemon's counters in Prometheus' text format (version 0.0.4)."""
+"""``GET /metrics``: the daemon's state in Prometheus' text format, through ``prometheus_client``.
+
+One custom collector reads the live counters at scrape time (nothing is double-counted or kept twice):
+ingest, the writer, gaps, the fan-out, per-series lag and the LMDB file.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from daemon.app import Services
 
-_HELP = {
-    "klined_ws_connections": ("gauge", "open /ws/market connections"),
-    "klined_ws_subscriptions": ("gauge", "subscriptions over all connections"),
-    "klined_ws_publishes_total": ("counter", "durable publishes fanned out"),
-    "klined_ws_frames_shared_total": ("counter", "frames sent from a publish's shared encoding"),
-    "klined_ws_frames_custom_total": ("counter", "frames encoded for one subscriber (gaps, partial runs)"),
-    "klined_ws_catchups_total": ("counter", "catchup reads"),
-    "klined_ws_slow_consumers_total": ("counter", "connections closed as slow consumers"),
-    "klined_writer_flushes_total": ("counter", "closed-candle write transactions"),
-    "klined_writer_events_total": ("counter", "events appended by the writer"),
-    "klined_writer_duplicates_dropped_total": ("counter", "closed candles merged away before the append"),
-    "klined_store_write_batches_total": ("counter", "write transactions of the event log"),
-    "klined_series_actors": ("gauge", "running series actors"),
-    "klined_series_crashes_total": ("counter", "series actor crashes"),
-    "klined_upstream_messages_total": ("counter", "upstream WebSocket messages, by market"),
-    "klined_upstream_malformed_total": ("counter", "malformed upstream payloads skipped, by market"),
-    "klined_upstream_connected": ("gauge", "open upstream connections, by market"),
-}
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def render_metrics(services: Services) -> str:
-    hub, writer = services.hub.stats, services.writer.stats
-    values: list[tuple[str, str, float]] = [
-        ("klined_ws_connections", "", hub.connections),
-        ("klined_ws_subscriptions", "", hub.subscriptions),
-        ("klined_ws_publishes_total", "", hub.publishes),
-        ("klined_ws_frames_shared_total", "", hub.frames_shared),
-        ("klined_ws_frames_custom_total", "", hub.frames_custom),
-        ("klined_ws_catchups_total", "", hub.catchups),
-        ("klined_ws_slow_consumers_total", "", hub.slow_consumers),
-        ("klined_writer_flushes_total", "", writer.flushes),
-        ("klined_writer_events_total", "", writer.written_events),
-        ("klined_writer_duplicates_dropped_total", "", writer.duplicates_dropped),
-        ("klined_store_write_batches_total", "", services.store.statistics()["write_batches"]),
-    ]
-    live = services.live
-    if live is not None:
-        values.append(("klined_series_actors", "", len(live.actors)))
-        values.append(("klined_series_crashes_total", "", live.supervisor.statistics()["crashes"]))
-        for market, ingest in live.ingest.items():
-            label = f'{{market="{market}"}}'
-            values.append(("klined_upstream_messages_total", label, ingest.stats.messages))
-            values.append(("klined_upstream_malformed_total", label, ingest.stats.malformed))
-            connected = sum(1 for c in ingest.connections.values() if c.connected)
-            values.append(("klined_upstream_connected", label, connected))
-    lines: list[str] = []
-    seen: set[str] = set()
-    for name, labels, value in values:
-        if name not in seen:
-            kind, text = _HELP[name]
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            seen.add(name)
-        lines.append(f"{name}{labels} {value:g}")
-    return "\n".join(lines) + "\n"
+class KlinedCollector(Collector):
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.services
+        hub, writer, history = s.hub, s.writer.stats, s.history
+
+        def counter(name: str, text: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, text, value=value)
+
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, value=value)
+
+        yield counter("klined_closed_candles_appended", "closed candles appended by the writer", writer.written_events)
+        yield counter("klined_writer_flushes", "write transactions of the closed-candle writer", writer.flushes)
+        yield counter(
+            "klined_writer_duplicates_dropped", "closed candles merged away before an append", writer.duplicates_dropped
+        )
+        yield counter("klined_writer_append_failures", "appends that failed and were retried", writer.append_failures)
+        yield gauge("klined_writer_queue_depth", "closed candles waiting for the writer", s.writer.queue_depth())
+        yield gauge("klined_ws_connections", "open /ws/market connections", hub.connection_count)
+        yield gauge("klined_ws_subscribers", "subscriptions over all connections", hub.stats.subscriptions)
+        yield gauge("klined_ws_outbox_depth_max", "frames queued for the slowest connection", hub.max_outbox_depth())
+        yield counter("klined_ws_slow_consumer_drops", "connections closed as slow consumers", hub.stats.slow_consumers)
+        yield counter("klined_ws_publishes", "durable publishes fanned out", hub.stats.publishes)
+        yield counter(
+            "klined_gaps_healed_candles", "candles sent to subscribers by healing a hole", hub.stats.healed_candles
+        )
+        yield counter("klined_gaps_repaired", "gap backfills that filled their hole completely", history.gaps_repaired)
+        yield counter(
+            "klined_history_candles_repaired", "candles appended by repairs of the past", history.candles_repaired
+        )
+        live = s.live
+        if live is not None:
+            labels = ["market"]
+            messages = CounterMetricFamily("klined_upstream_messages", "upstream WebSocket messages", labels=labels)
+            malformed = CounterMetricFamily(
+                "klined_upstream_malformed", "malformed upstream payloads skipped", labels=labels
+            )
+            reconnects = CounterMetricFamily("klined_upstream_reconnects", "upstream reconnections", labels=labels)
+            connected = GaugeMetricFamily("klined_upstream_connected", "open upstream connections", labels=labels)
+            for market, ingest in live.ingest.items():
+                messages.add_metric([market], ingest.stats.messages)
+                malformed.add_metric([market], ingest.stats.malformed)
+                reconnects.add_metric([market], ingest.stats.reconnects)
+                connected.add_metric([market], sum(1 for c in ingest.connections.values() if c.connected))
+            yield from (messages, malformed, reconnects, connected)
+            yield gauge("klined_series_actors", "running series actors", len(live.actors))
+            yield counter("klined_series_crashes", "series actor crashes", live.supervisor.statistics()["crashes"])
+            yield gauge(
+                "klined_gaps_detected",
+                "holes the actors know of",
+                sum(len(a.state.holes) for a in live.actors.values()),
+            )
+        lag = GaugeMetricFamily("klined_series_lag_seconds", "latest closed period minus head", labels=["series_id"])
+        heads = s.store.log.heads()
+        now = s.clock.now_s()
+        for series in s.whitelist() + hub.active_series():
+            head = heads.get(str(series))
+            if head is not None:
+                lag.add_metric([str(series)], max(0, series.timeframe.last_closed_open(now) - head.head_time))
+        yield lag
+        stats = s.store.log.statistics()
+        yield gauge("klined_lmdb_bytes", "size of the LMDB data file in use", stats["last_pgno"] * stats["page_size"])
+        yield gauge("klined_lmdb_map_bytes", "LMDB map size", stats["map_size"])
+        yield counter("klined_lmdb_events", "events in the log (the last seq)", stats["last_seq"])
+
+
+def build_registry(services: Services) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KlinedCollector(services))
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

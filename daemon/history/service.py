@@ -79,6 +79,8 @@ class History:
         self._derived = set(derived)
         self._now_s = now_s
         self.progress = ProgressTracker(now_ms or (lambda: time.time_ns() // 1_000_000))
+        self.gaps_repaired = 0  # gap backfills that filled their hole completely
+        self.candles_repaired = 0  # candles any repair appended
         self._running: dict[tuple[str, str], trio.Event] = {}
         self.nursery: trio.Nursery | None = None
 
@@ -94,6 +96,7 @@ class History:
         if not candles:
             return 0
         result = await self._store.append({series: list(candles)})
+        self.candles_repaired += result.appended + result.corrected
         if self._derive_stage is not None:
             await self._derive_stage(result)  # type: ignore[misc]
         return result.appended + result.corrected
@@ -187,6 +190,7 @@ class History:
             return filled
         progress.filled = filled
         still = count_missing(tf, ranges)
+        self.gaps_repaired += not still
         self.progress.succeed(progress, still, "gap_filled" if not still else "gap_partial")
         log.info("gap_backfill", series_id=str(series), filled=filled, still_missing=still)
         return filled

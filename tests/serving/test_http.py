@@ -114,11 +114,25 @@ async def test_cors_is_off_by_default_and_configurable(tmp_path: Path) -> None:
 
 
 async def test_metrics_are_prometheus_text(tmp_path: Path) -> None:
-    async with daemon(tmp_path) as d:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with daemon(tmp_path, KLINED_WHITELIST=S1) as d, d.client() as c:
         await d.ingest(120)
-        text = (await d.http.get("/metrics")).text
-        assert "# TYPE klined_writer_flushes_total counter" in text
-        assert "klined_writer_events_total 1" in text
+        await c.subscribe(since=None)
+        await c.frames_until_quiet()
+        r = await d.http.get("/metrics")
+        assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text)
+            for s in family.samples
+        }
+        assert samples[("klined_closed_candles_appended_total", ())] == 1
+        assert samples[("klined_ws_subscribers", ())] == 1
+        assert samples[("klined_ws_connections", ())] == 1
+        assert samples[("klined_lmdb_events_total", ())] == 1
+        assert samples[("klined_series_lag_seconds", (("series_id", S1),))] > 0  # 120 is long ago
+        assert samples[("klined_lmdb_bytes", ())] > 0
 
 
 async def test_top_markets_and_its_stream_through_the_daemon(tmp_path: Path) -> None:
