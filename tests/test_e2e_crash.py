@@ -1,0 +1,130 @@
+"""End to end: the real ``klined`` process against the fake exchange, driven over HTTP and by the real
+``klinectl`` binary; killed with SIGKILL in the middle of ingesting, restarted: every candle that was
+acknowledged is there, exactly once, and the restarted daemon carries on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+
+from daemon.eventlog import EventLog
+from daemon.fakex.server import FakeExchange, FakeExchangeUrls
+
+BIN = Path(sys.executable).parent
+ETH = "binance:spot:ETH/USDT:1m"
+BTC = "binance:spot:BTC/USDT:1m"
+
+
+@asynccontextmanager
+async def klined(data: Path, urls: FakeExchangeUrls) -> AsyncIterator[tuple[trio.Process, str]]:
+    env = {
+        **os.environ,
+        "KLINED_DATA_DIR": str(data),
+        "KLINED_HTTP_PORT": "0",
+        "KLINED_WHITELIST": BTC,
+        "KLINED_ENABLE_WHITELIST_INGEST": "1",
+        "KLINED_BINANCE_SPOT_WS_URL": urls.spot_ws,
+        "KLINED_BINANCE_SPOT_REST_URL": urls.rest_url,
+        "KLINED_BINANCE_FUTURES_WS_URL": urls.futures_ws,
+        "KLINED_BINANCE_FUTURES_REST_URL": urls.rest_url,
+    }
+    proc = await trio.lowlevel.open_process([str(BIN / "klined"), "run"], env=env, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    buffer = b""
+    url = None
+    with trio.fail_after(20):
+        while url is None:
+            chunk = await proc.stdout.receive_some(65536)
+            assert chunk, "klined exited before it was ready"
+            buffer += chunk
+            for line in buffer.split(b"\n"):
+                if b'"daemon_ready"' in line:
+                    url = json.loads(line)["http_url"]
+    async with trio.open_nursery() as nursery:
+
+        async def drain() -> None:  # a full pipe must never stall the daemon
+            assert proc.stdout is not None
+            while await proc.stdout.receive_some(65536):
+                pass
+
+        nursery.start_soon(drain)
+        try:
+            yield proc, url
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                with trio.move_on_after(10):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+            await proc.wait()
+            nursery.cancel_scope.cancel()
+
+
+def candle(t: int) -> dict[str, object]:
+    return {"candle_time": t, "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": float(t % 7)}
+
+
+async def test_sigkill_mid_ingest_loses_and_duplicates_nothing_acknowledged(tmp_path: Path) -> None:
+    fake = FakeExchange()
+    data = tmp_path / "data"
+    acked: list[int] = []
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(fake.serve)
+        async with klined(data, urls) as (proc, url):
+            status = await trio.run_process(
+                [str(BIN / "klinectl"), "--socket", str(data / "klined.sock"), "--json", "status"], capture_stdout=True
+            )
+            assert json.loads(status.stdout)["whitelist"] == [BTC]
+            enough = trio.Event()
+            async with httpx.AsyncClient(base_url=url) as http:
+
+                async def writer(k: int) -> None:
+                    for i in range(k, 100_000, 4):
+                        t = 60 * (i + 1)
+                        try:
+                            r = await http.post(
+                                "/api/market/ingest/candle_closed", json={"series_id": ETH, "candle": candle(t)}
+                            )
+                        except httpx.HTTPError:
+                            return  # the daemon died under us: this one was not acknowledged
+                        if r.status_code == 200:
+                            acked.append(t)
+                            if len(acked) == 300:
+                                enough.set()
+
+                async with trio.open_nursery() as writers:
+                    for k in range(4):
+                        writers.start_soon(writer, k)
+                    await enough.wait()
+                    proc.kill()  # SIGKILL: no flush, no goodbye
+        assert proc.returncode == -signal.SIGKILL
+        async with klined(data, urls) as (proc, url), httpx.AsyncClient(base_url=url) as http:
+            body = (await http.get("/api/market/candles", params={"series_id": ETH, "since": 0, "limit": 5000})).json()
+            stored = [c["candle_time"] for c in body["candles"]]
+            assert set(acked) <= set(stored), "an acknowledged candle was lost"
+            assert stored == sorted(set(stored))
+            r = await http.post(
+                "/api/market/ingest/candle_closed", json={"series_id": ETH, "candle": candle(60 * 200_000)}
+            )
+            assert r.status_code == 200  # the restarted daemon carries on
+            version = await trio.run_process(
+                [str(BIN / "klinectl"), "--socket", str(data / "klined.sock"), "version"], capture_stdout=True
+            )
+            assert b"klined" in version.stdout
+        nursery.cancel_scope.cancel()
+    with EventLog(data / "eventlog") as log:
+        events = [e for e in log.events_since(0) if e.series_id == ETH]
+        times = [e.candle.candle_time for e in events]
+        assert len(times) == len(set(times)), "a candle was written twice"
+        assert all(e.previous is None for e in events)
+        assert set(acked) <= set(times)
