@@ -128,3 +128,43 @@ async def test_sigkill_mid_ingest_loses_and_duplicates_nothing_acknowledged(tmp_
         assert len(times) == len(set(times)), "a candle was written twice"
         assert all(e.previous is None for e in events)
         assert set(acked) <= set(times)
+
+
+async def test_sighup_reloads_the_whitelist_and_sigterm_exits_0_within_5s(tmp_path: Path) -> None:
+    config = tmp_path / "klined.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\nhttp_port = 0\nwhitelist = ["{BTC}"]\n')
+    proc = await trio.lowlevel.open_process(
+        [str(BIN / "klined"), "run", "--config", str(config)], stdout=subprocess.PIPE, env=dict(os.environ)
+    )
+    assert proc.stdout is not None
+    lines: list[dict[str, object]] = []
+    buffer = b""
+
+    async def until(event: str) -> dict[str, object]:
+        nonlocal buffer
+        assert proc.stdout is not None
+        with trio.fail_after(20):
+            while True:
+                for line in lines:
+                    if line.get("event") == event:
+                        lines.remove(line)
+                        return line
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, f"klined exited before {event}"
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                lines.extend(json.loads(x) for x in complete if x.startswith(b"{"))
+
+    url = str((await until("daemon_ready"))["http_url"])
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/api/market/whitelist")).json() == {"series_ids": [BTC]}
+        config.write_text(f'data_dir = "{tmp_path / "data"}"\nhttp_port = 0\nwhitelist = ["{ETH}"]\n')
+        proc.send_signal(signal.SIGHUP)
+        await until("whitelist_reloaded")
+        assert (await http.get("/api/market/whitelist")).json() == {"series_ids": [ETH]}
+    started = trio.current_time()
+    proc.send_signal(signal.SIGTERM)
+    await until("eventlog_closed")
+    with trio.fail_after(5):
+        assert await proc.wait() == 0
+    assert trio.current_time() - started < 5
