@@ -99,6 +99,7 @@ class UpstreamIngest:
         self.connections: dict[int, ConnectionState] = {}
         self.stats = IngestStats()
         self._connected = trio.Event()
+        self._failed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -124,6 +125,10 @@ class UpstreamIngest:
             for cid, scope in self._running.items():
                 if cid not in live:
                     scope.cancel()  # its last stream is gone: close it rather than keep it idle
+
+    async def wait_failure(self) -> None:
+        """Return after the next failed attempt (tests wait on this, not a timer)."""
+        await self._failed.wait()
 
     async def wait_connected(self) -> None:
         """Return after the next connection (or reconnection) is up (tests wait on this, not a timer)."""
@@ -183,6 +188,8 @@ class UpstreamIngest:
             log.warning(
                 "upstream_unreachable", market=self.market, connection=cid, error=error, retry_in_s=round(delay, 2)
             )
+            self._failed.set()
+            self._failed = trio.Event()
             await trio.sleep(delay)
 
     async def _attempt(self, cid: int, state: ConnectionState, backoff: Backoff) -> str | None:

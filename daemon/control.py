@@ -23,6 +23,7 @@ import trio
 
 from daemon import __version__
 from daemon.health import series_health_view
+from daemon.http_api import upstream_health
 from protocol.errors import ProtocolError
 from protocol.series import SeriesId
 
@@ -186,6 +187,7 @@ async def _status(services: Services) -> dict[str, Any]:
         "connections": services.hub.connection_count,
         "subscriptions": services.hub.stats.subscriptions,
         "whitelist": [str(s) for s in services.whitelist()],
+        "upstream": upstream_health(services),
     }
 
 

@@ -136,6 +136,28 @@ def _body_candle(series: SeriesId, raw: object) -> Candle:
         raise _bad_param(f"invalid candle: {e}") from None
 
 
+def upstream_health(services: Services) -> dict[str, Any]:
+    """Per market: connections up, and when the exchange cannot be reached, why and when we retry."""
+    live = services.live
+    if live is None:
+        return {}
+    out: dict[str, Any] = {}
+    for market, ingest in live.ingest.items():
+        conns = list(ingest.connections.values())
+        if not conns:
+            continue
+        down = [c for c in conns if not c.connected]
+        out[market] = {
+            "connections": len(conns),
+            "connected": len(conns) - len(down),
+            "reachable": not down,
+            "last_error": next((c.last_error for c in down if c.last_error), None),
+            "retry_in_s": min((c.next_retry_s for c in down if c.next_retry_s is not None), default=None),
+            "reconnects": ingest.stats.reconnects,
+        }
+    return out
+
+
 class MarketApp:
     """``/ws/market`` straight to its endpoint (the fan-out's hot path), everything else to Starlette."""
 
@@ -292,7 +314,7 @@ def build_app(services: Services) -> MarketApp:
         for series in active:
             head = heads.get(str(series))
             views.append(series_health_view(series, now, head, services.history.progress.view(series)))
-        return JSONResponse({"now_time": now, "series": views})
+        return JSONResponse({"now_time": now, "upstream": upstream_health(services), "series": views})
 
     async def ingest_state(request: Request) -> Response:
         require_debug()

@@ -50,3 +50,37 @@ async def test_a_thousand_series_start_from_their_stored_heads_offline(tmp_path:
             assert len(jobs) == N
             assert {j["refcount"] for j in jobs} == {-1}
             running.stop.set()
+
+
+async def test_an_unreachable_exchange_is_said_in_health_and_stored_data_is_still_served(tmp_path: Path) -> None:
+    import httpx
+
+    s1 = SeriesId.parse("binance:spot:BTC/USDT:1m")
+    with EventLog(tmp_path / "eventlog") as log:
+        log.append({s1: [Candle(60 * 1000, 1.0, 2.0, 0.5, 1.5, 3.0)]})
+    port = closed_port()
+    settings = load_settings(
+        env={
+            "KLINED_DATA_DIR": str(tmp_path),
+            "KLINED_HTTP_PORT": "0",
+            "KLINED_WHITELIST": str(s1),
+            "KLINED_ENABLE_WHITELIST_INGEST": "1",
+            "KLINED_ENABLE_KLINE_HEALTH": "1",
+            "KLINED_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{port}",
+            "KLINED_BINANCE_SPOT_REST_URL": f"http://127.0.0.1:{port}",
+        }
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            running: Running = await nursery.start(serve_daemon, settings)
+            assert running.live is not None
+            await running.live.ingest["spot"].wait_failure()
+            async with httpx.AsyncClient(base_url=running.http_url) as http:
+                health = (await http.get("/api/market/health")).json()
+                spot = health["upstream"]["spot"]
+                assert (spot["reachable"], spot["connected"]) == (False, 0)
+                assert "connect" in spot["last_error"]
+                assert spot["retry_in_s"] is not None
+                body = (await http.get("/api/market/candles", params={"series_id": str(s1)})).json()
+                assert [c["candle_time"] for c in body["candles"]] == [60_000]  # still serving what is stored
+            running.stop.set()
