@@ -15,6 +15,8 @@ receives passes :func:`protocol.ws_market.gate` against it. Catchup, healing and
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
@@ -35,6 +37,7 @@ log = structlog.get_logger(__name__)
 CLAMP_TOLERANCE_S: Final = 2  # our exchange clock may trail the exchange's by a measurement error
 PENDING_MAX: Final = 1000  # live publishes held for one busy subscription before it counts as slow
 SLOW_CONSUMER: Final = "slow_consumer"
+PUBLISH_TIMES_KEPT: Final = 20_000  # (series, candle_time, wall time) of recent publishes, for the debug API
 
 Heal = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
 """(series, after, before) -> closed candles strictly between the two times (log, then the exchange)."""
@@ -73,40 +76,71 @@ def _text(frames: list[bytes]) -> list[str]:
 
 
 class Client:
-    """One WebSocket connection's side of the hub: its subscriptions and its bounded outbox."""
+    """One WebSocket connection's side of the hub: its subscriptions and its bounded outbox.
+
+    The outbox is a deque with a wake-up event rather than a memory channel: a channel costs its reader
+    two trips through the scheduler per frame, and a thousand subscribers of one publish make that the
+    fan-out's hot path.
+    """
 
     def __init__(self, hub: Hub, client_id: int, queue_frames: int) -> None:
         self.hub, self.client_id = hub, client_id
         self.subs: dict[SeriesId, Subscription] = {}
-        self._send, self.outbox = trio.open_memory_channel[str](queue_frames)
+        self._frames: deque[str] = deque()
+        self._max_frames = queue_frames
+        self._wakeup = trio.Event()  # set when a frame is queued (or the client closes)
+        self._room = trio.Event()  # set when the sender has drained below half the bound
         self.closing = trio.Event()  # set with close_code/close_reason: the endpoint closes the socket
         self.close_code = 1000
         self.close_reason = ""
         self.final_frame: str | None = None  # sent after the outbox is abandoned (slow consumer)
         self.nursery: trio.Nursery | None = None  # where the endpoint runs this client's workers
 
+    @property
+    def queued(self) -> int:
+        return len(self._frames)
+
     def offer(self, frames: Sequence[str]) -> None:
         """Live frames: queued at once or the client is a slow consumer (it never blocks the hub)."""
         if self.closing.is_set():
             return
-        for frame in frames:
-            try:
-                self._send.send_nowait(frame)
-            except trio.WouldBlock:
-                self.slow()
-                return
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
+        if len(self._frames) + len(frames) > self._max_frames:
+            self.slow()
+            return
+        self._frames.extend(frames)
+        self._wakeup.set()
 
     async def put(self, frames: Sequence[str]) -> None:
         """Catchup frames: wait for room (a pull the client paces by reading)."""
         for frame in frames:
+            while len(self._frames) >= self._max_frames and not self.closing.is_set():
+                self._room = trio.Event()
+                await self._room.wait()
             if self.closing.is_set():
                 return
-            try:
-                await self._send.send(frame)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
+            self._frames.append(frame)
+            self._wakeup.set()
+
+    async def next_frame(self) -> str | None:
+        """The next frame to send; None once the client is closing and (for a slow consumer) abandoned."""
+        while True:
+            if self.final_frame is not None:
+                return None  # a slow consumer's queued frames are abandoned
+            if self._frames:
+                frame = self._frames.popleft()
+                if len(self._frames) < self._max_frames // 2:
+                    self._room.set()
+                return frame
+            if self.closing.is_set():
+                return None  # a shutdown's goodbyes went out first
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    def drain_nowait(self) -> list[str]:
+        """Every queued frame (tests)."""
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
 
     def send_error(self, code: str, message: str, series: SeriesId | None = None) -> None:
         self.offer([error_frame(code, message, str(series) if series else None).decode()])
@@ -120,11 +154,12 @@ class Client:
         self.close(1008, SLOW_CONSUMER)
 
     def close(self, code: int, reason: str) -> None:
-        """Ask the endpoint to close: the outbox ends (its sender wakes) and the code goes out."""
+        """Ask the endpoint to close: the sender wakes, sends what is due and the close code."""
         if not self.closing.is_set():
             self.close_code, self.close_reason = code, reason
             self.closing.set()
-            self._send.close()
+            self._wakeup.set()
+            self._room.set()
 
 
 @attrs.define(eq=False)
@@ -184,6 +219,7 @@ class Hub:
         self._quiet = trio.Event()
         self._throttles: dict[SeriesId, FormingThrottle] = {}
         self._forming_scheduled: set[SeriesId] = set()
+        self.publish_times: deque[tuple[SeriesId, int, float]] = deque(maxlen=PUBLISH_TIMES_KEPT)
         self._nursery: trio.Nursery | None = None
         self.stats = HubStats()
 
@@ -285,7 +321,7 @@ class Hub:
         )
 
     def max_outbox_depth(self) -> int:
-        return max((c.outbox.statistics().current_buffer_used for c in self._clients.values()), default=0)
+        return max((c.queued for c in self._clients.values()), default=0)
 
     def active_series(self) -> list[SeriesId]:
         return list(self._subs)
@@ -306,6 +342,8 @@ class Hub:
             return
         self.stats.publishes += 1
         publish = Publish(series, tuple(sorted(candles, key=lambda c: c[0])))
+        now = time.time()  # wall clock: the benchmark compares it with its clients' arrival times
+        self.publish_times.extend((series, c[0], now) for c in publish.candles)
         closed_through = self._closed_through(series.timeframe)
         for sub in list(subs):
             if sub.busy:

@@ -323,6 +323,13 @@ def build_app(services: Services) -> MarketApp:
             return JSONResponse({"enabled": False, "jobs": [], "stats": stats})
         return JSONResponse({"enabled": True, "jobs": live.supervisor.jobs(), "stats": {**live.statistics(), **stats}})
 
+    async def publish_times(request: Request) -> Response:
+        """When each recent closed candle of a series was published (durable, handed to the fan-out)."""
+        require_debug()
+        series = _series_param(request)
+        rows = [[t, round(at, 6)] for s, t, at in list(hub.publish_times) if s == series]
+        return JSONResponse({"series_id": str(series), "published": rows})
+
     async def series_health(request: Request) -> Response:
         require_debug()
         actors = live.actors if live else {}
@@ -384,6 +391,7 @@ def build_app(services: Services) -> MarketApp:
             Route("/api/market/health", health, methods=["GET"]),
             Route("/api/market/debug/ingest_state", ingest_state, methods=["GET"]),
             Route("/api/market/debug/series_health", series_health, methods=["GET"]),
+            Route("/api/market/debug/publish_times", publish_times, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/version", version, methods=["GET"]),
         ],

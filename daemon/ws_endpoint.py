@@ -109,9 +109,7 @@ class MarketSocket:
 
     async def _send_loop(self, websocket: WebSocket | RawWebSocket, client: Client, scope: trio.CancelScope) -> None:
         """Frames in order; once the client is closing, the final frame (if any) and the close code."""
-        async for frame in client.outbox:
-            if client.final_frame is not None:
-                break  # a slow consumer's queued frames are abandoned (a shutdown's goodbyes are not)
+        while (frame := await client.next_frame()) is not None:
             await websocket.send_text(frame)
         if client.final_frame is not None:
             await websocket.send_text(client.final_frame)

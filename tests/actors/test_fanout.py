@@ -89,11 +89,6 @@ async def _drive(
                 await hub.publish_stage(result)  # as the writer does, once the append is durable
         await trio.testing.wait_all_tasks_blocked()
         await hub.wait_quiet()
-        frames = []
-        while True:
-            try:
-                frames.append(orjson.loads(client.outbox.receive_nowait()))
-            except trio.WouldBlock:
-                break
+        frames = [orjson.loads(f) for f in client.drain_nowait()]
         nursery.cancel_scope.cancel()
     return frames
