@@ -36,6 +36,19 @@ class KlineUpdate:
 
 
 @attrs.frozen
+class AggTrade:
+    """One aggregated trade (``<symbol>@aggTrade``): what the trade-driven source builds candles from."""
+
+    symbol_id: str
+    agg_id: int
+    price: float
+    quantity: float
+    trade_time_ms: int
+    event_time_ms: int
+    buyer_is_maker: bool
+
+
+@attrs.frozen
 class ControlReply:
     """The answer to SUBSCRIBE / UNSUBSCRIBE (``result`` None) or LIST_SUBSCRIPTIONS (a list)."""
 
@@ -63,7 +76,7 @@ class MalformedPayload:
     raw: str
 
 
-StreamMessage = KlineUpdate | ControlReply | ControlError | ServerShutdown | MalformedPayload
+StreamMessage = KlineUpdate | AggTrade | ControlReply | ControlError | ServerShutdown | MalformedPayload
 
 
 class _MalformedError(Exception):
@@ -109,6 +122,11 @@ def _parse_object(obj: Any, exchange: str, market: Market, symbols: Mapping[str,
     event = obj.get("e")
     if event == "serverShutdown":
         return ServerShutdown(_int(obj, "E"))
+    if event == "aggTrade":
+        trade = _parse_agg_trade(obj, symbols)
+        if stream is not None and stream != f"{trade.symbol_id.lower()}@aggTrade":
+            raise _MalformedError(f"stream {stream!r} does not match its event ({trade.symbol_id.lower()}@aggTrade)")
+        return trade
     if event != "kline":
         raise _MalformedError(f"unsupported event type {event!r}")
     update = _parse_kline(obj, exchange, market, symbols)
@@ -174,6 +192,38 @@ def _parse_kline(obj: dict[str, Any], exchange: str, market: Market, symbols: Ma
     except ProtocolError as e:
         raise _MalformedError(str(e)) from None
     return KlineUpdate(series, candle, is_final, _int(obj, "E"), close_ms, trades, _dec(k, "q"))
+
+
+def _parse_agg_trade(obj: dict[str, Any], symbols: Mapping[str, str]) -> AggTrade:
+    symbol_id = _str(obj, "s")
+    if symbol_id not in symbols:
+        raise _MalformedError(f"unknown symbol {symbol_id!r}")
+    price, quantity = _dec(obj, "p"), _dec(obj, "q")
+    if price <= 0 or quantity < 0:
+        raise _MalformedError(f"aggTrade price must be > 0 and quantity >= 0, got {price} x {quantity}")
+    maker = obj.get("m")
+    if type(maker) is not bool:
+        raise _MalformedError(f"aggTrade field 'm' must be a boolean, got {maker!r}")
+    for name in ("f", "l"):
+        _int(obj, name)
+    return AggTrade(symbol_id, _int(obj, "a"), price, quantity, _int(obj, "T"), _int(obj, "E"), maker)
+
+
+def agg_trade_event(symbol_id: str, trade: AggTrade) -> dict[str, Any]:
+    """Binance's aggTrade payload for ``trade`` (the fake exchange sends these)."""
+    return {
+        "e": "aggTrade",
+        "E": trade.event_time_ms,
+        "s": symbol_id,
+        "a": trade.agg_id,
+        "p": format_decimal(trade.price),
+        "q": format_decimal(trade.quantity),
+        "f": trade.agg_id,
+        "l": trade.agg_id,
+        "T": trade.trade_time_ms,
+        "m": trade.buyer_is_maker,
+        "M": True,
+    }
 
 
 def _int(obj: Mapping[str, Any], name: str) -> int:
