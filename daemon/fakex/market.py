@@ -83,6 +83,26 @@ class Symbol:
         volume = round(1 + 50 * _unit(self.symbol_id, minute, "v"), 5)
         return Candle(minute, open_, high, low, close, volume)
 
+    def trades_1m(self, minute: int) -> list[tuple[int, float, float]]:
+        """The minute's trades ``(time_ms, price, quantity)``, consistent with its kline: the first at the
+        open, the extremes in the middle, the last at the close, quantities summing to its volume. A quiet
+        minute has none (its kline is flat at the previous close with volume 0, as Binance's)."""
+        c = self.candle_1m(minute)
+        if c.volume == 0:
+            return []
+        quarter = round(c.volume / 4, 5)
+        rest = round(c.volume - 3 * quarter, 5)
+        base = minute * 1000
+        times = [
+            base + int(9_000 * _unit(self.symbol_id, minute, "t0")),
+            base + 10_000 + int(19_000 * _unit(self.symbol_id, minute, "t1")),
+            base + 30_000 + int(19_000 * _unit(self.symbol_id, minute, "t2")),
+            base + 50_000 + int(9_999 * _unit(self.symbol_id, minute, "t3")),
+        ]
+        middle = [c.high, c.low] if _unit(self.symbol_id, minute, "hl") < 0.5 else [c.low, c.high]
+        prices = [c.open, *middle, c.close]
+        return [(t, p, q) for t, p, q in zip(times, prices, (quarter, quarter, quarter, rest), strict=True)]
+
     def partial_1m(self, minute: int, elapsed_ms: int) -> Candle:
         """The minute's candle so far, ``elapsed_ms`` into it: a deterministic path to its final values."""
         final = self.candle_1m(minute)

@@ -29,7 +29,7 @@ from trio_websocket import (
 )
 
 from daemon.fakex.market import Market
-from protocol.binance import kline_event
+from protocol.binance import AggTrade, agg_trade_event, kline_event
 from protocol.candle import Candle
 from protocol.series import Market as MarketType
 from protocol.series import SeriesId
@@ -56,6 +56,13 @@ class Faults:
     drop_generation: int = 0  # bumped to drop every open connection
     refuse_until_ms: int = 0  # handshakes before this exchange time are refused (HTTP 503): an outage
     shutdown_generation: int = 0  # bumped to send serverShutdown then close
+
+
+@attrs.define
+class _TradeStream:
+    name: str  # btcusdt@aggTrade
+    symbol_id: str
+    sent_through_ms: int  # trades up to this exchange time have gone out
 
 
 @attrs.define
@@ -118,6 +125,7 @@ class _Connection:
     ) -> None:
         self.server, self.conn, self.market, self.combined = server, conn, market, combined
         self.streams: dict[str, _Stream] = {}
+        self.trade_streams: dict[str, _TradeStream] = {}
         self.message_times: list[float] = []
         self.drop_generation = server.faults.drop_generation
         self.shutdown_generation = server.faults.shutdown_generation
@@ -133,12 +141,14 @@ class _Connection:
 
     def _add(self, name: str) -> str | None:
         """Subscribe ``name``; the reason it is invalid, if it is."""
+        if name.endswith("@aggTrade"):
+            return self._add_trades(name)
         symbol, _, rest = name.partition("@kline_")
         tf = TIMEFRAMES.get(rest)
         symbols = self.server.market.symbols(self.market)
         if tf is None or symbol.upper() not in symbols or symbol != symbol.lower():
             return f"Invalid request: unknown stream {name!r}"
-        if name not in self.streams and len(self.streams) >= MAX_STREAMS_PER_CONNECTION:
+        if name not in self.streams and self._count() >= MAX_STREAMS_PER_CONNECTION:
             return "too many streams"
         if name not in self.streams:
             now = self.server.now_ms() // 1000
@@ -146,6 +156,32 @@ class _Connection:
             series = SeriesId.parse(f"binance:{self.market}:{sym.symbol}:{tf.name}")
             self.streams[name] = _Stream(name, symbol.upper(), tf, tf.floor(now), series)
         return None
+
+    def _count(self) -> int:
+        return len(self.streams) + len(self.trade_streams)
+
+    def _add_trades(self, name: str) -> str | None:
+        symbol = name.removesuffix("@aggTrade")
+        if symbol.upper() not in self.server.market.symbols(self.market) or symbol != symbol.lower():
+            return f"Invalid request: unknown stream {name!r}"
+        if name not in self.trade_streams:
+            if self._count() >= MAX_STREAMS_PER_CONNECTION:
+                return "too many streams"
+            self.trade_streams[name] = _TradeStream(name, symbol.upper(), self.server.now_ms())
+        return None
+
+    async def _trades(self, stream: _TradeStream, now_ms: int) -> None:
+        """Every trade of the symbol stamped after the last pump and up to ``now_ms``, in order."""
+        symbol = self.server.market.symbols(self.market)[stream.symbol_id]
+        first_minute = stream.sent_through_ms // 60_000 * 60
+        for minute in range(max(first_minute, symbol.listed_at), now_ms // 60_000 * 60 + 60, 60):
+            for t, price, qty in symbol.trades_1m(minute):
+                if stream.sent_through_ms < t <= now_ms:
+                    trade = AggTrade(stream.symbol_id, t, price, qty, t, self.server.now_ms(), False)
+                    event = agg_trade_event(stream.symbol_id, trade)
+                    payload = {"stream": stream.name, "data": event} if self.combined else event
+                    await self.conn.send_message(orjson.dumps(payload).decode())
+        stream.sent_through_ms = now_ms
 
     async def _read_control(self, scope: trio.CancelScope) -> None:
         limit = CONTROL_RATE[self.market]
@@ -170,7 +206,7 @@ class _Connection:
             return
         params = msg.get("params", [])
         if method == "LIST_SUBSCRIPTIONS":
-            await self._send_json({"result": sorted(self.streams), "id": msg_id})
+            await self._send_json({"result": sorted([*self.streams, *self.trade_streams]), "id": msg_id})
             return
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
             await self._send_json({"error": {"code": 2, "msg": f"Invalid request: method {method!r}"}, "id": msg_id})
@@ -178,6 +214,7 @@ class _Connection:
         for name in params:
             if method == "UNSUBSCRIBE":
                 self.streams.pop(str(name), None)
+                self.trade_streams.pop(str(name), None)
                 continue
             error = self._add(str(name))
             if error == "too many streams":
@@ -226,6 +263,8 @@ class _Connection:
                 faults.replay_after_close = ()  # replayed after this round's closes: done
             for stream in streams:
                 await self._forming(stream, now_ms)
+            for trades in list(self.trade_streams.values()):
+                await self._trades(trades, now_ms)
 
     async def _closes(self, stream: _Stream, now_ms: int) -> int:
         """Send the closed klines of the periods that ended by ``now_ms``, stamped as they go out; how many."""

@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 
 from daemon.fakex.market import Market, Symbol
 from protocol.aggregate import aggregate
+from protocol.binance import AggTrade
 from protocol.candle import check_candle
 from protocol.timeframes import TIMEFRAMES
+from protocol.trades import TradeCandles
 
 M1, M5, H1 = TIMEFRAMES["1m"], TIMEFRAMES["5m"], TIMEFRAMES["1h"]
 T0 = 1_700_000_040
@@ -69,3 +71,24 @@ def test_nothing_before_listing() -> None:
     assert first.open == first.close
     with pytest.raises(ValueError, match="listed"):
         sym.candle_1m(T0 - 60)
+
+
+def test_a_days_trades_aggregate_to_the_fakes_own_klines_in_every_timeframe() -> None:
+    """The cross-check of issue 7: candles built from the fake's trades equal its klines, every period."""
+    market = Market.default()
+    sym = market.spot["BTCUSDT"]
+    day = 1_700_006_400 // 86_400 * 86_400  # a UTC midnight
+    sym.quiet.append((day + 3_600, day + 3_600 + 17 * 60))  # 17 quiet minutes in the second hour
+    tfs = [TIMEFRAMES[n] for n in ("1m", "5m", "15m", "1h", "4h", "1d")]
+    book = TradeCandles(tfs, now_s=day, last_close=sym.close_of(day - 60))
+    built: dict[str, list[tuple[int, float, float, float, float, float]]] = {tf.name: [] for tf in tfs}
+    for minute in range(day, day + 86_400, 60):
+        for k, (t, price, qty) in enumerate(sym.trades_1m(minute)):
+            book.add(AggTrade(sym.symbol_id, minute + k, price, qty, t, t, False))
+        for tf, c in book.tick(minute + 60):
+            built[tf.name].append(c[:6])
+    for tf in tfs:
+        want = [sym.candle(tf, t) for t in range(day, day + 86_400, tf.seconds)]
+        got = built[tf.name]
+        assert [c[:5] for c in got] == [c[:5] for c in want], tf.name
+        assert [c[5] for c in got] == pytest.approx([c.volume for c in want]), tf.name

@@ -12,7 +12,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnec
 from actors.clock import system_wall_ms, trio_wall_ms
 from daemon.fakex.market import Market
 from daemon.fakex.ws import FakeStreams, connect_in_memory, serve_streams
-from protocol.binance import ControlError, ControlReply, KlineUpdate, MalformedPayload, parse_stream_message
+from protocol.binance import AggTrade, ControlError, ControlReply, KlineUpdate, MalformedPayload, parse_stream_message
 
 START_MS = 1_700_000_040_000 + 30_000  # half a minute into a minute
 SYMBOLS = {"BTCUSDT": "BTC/USDT", "ETHUSDT": "ETH/USDT"}
@@ -194,3 +194,27 @@ async def test_an_outage_refuses_handshakes_until_it_ends() -> None:
             async with open_websocket_url(f"{base}/stream") as conn:
                 assert not conn.closed
             nursery.cancel_scope.cancel()
+
+
+async def test_agg_trade_streams_send_each_minutes_trades_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    streams = fake()
+    base = 1_700_000_040
+    async with trio.open_nursery() as nursery:
+        conn = await connect_in_memory(nursery, streams, "/stream?streams=btcusdt@aggTrade")
+        got: list[AggTrade] = []
+        with trio.move_on_after(60 * 3 + 1):
+            while True:
+                msg = await receive(conn)
+                assert isinstance(msg, AggTrade), msg
+                got.append(msg)
+        nursery.cancel_scope.cancel()
+    times = [t.trade_time_ms for t in got]
+    assert times == sorted(times)
+    assert all(t.event_time_ms >= t.trade_time_ms for t in got)  # sent after they happened
+    sym = streams.market.spot["BTCUSDT"]
+    for minute in (base + 60, base + 120):  # whole minutes after the subscription
+        trades = [t for t in got if minute * 1000 <= t.trade_time_ms < (minute + 60) * 1000]
+        c = sym.candle_1m(minute)
+        prices = [t.price for t in trades]
+        assert (prices[0], max(prices), min(prices), prices[-1]) == (c.open, c.high, c.low, c.close)
+        assert sum(t.quantity for t in trades) == pytest.approx(c.volume)
