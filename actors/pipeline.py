@@ -49,6 +49,7 @@ class _Pending:
     done: trio.Event | None = None
     result: AppendResult | None = None
     sent_ms: int | None = None  # exchange time the exchange sent it (kline ``E``), for latency
+    more: Mapping[SeriesId, Sequence[Candle]] | None = None  # other series that must land in the same flush
 
 
 @attrs.define
@@ -124,6 +125,24 @@ class ClosedCandleWriter:
     def queue_depth(self) -> int:
         return self._receive.statistics().current_buffer_used
 
+    async def write_batch(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
+        """Several series in ONE transaction (a tick's closes of every timeframe), durable and through every
+        stage when this returns."""
+        items = [(s, c) for s, c in batch.items() if c]
+        if not items:
+            return AppendResult(None, None, 0, 0, 0, {}, [], {})
+        for series, candles in items:
+            for c in candles:
+                check_candle(c, series.timeframe)
+        self.stats.submitted += sum(len(c) for _, c in items)
+        (first_series, first_candles), *rest = items
+        pending = _Pending(first_series, first_candles, trio.Event(), more=dict(rest))
+        await self._send.send(pending)
+        assert pending.done is not None
+        await pending.done.wait()
+        assert pending.result is not None
+        return pending.result
+
     def statistics(self) -> dict[str, object]:
         samples = sorted(self.latencies_ms)
         latency = {}
@@ -149,7 +168,7 @@ class ClosedCandleWriter:
                         first = await self._receive.receive()
                     except trio.EndOfChannel:
                         return
-                    buffer, count = [first], len(first.candles)
+                    buffer, count = [first], _size(first)
                     item: _Pending | None = None
                     deadline = trio.current_time() + self._flush_s
                     while count < self._batch_max:
@@ -167,7 +186,7 @@ class ClosedCandleWriter:
                             ended = True
                             break
                         buffer.append(item)
-                        count += len(item.candles)
+                        count += _size(item)
                         item = None
                     await self._flush(buffer)
         finally:
@@ -207,14 +226,19 @@ class ClosedCandleWriter:
                 delay = min(delay * 2, RETRY_MAX_S)
 
 
+def _size(pending: _Pending) -> int:
+    return len(pending.candles) + sum(map(len, (pending.more or {}).values()))
+
+
 def merge(buffer: Sequence[_Pending]) -> tuple[dict[SeriesId, list[Candle]], int]:
     """Per series: the last candle for each time, ascending. Returns the batch and how many were dropped."""
     by_series: dict[SeriesId, dict[int, Candle]] = {}
     total = 0
     for pending in buffer:
-        slot = by_series.setdefault(pending.series, {})
-        for c in pending.candles:
-            slot[c.candle_time] = c
-            total += 1
+        for series, candles in [(pending.series, pending.candles), *(pending.more or {}).items()]:
+            slot = by_series.setdefault(series, {})
+            for c in candles:
+                slot[c.candle_time] = c
+                total += 1
     batch = {series: [slot[t] for t in sorted(slot)] for series, slot in by_series.items()}
     return batch, total - sum(map(len, batch.values()))

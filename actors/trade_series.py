@@ -1,0 +1,160 @@
+"""One symbol built from its trades (issue 7): a trio actor around :class:`protocol.trades.TradeCandles`.
+
+Trades arrive synchronously from the upstream reader (:meth:`TradeSeriesActor.deliver`). The actor's own
+ticker fires ``grace_s`` after each whole minute of exchange time (late trades of the ended minute still
+count; trades of the new one are held by the book), and everything the tick produces (finalised, flat-filled)
+for every timeframe is written in ONE transaction and published only once durable. At start the actor
+repairs the downtime from the exchange's klines where it has them and fills only the rest synthetically;
+a new symbol gets a seed candle at once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import attrs
+import structlog
+import trio
+
+from actors.clock import ExchangeClock, Tick, run_ticker
+from actors.pipeline import ClosedCandleWriter
+from protocol.binance import AggTrade
+from protocol.candle import Candle, synthetic_after
+from protocol.series import SeriesId
+from protocol.trades import TradeCandles
+
+log = structlog.get_logger(__name__)
+
+FetchClosed = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
+BroadcastForming = Callable[[SeriesId, Candle], None]
+TRADE_GRACE_S: Final = 2.0  # Binance delivers a trade within a second or so of its time
+
+
+@attrs.define
+class TradeState:
+    ticks: int = 0
+    last_tick_drift_ms: int = 0
+    closed_written: int = 0
+    synthetic_written: int = 0
+    repaired_from_exchange: int = 0
+    seeded: bool = False
+
+
+class TradeSeriesActor:
+    def __init__(
+        self,
+        series: Sequence[SeriesId],
+        *,
+        heads: dict[SeriesId, Candle | None],
+        writer: ClosedCandleWriter,
+        broadcast_forming: BroadcastForming,
+        fetch_closed: FetchClosed,
+        clock: ExchangeClock,
+        grace_s: float = TRADE_GRACE_S,
+    ) -> None:
+        self.series = {s.timeframe: s for s in series}
+        self.symbol_id = series[0].symbol_id
+        self._heads = heads  # per series, its last stored candle (None: a new symbol)
+        self._writer = writer
+        self._broadcast = broadcast_forming
+        self._fetch = fetch_closed
+        self._clock = clock
+        self._grace_s = grace_s
+        self.book: TradeCandles | None = None
+        self._await_first_trade = False
+        self.state = TradeState()
+
+    # -- trades (synchronous: called by the upstream reader) ---------------------------------------
+
+    def deliver(self, trade: AggTrade) -> None:
+        if self.book is None:
+            if not self._await_first_trade:
+                return  # still repairing the downtime: the book starts at the current period anyway
+            # No price was known (a new symbol the exchange had no kline for): its first trade starts it.
+            self.book = TradeCandles(list(self.series), now_s=trade.trade_time_ms // 1000, last_close=trade.price)
+            self._await_first_trade = False
+        if self.book.add(trade):
+            for tf, candle in self.book.forming():
+                self._broadcast(self.series[tf], candle)
+
+    # -- life ----------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        now = self._clock.now_s()
+        last_close = await self._repair_downtime(now)
+        if last_close is None:  # a new symbol: its latest price from the exchange, or no seed yet
+            last_close = await self._latest_price(now)
+        if last_close is None:
+            self._await_first_trade = True
+        else:
+            self.book = TradeCandles(list(self.series), now_s=now, last_close=last_close)
+        if self.book is not None and not any(self._heads.values()):
+            self.state.seeded = True
+            for tf, candle in self.book.forming():  # a seed candle at once, before any trade
+                self._broadcast(self.series[tf], candle)
+            log.info("symbol_seeded", symbol=self.symbol_id, price=last_close)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(run_ticker, lag_ms=round(self._grace_s * 1000)), self._clock, self._on_tick
+            )
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _on_tick(self, tick: Tick) -> None:
+        if self.book is None:
+            return  # waiting for the first trade of a symbol with no known price
+        self.state.ticks += 1
+        self.state.last_tick_drift_ms = tick.drift_ms
+        closed = self.book.tick(tick.boundary_s)
+        if not closed:
+            return
+        batch: dict[SeriesId, list[Candle]] = {}
+        for tf, candle in closed:
+            batch.setdefault(self.series[tf], []).append(candle)
+        await self._writer.write_batch(batch)  # one transaction; published only once it is durable
+        self.state.closed_written += len(closed)
+        self.state.synthetic_written += sum(c.synthetic for _, c in closed)
+
+    async def _repair_downtime(self, now: int) -> float | None:
+        """Periods that closed while klined was down: the exchange's klines first, flat candles for the rest.
+        Returns the latest close known (None for a new symbol)."""
+        latest: Candle | None = None
+        batch: dict[SeriesId, list[Candle]] = {}
+        for tf, series in self.series.items():
+            head = self._heads.get(series)
+            if head is None:
+                continue
+            first, last = tf.next_open(head.candle_time), tf.last_closed_open(now)
+            if first > last:
+                latest = head if latest is None or head.candle_time > latest.candle_time else latest
+                continue
+            try:
+                fetched = await self._fetch(series, first, last)
+            except Exception as e:  # offline: everything missing becomes flat, corrected later if it differs
+                log.warning("trade_downtime_fetch_failed", series_id=str(series), error=repr(e))
+                fetched = []
+            have = {c.candle_time: c for c in fetched if first <= c.candle_time <= last}
+            self.state.repaired_from_exchange += len(have)
+            out, previous, t = [], head, first
+            while t <= last:
+                candle = have.get(t) or synthetic_after(previous, t)
+                out.append(candle)
+                previous, t = candle, tf.next_open(t)
+            batch[series] = out
+            if latest is None or previous.candle_time > latest.candle_time:
+                latest = previous
+        if batch:
+            await self._writer.write_batch(batch)
+        return latest.close if latest is not None else None
+
+    async def _latest_price(self, now: int) -> float | None:
+        tf = min(self.series, key=lambda t: t.seconds)
+        last = tf.last_closed_open(now)
+        try:
+            candles = await self._fetch(self.series[tf], tf.prev_open(last), last)
+        except Exception as e:
+            log.warning("trade_seed_price_unavailable", symbol=self.symbol_id, error=repr(e))
+            candles = []
+        return candles[-1].close if candles else None

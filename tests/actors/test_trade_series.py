@@ -1,0 +1,99 @@
+"""The trade-built symbol actor on MockClock: one batch per tick, flat candles for quiet minutes, the
+downtime repaired from the exchange first, a seed candle at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from actors.clock import ExchangeClock, trio_wall_ms
+from actors.pipeline import ClosedCandleWriter
+from actors.trade_series import TradeSeriesActor
+from daemon.eventlog import EventLog
+from protocol.binance import AggTrade
+from protocol.candle import Candle
+from protocol.series import SeriesId
+from tests.actors.sinks import InlineSink
+
+B1 = SeriesId.parse("binance:spot:BTC/USDT:1m")
+B5 = SeriesId.parse("binance:spot:BTC/USDT:5m")
+T0 = 1_700_000_100  # a 5-minute boundary
+
+
+def flat(t: int, p: float) -> Candle:
+    return Candle(t, p, p, p, p, 0.0, True)
+
+
+async def test_a_quiet_symbol_gets_flat_candles_one_batch_per_tick_and_a_seed_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    forming: list[tuple[SeriesId, Candle]] = []
+
+    async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        return [Candle(last, 99.0, 101.0, 98.0, 100.0, 5.0)]  # the latest kline: the seed price
+
+    with EventLog(tmp_path / "log") as log:
+        sink = InlineSink(log)
+        writer = ClosedCandleWriter(sink)
+        clock = ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 1_000))
+        actor = TradeSeriesActor(
+            [B1, B5],
+            heads={B1: None, B5: None},
+            writer=writer,
+            broadcast_forming=lambda s, c: forming.append((s, c)),
+            fetch_closed=fetch,
+            clock=clock,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            assert forming == [(B1, flat(T0, 100.0)), (B5, flat(T0, 100.0))]  # the seed, before any trade
+            actor.deliver(AggTrade("BTCUSDT", 1, 101.5, 2.0, T0 * 1000 + 5_000, 0, False))
+            await trio.sleep(17 * 60 + 10)
+            nursery.cancel_scope.cancel()
+        assert log.range(B1)[0] == Candle(T0, 101.5, 101.5, 101.5, 101.5, 2.0)
+        assert log.range(B1)[1:] == [flat(T0 + 60 * k, 101.5) for k in range(1, 17)]
+        assert log.range(B5) == [
+            Candle(T0, 101.5, 101.5, 101.5, 101.5, 2.0),
+            flat(T0 + 300, 101.5),
+            flat(T0 + 600, 101.5),
+        ]
+        # One append per tick, holding every timeframe that closed at it.
+        assert [sorted(map(str, batch)) for _, batch in sink.calls][4] == [str(B1), str(B5)]
+        assert len(sink.calls) == 17
+        assert actor.state.synthetic_written == 16 + 2
+
+
+async def test_downtime_is_repaired_from_the_exchange_first_and_flat_only_where_it_lacks(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    head = Candle(T0 - 600, 10.0, 11.0, 9.0, 10.0, 1.0)
+    exchange = {
+        T0 - 540: Candle(T0 - 540, 10.0, 12.0, 9.5, 11.0, 3.0),
+        T0 - 480: Candle(T0 - 480, 11.0, 11.0, 10.0, 10.5, 1.0),
+    }
+
+    async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        return [c for t, c in sorted(exchange.items()) if first <= t <= last]
+
+    with EventLog(tmp_path / "log") as log:
+        log.append({B1: [head]})
+        writer = ClosedCandleWriter(InlineSink(log))
+        actor = TradeSeriesActor(
+            [B1],
+            heads={B1: head},
+            writer=writer,
+            broadcast_forming=lambda s, c: None,
+            fetch_closed=fetch,
+            clock=ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 1_000)),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            nursery.cancel_scope.cancel()
+        stored = log.range(B1)
+        assert stored[:3] == [head, exchange[T0 - 540], exchange[T0 - 480]]
+        assert stored[3:] == [flat(T0 - 60 * k, 10.5) for k in range(7, 0, -1)]  # what the exchange lacked
+        assert actor.state.repaired_from_exchange == 2
