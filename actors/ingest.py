@@ -23,6 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
 from protocol.binance import (
+    AggTrade,
     ControlError,
     KlineUpdate,
     MalformedPayload,
@@ -43,7 +44,7 @@ from protocol.upstream import (
 log = structlog.get_logger(__name__)
 
 Connector = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
-Deliver = Callable[[KlineUpdate], None]
+Deliver = Callable[[KlineUpdate | AggTrade], None]
 _CONNECTION_ERRORS: Final = (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError)
 MALFORMED_LOG_EVERY: Final = 100  # log the first malformed payload of every hundred, count them all
 
@@ -61,6 +62,7 @@ class ConnectionState:
 @attrs.define
 class IngestStats:
     reconnects: int = 0
+    trades: int = 0
     messages: int = 0
     klines: int = 0
     malformed: int = 0
@@ -109,10 +111,11 @@ class UpstreamIngest:
 
     # -- subscriptions (sync: they only queue work) -------------------------------------------------
 
-    def add(self, series: SeriesId) -> None:
+    def add(self, series: SeriesId, *, trades: bool = False) -> None:
+        """Follow ``series``' kline stream, or with ``trades`` its symbol's aggTrade stream."""
         if series in self._series_streams:
             return
-        name = stream_name(series.symbol_id, series.timeframe)
+        name = f"{series.symbol_id.lower()}@aggTrade" if trades else stream_name(series.symbol_id, series.timeframe)
         self._symbols[series.symbol_id] = series.symbol
         self._series_streams[series] = name
         self._route(self._plan.add([name]))
@@ -254,6 +257,9 @@ class UpstreamIngest:
             msg = parse_stream_message(raw, exchange=self.exchange, market=self.market, symbols=self._symbols)
             if isinstance(msg, KlineUpdate):
                 stats.klines += 1
+                self._deliver(msg)
+            elif isinstance(msg, AggTrade):
+                stats.trades += 1
                 self._deliver(msg)
             elif isinstance(msg, MalformedPayload):
                 stats.malformed += 1

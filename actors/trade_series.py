@@ -64,6 +64,7 @@ class TradeSeriesActor:
         self._grace_s = grace_s
         self.book: TradeCandles | None = None
         self._await_first_trade = False
+        self._started_s = 0
         self.state = TradeState()
 
     # -- trades (synchronous: called by the upstream reader) ---------------------------------------
@@ -82,7 +83,7 @@ class TradeSeriesActor:
     # -- life ----------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        now = self._clock.now_s()
+        now = self._started_s = self._clock.now_s()
         last_close = await self._repair_downtime(now)
         if last_close is None:  # a new symbol: its latest price from the exchange, or no seed yet
             last_close = await self._latest_price(now)
@@ -112,10 +113,26 @@ class TradeSeriesActor:
             return
         batch: dict[SeriesId, list[Candle]] = {}
         for tf, candle in closed:
+            if candle.candle_time < self._started_s:
+                # A period already running when klined started: its early trades were never seen, so the
+                # exchange's own kline is the truth for it (when the exchange has it).
+                candle = await self._exchange_kline(self.series[tf], candle)
             batch.setdefault(self.series[tf], []).append(candle)
         await self._writer.write_batch(batch)  # one transaction; published only once it is durable
         self.state.closed_written += len(closed)
         self.state.synthetic_written += sum(c.synthetic for _, c in closed)
+
+    async def _exchange_kline(self, series: SeriesId, built: Candle) -> Candle:
+        try:
+            fetched = await self._fetch(series, built.candle_time, built.candle_time)
+        except Exception as e:
+            log.warning("trade_first_period_fetch_failed", series_id=str(series), error=repr(e))
+            return built
+        for candle in fetched:
+            if candle.candle_time == built.candle_time:
+                self.state.repaired_from_exchange += 1
+                return candle
+        return built
 
     async def _repair_downtime(self, now: int) -> float | None:
         """Periods that closed while klined was down: the exchange's klines first, flat candles for the rest.

@@ -76,6 +76,9 @@ class Settings:
     market_ws_max_message_bytes: int = attrs.field(default=65536, metadata=_kind("pos_int"))
     market_ws_queue_frames: int = attrs.field(default=4096, metadata=_kind("pos_int"))
     http_cors_origins: tuple[str, ...] = attrs.field(default=(), metadata=_kind("str_list"))
+    # Symbols whose candles are built from their trades (aggTrade) instead of kline streams, e.g.
+    # "binance:spot:BTC/USDT": every whitelisted timeframe of it (and the derived ones) comes from one book.
+    trade_sources: tuple[str, ...] = attrs.field(default=(), metadata=_kind("symbol_list"))
     enable_debug_api: bool = attrs.field(default=False, metadata=_kind("bool"))
     enable_kline_health: bool = attrs.field(default=False, metadata=_kind("bool"))
     pivot_window_major: int = attrs.field(default=50, metadata=_kind("pos_int"))
@@ -190,6 +193,16 @@ def _as_series_list(raw: object, from_env: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))  # de-duplicated, order kept
 
 
+def _as_symbol_list(raw: object, from_env: bool) -> tuple[str, ...]:
+    values = _as_list(raw, from_env)
+    for text in values:
+        try:
+            SeriesId.parse(f"{text}:1m")
+        except ProtocolError as e:
+            raise ValueError(f"invalid symbol {text!r} (expected exchange:market:BASE/QUOTE): {e}") from None
+    return tuple(dict.fromkeys(values))
+
+
 def _as_timeframe(raw: object, from_env: bool) -> str:
     value = _as_str(raw, from_env)
     try:
@@ -221,6 +234,7 @@ _PARSERS: Final[dict[str, Callable[[object, bool], Any]]] = {
     "nonneg_float": _bounded(_as_float, 0, "a number >= 0"),
     "str_list": _as_list,
     "series_list": _as_series_list,
+    "symbol_list": _as_symbol_list,
     "timeframe": _as_timeframe,
     "timeframe_list": _as_timeframe_list,
     "history_source": _as_history_source,

@@ -6,6 +6,7 @@ blocks a connection's reader and contains its own failures).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
@@ -20,13 +21,14 @@ from actors.rest import BinanceRest, RestError
 from actors.series import BroadcastForming, SeriesActor
 from actors.store import Store
 from actors.supervisor import Supervisor
+from actors.trade_series import TradeSeriesActor
 from daemon.config import Settings
 from daemon.eventlog import AppendResult
 from protocol.aggregate import aggregate_bucket
-from protocol.binance import KlineUpdate
+from protocol.binance import AggTrade, KlineUpdate
 from protocol.candle import Candle
 from protocol.series import Market, SeriesId
-from protocol.timeframes import Timeframe, can_derive
+from protocol.timeframes import Timeframe, can_derive, parse_timeframe
 
 log = structlog.get_logger(__name__)
 
@@ -41,10 +43,11 @@ class RouterStats:
 
 
 class Router:
-    """Series id -> actor."""
+    """Series id -> kline actor; (market, symbol id) -> trade actor."""
 
     def __init__(self) -> None:
         self._actors: dict[SeriesId, SeriesActor] = {}
+        self._trade_actors: dict[tuple[Market, str], TradeSeriesActor] = {}
         self.stats = RouterStats()
 
     def register(self, series: SeriesId, actor: SeriesActor) -> None:
@@ -53,7 +56,21 @@ class Router:
     def unregister(self, series: SeriesId) -> None:
         self._actors.pop(series, None)
 
-    def deliver(self, update: KlineUpdate) -> None:
+    def register_trades(self, market: Market, symbol_id: str, actor: TradeSeriesActor | None) -> None:
+        if actor is None:
+            self._trade_actors.pop((market, symbol_id), None)
+        else:
+            self._trade_actors[market, symbol_id] = actor
+
+    def deliver(self, update: KlineUpdate | AggTrade, market: Market = "spot") -> None:
+        if isinstance(update, AggTrade):
+            trade_actor = self._trade_actors.get((market, update.symbol_id))
+            if trade_actor is None:
+                self.stats.unrouted += 1
+                return
+            self.stats.delivered += 1
+            trade_actor.deliver(update)
+            return
         actor = self._actors.get(update.series_id)
         if actor is None:
             self.stats.unrouted += 1  # unsubscribed a moment ago: the stream has not stopped yet
@@ -141,6 +158,7 @@ class LiveIngest:
             "futures": BinanceRest(settings.binance_futures_rest_url, futures=True),
         }
         self.actors: dict[SeriesId, SeriesActor] = {}
+        self.trade_actors: dict[SeriesId, TradeSeriesActor] = {}
         self._actor_started = trio.Event()
         self.router: Router | None = None
         self.ingest: dict[Market, UpstreamIngest] = {}
@@ -150,15 +168,22 @@ class LiveIngest:
 
     # -- on-demand ingest (the fan-out's IngestControl) ---------------------------------------------
 
+    def trade_built(self, series: SeriesId) -> bool:
+        """Whether ``series``' symbol is built from its trades (``trade_sources``), not kline streams."""
+        return f"{series.exchange}:{series.market}:{series.symbol}" in self.settings.trade_sources
+
     def upstream_series(self, series: SeriesId) -> SeriesId:
-        """The series whose actor and stream serve ``series``: a derived timeframe maps to its base."""
+        """The series whose actor and stream serve ``series``: a derived timeframe maps to its base, and
+        every timeframe of a trade-built symbol to the symbol's one trade actor (keyed by its 1m series)."""
+        if self.trade_built(series):
+            return series.with_timeframe(parse_timeframe("1m"))
         return series.with_timeframe(self.deriver.base) if self.deriver.derives(series) else series
 
     def acquire(self, series: SeriesId) -> bool:
         """One more subscriber of ``series``: its actor starts on the first (raises ``CapacityError``)."""
         upstream = self.upstream_series(series)
         self.supervisor.acquire(upstream)
-        if upstream != series:
+        if upstream != series and not self.trade_built(series):
             self.deriver.add_base(upstream)
         return True
 
@@ -172,7 +197,7 @@ class LiveIngest:
         wanted = {self.upstream_series(s): s for s in whitelist}
         for upstream, series in wanted.items():
             self.supervisor.pin(upstream)
-            if upstream != series:
+            if upstream != series and not self.trade_built(series):
                 self.deriver.add_base(upstream)
         for upstream in {self.upstream_series(s) for s in self.whitelist} - set(wanted):
             self.supervisor.unpin(upstream, holders(upstream) if holders else 0)
@@ -190,7 +215,7 @@ class LiveIngest:
                     self.ingest[market] = UpstreamIngest(
                         market=market,
                         ws_base=ws_base[market],
-                        deliver=self.router.deliver,
+                        deliver=functools.partial(self.router.deliver, market=market),
                         on_connected=self._streams_resumed,
                     )
                     await nursery.start(self.ingest[market].run)
@@ -218,6 +243,9 @@ class LiveIngest:
             await trio.sleep(CLOCK_REMEASURE_S if self.clock.last_sample else RETRY_MEASURE_S)
 
     async def _actor_main(self, series: SeriesId) -> None:
+        if self.trade_built(series):
+            await self._trade_actor_main(series)
+            return
         assert self.router is not None
         head = await self.store.head(series)
         rest = self.rest[series.market]
@@ -243,6 +271,39 @@ class LiveIngest:
             self.router.unregister(series)
             self.ingest[series.market].remove(series)
             self.actors.pop(series, None)
+
+    async def _trade_actor_main(self, key: SeriesId) -> None:
+        """One symbol from its trades: 1m, every whitelisted timeframe of it, and the derived ones."""
+        assert self.router is not None
+        timeframes = {key.timeframe, *(s.timeframe for s in self.whitelist if self.upstream_series(s) == key)}
+        if self.settings.enable_derived_timeframes:
+            timeframes |= {parse_timeframe(t) for t in self.settings.derived_timeframes}
+        series = [key.with_timeframe(tf) for tf in sorted(timeframes, key=lambda tf: tf.seconds)]
+        heads: dict[SeriesId, Candle | None] = {}
+        for s in series:
+            tail = await self.store.tail(s, 1)
+            heads[s] = tail[-1] if tail else None
+        rest = self.rest[key.market]
+        actor = TradeSeriesActor(
+            series,
+            heads=heads,
+            writer=self.writer,
+            broadcast_forming=self._broadcast_forming,
+            fetch_closed=lambda s, first, last: rest.closed_klines(s, first, last),
+            clock=self.clock,
+            grace_s=min(self.settings.market_close_grace_s, 2.0),
+        )
+        self.trade_actors[key] = actor
+        self.router.register_trades(key.market, key.symbol_id, actor)
+        self.ingest[key.market].add(key, trades=True)
+        self._actor_started.set()
+        self._actor_started = trio.Event()
+        try:
+            await actor.run()
+        finally:
+            self.router.register_trades(key.market, key.symbol_id, None)
+            self.ingest[key.market].remove(key)
+            self.trade_actors.pop(key, None)
 
     def _streams_resumed(self, series: list[SeriesId]) -> None:
         for s in series:

@@ -234,3 +234,34 @@ async def test_with_gap_backfill_on_a_reconnect_hole_is_filled_from_freqtrade_fi
             assert running.services is not None
             assert running.services.history.progress.view(BTC)["reason"] == "gap_backfill"
             assert fake.rest_faults.count == 1000  # not one klines request: the file had it
+
+
+async def test_a_trade_built_symbol_equals_the_exchanges_klines(tmp_path: Path) -> None:
+    """``trade_sources``: BTC's candles come from its aggTrade stream (no kline stream), 1m and 5m from one
+    book, written per tick in one batch; they equal the fake exchange's own klines."""
+    fake, boundary = fake_before_boundary()
+    seed_bucket(tmp_path, fake, boundary)  # 4 minutes of the 5m bucket, so it completes at `boundary`
+    sym = fake.market.spot["BTCUSDT"]
+    env = {"KLINED_TRADE_SOURCES": "binance:spot:BTC/USDT", "KLINED_WHITELIST": f"{BTC},{BTC5}"}
+    with trio.fail_after(45):
+        async with daemon_against(fake, tmp_path, **env) as running:
+            live = running.live
+            assert live is not None
+            while BTC not in live.trade_actors:
+                await live.wait_actor_started()
+            assert live.ingest["spot"]._series_streams == {BTC: "btcusdt@aggTrade"}  # no kline stream
+            await wait_for(running, BTC, boundary - 60)
+            await wait_for(running, BTC5, boundary - 300)
+            got1, got5 = running.store.log.get(BTC, boundary - 60), running.store.log.get(BTC5, boundary - 300)
+            assert got1 is not None
+            assert got5 is not None
+            want1, want5 = sym.candle_1m(boundary - 60), sym.candle(BTC5.timeframe, boundary - 300)
+            assert got1[:5] == want1[:5]
+            assert got1.volume == pytest.approx(want1.volume)
+            assert got5[:5] == want5[:5]
+            assert got5.volume == pytest.approx(want5.volume)
+            actor = live.trade_actors[BTC]
+            # Both periods were already running when klined started: taken from the exchange's klines (its
+            # trades before the start were never seen); later periods are built from trades alone.
+            assert actor.state.repaired_from_exchange >= 2
+            assert actor.book is not None

@@ -37,7 +37,7 @@ async def test_a_quiet_symbol_gets_flat_candles_one_batch_per_tick_and_a_seed_at
     with EventLog(tmp_path / "log") as log:
         sink = InlineSink(log)
         writer = ClosedCandleWriter(sink)
-        clock = ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 1_000))
+        clock = ExchangeClock(wall=trio_wall_ms(T0 * 1000))  # on the boundary: no period started before us
         actor = TradeSeriesActor(
             [B1, B5],
             heads={B1: None, B5: None},
@@ -64,6 +64,33 @@ async def test_a_quiet_symbol_gets_flat_candles_one_batch_per_tick_and_a_seed_at
         assert [sorted(map(str, batch)) for _, batch in sink.calls][4] == [str(B1), str(B5)]
         assert len(sink.calls) == 17
         assert actor.state.synthetic_written == 16 + 2
+
+
+async def test_the_period_running_at_start_is_taken_from_the_exchange(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    kline = Candle(T0, 99.0, 103.0, 98.0, 101.0, 40.0)
+
+    async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        return [kline] if first <= T0 <= last else []
+
+    with EventLog(tmp_path / "log") as log:
+        writer = ClosedCandleWriter(InlineSink(log))
+        actor = TradeSeriesActor(
+            [B1],
+            heads={B1: None},
+            writer=writer,
+            broadcast_forming=lambda s, c: None,
+            fetch_closed=fetch,
+            clock=ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 30_000)),  # half the minute's trades were missed
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            actor.deliver(AggTrade("BTCUSDT", 1, 102.0, 1.0, T0 * 1000 + 40_000, 0, False))
+            await trio.sleep(40)
+            nursery.cancel_scope.cancel()
+        assert log.range(B1) == [kline]  # not the half-seen candle built from one trade
 
 
 async def test_downtime_is_repaired_from_the_exchange_first_and_flat_only_where_it_lacks(
