@@ -10,6 +10,7 @@ a new symbol gets a seed candle at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -23,6 +24,7 @@ from actors.pipeline import ClosedCandleWriter
 from protocol.binance import AggTrade
 from protocol.candle import Candle, synthetic_after
 from protocol.series import SeriesId
+from protocol.timeframes import Timeframe
 from protocol.trades import TradeCandles
 
 log = structlog.get_logger(__name__)
@@ -40,6 +42,8 @@ class TradeState:
     synthetic_written: int = 0
     repaired_from_exchange: int = 0
     seeded: bool = False
+    stream_connects: int = 0
+    rechecked_after_reconnect: int = 0
 
 
 class TradeSeriesActor:
@@ -65,6 +69,9 @@ class TradeSeriesActor:
         self.book: TradeCandles | None = None
         self._await_first_trade = False
         self._started_s = 0
+        self._last_trade_s: int | None = None
+        self._written_through: dict[Timeframe, int] = {}  # per timeframe, the last period a tick wrote
+        self._nursery: trio.Nursery | None = None
         self.state = TradeState()
 
     # -- trades (synchronous: called by the upstream reader) ---------------------------------------
@@ -76,6 +83,7 @@ class TradeSeriesActor:
             # No price was known (a new symbol the exchange had no kline for): its first trade starts it.
             self.book = TradeCandles(list(self.series), now_s=trade.trade_time_ms // 1000, last_close=trade.price)
             self._await_first_trade = False
+        self._last_trade_s = trade.trade_time_ms // 1000
         if self.book.add(trade):
             for tf, candle in self.book.forming():
                 self._broadcast(self.series[tf], candle)
@@ -97,6 +105,7 @@ class TradeSeriesActor:
                 self._broadcast(self.series[tf], candle)
             log.info("symbol_seeded", symbol=self.symbol_id, price=last_close)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(
                 functools.partial(run_ticker, lag_ms=round(self._grace_s * 1000)), self._clock, self._on_tick
             )
@@ -113,6 +122,7 @@ class TradeSeriesActor:
             return
         batch: dict[SeriesId, list[Candle]] = {}
         for tf, candle in closed:
+            self._written_through[tf] = max(self._written_through.get(tf, -1), candle.candle_time)
             if candle.candle_time < self._started_s:
                 # A period already running when klined started: its early trades were never seen, so the
                 # exchange's own kline is the truth for it (when the exchange has it).
@@ -121,6 +131,35 @@ class TradeSeriesActor:
         await self._writer.write_batch(batch)  # one transaction; published only once it is durable
         self.state.closed_written += len(closed)
         self.state.synthetic_written += sum(c.synthetic for _, c in closed)
+
+    def stream_resumed(self) -> None:
+        """The aggTrade stream (re)connected. After a drop, periods closed meanwhile were built without the
+        trades they missed (flat, or short): the exchange's klines replace them (``candle_corrected``)."""
+        self.state.stream_connects += 1
+        if self.state.stream_connects > 1 and self._nursery is not None:
+            with contextlib.suppress(RuntimeError):  # the actor is stopping
+                self._nursery.start_soon(self._recheck_after_drop)
+
+    async def _recheck_after_drop(self) -> None:
+        since = self._last_trade_s if self._last_trade_s is not None else self._started_s
+        # Periods still open were built blind too: like those running at start-up, they are taken from the
+        # exchange's klines when they close. Those already written are fetched and corrected now.
+        self._started_s = self._clock.now_s()
+        batch: dict[SeriesId, list[Candle]] = {}
+        for tf, series in self.series.items():
+            first, last = tf.floor(since), self._written_through.get(tf, -1)
+            if first > last:
+                continue
+            try:
+                fetched = await self._fetch(series, first, last)
+            except Exception as e:  # still offline: the gap repair and health carry on from here
+                log.warning("trade_recheck_failed", series_id=str(series), error=repr(e))
+                continue
+            batch[series] = [c for c in fetched if first <= c.candle_time <= last]
+        if batch:
+            result = await self._writer.write_batch(batch)  # identical: no event; different: a correction
+            self.state.rechecked_after_reconnect += sum(map(len, batch.values()))
+            log.info("trade_recheck_after_reconnect", symbol=self.symbol_id, corrected=result.corrected)
 
     async def _exchange_kline(self, series: SeriesId, built: Candle) -> Candle:
         try:

@@ -310,6 +310,9 @@ class LiveIngest:
             actor = self.actors.get(s)
             if actor is not None:
                 actor.stream_resumed()
+            trade_actor = self.trade_actors.get(s)
+            if trade_actor is not None:
+                trade_actor.stream_resumed()
 
     async def wait_actor_started(self) -> None:
         """Return after the next series actor registers (start-up tests wait on this, not a timer)."""

@@ -124,3 +124,43 @@ async def test_downtime_is_repaired_from_the_exchange_first_and_flat_only_where_
         assert stored[:3] == [head, exchange[T0 - 540], exchange[T0 - 480]]
         assert stored[3:] == [flat(T0 - 60 * k, 10.5) for k in range(7, 0, -1)]  # what the exchange lacked
         assert actor.state.repaired_from_exchange == 2
+
+
+async def test_after_a_reconnect_the_exchanges_klines_correct_what_was_built_blind(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    exchange: dict[int, Candle] = {}
+
+    async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        return [c for t, c in sorted(exchange.items()) if first <= t <= last]
+
+    with EventLog(tmp_path / "log") as log:
+        writer = ClosedCandleWriter(InlineSink(log))
+        actor = TradeSeriesActor(
+            [B1],
+            heads={B1: None},
+            writer=writer,
+            broadcast_forming=lambda s, c: None,
+            fetch_closed=fetch,
+            clock=ExchangeClock(wall=trio_wall_ms(T0 * 1000)),
+        )
+        exchange[T0 - 60] = Candle(T0 - 60, 50.0, 50.0, 50.0, 50.0, 1.0)  # the seed price
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            actor.stream_resumed()  # the first connection: nothing to recheck
+            actor.deliver(AggTrade("BTCUSDT", 1, 51.0, 1.0, T0 * 1000 + 1_000, 0, False))
+            await trio.sleep(3 * 60)  # the stream is down: minutes T0+60, T0+120 are built flat
+            assert log.get(B1, T0 + 60) == flat(T0 + 60, 51.0)
+            exchange[T0 + 60] = Candle(T0 + 60, 51.0, 53.0, 50.5, 52.0, 7.0)  # it had trades we never saw
+            exchange[T0 + 120] = Candle(T0 + 120, 52.0, 52.0, 51.0, 51.5, 2.0)
+            exchange[T0] = log.get(B1, T0)  # type: ignore[assignment]  # what we built agrees: no event
+            actor.stream_resumed()  # reconnected
+            await trio.sleep(10)  # past the next tick
+            nursery.cancel_scope.cancel()
+        assert log.get(B1, T0 + 60) == exchange[T0 + 60]
+        assert log.get(B1, T0 + 120) == exchange[T0 + 120]
+        corrections = [e for e in log.events_since(0) if e.previous is not None]
+        # T0+60 was written flat during the drop: corrected. T0+120 was still open at the reconnect: taken
+        # from the exchange when it closed, never written flat.
+        assert [(e.candle.candle_time, e.previous.synthetic) for e in corrections if e.previous] == [(T0 + 60, True)]
