@@ -48,6 +48,23 @@ class BinanceRest:
             raise RestError(f"unexpected time answer: {data!r}")
         return int(data["serverTime"])
 
+    async def trading_symbols(self, quote: str) -> dict[str, str]:
+        """Symbols trading now with ``quote`` (``exchangeInfo``): id -> ``BASE/QUOTE``; futures: perpetuals."""
+        data = await self._get("/exchangeInfo", {})
+        rows = data.get("symbols") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise RestError("unexpected exchangeInfo answer")
+        out: dict[str, str] = {}
+        for row in rows:
+            if not isinstance(row, dict) or row.get("status") != "TRADING" or row.get("quoteAsset") != quote:
+                continue
+            if self._prefix == "/fapi/v1" and row.get("contractType") != "PERPETUAL":
+                continue
+            symbol_id, base = row.get("symbol"), row.get("baseAsset")
+            if isinstance(symbol_id, str) and isinstance(base, str) and base.isalnum() and base.isupper():
+                out[symbol_id] = f"{base}/{quote}"
+        return out
+
     async def closed_klines(self, series: SeriesId, first: int, last: int) -> list[Candle]:
         """Closed candles with ``first <= candle_time <= last`` (open times, UTC seconds)."""
         tf = series.timeframe

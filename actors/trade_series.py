@@ -72,6 +72,7 @@ class TradeSeriesActor:
         self._last_trade_s: int | None = None
         self._written_through: dict[Timeframe, int] = {}  # per timeframe, the last period a tick wrote
         self._nursery: trio.Nursery | None = None
+        self.ready = trio.Event()  # set once the downtime is repaired and the book (or its wait) has started
         self.state = TradeState()
 
     # -- trades (synchronous: called by the upstream reader) ---------------------------------------
@@ -104,6 +105,7 @@ class TradeSeriesActor:
             for tf, candle in self.book.forming():  # a seed candle at once, before any trade
                 self._broadcast(self.series[tf], candle)
             log.info("symbol_seeded", symbol=self.symbol_id, price=last_close)
+        self.ready.set()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(

@@ -142,6 +142,8 @@ def build_services(settings: Settings, store: Store) -> Services:
     pins = RuntimePins(settings.data_path / "pins.json")
     if live is not None:
         live.whitelist = pins.effective(settings.whitelist_series)
+        live.trade_symbols.update(pins.trade_symbols)
+        live.on_listed = pins.listed
     return Services(settings, store, clock, hub, writer, deriver, live, top, history, pins)
 
 

@@ -79,6 +79,10 @@ class Settings:
     # Symbols whose candles are built from their trades (aggTrade) instead of kline streams, e.g.
     # "binance:spot:BTC/USDT": every whitelisted timeframe of it (and the derived ones) comes from one book.
     trade_sources: tuple[str, ...] = attrs.field(default=(), metadata=_kind("symbol_list"))
+    # Markets watched for new listings ("binance:spot:USDT"): a symbol that starts trading there is followed
+    # from its trades at once (a seed candle first), and kept across restarts.
+    trade_discover: tuple[str, ...] = attrs.field(default=(), metadata=_kind("market_quote_list"))
+    trade_discover_interval_s: float = attrs.field(default=60.0, metadata=_kind("pos_float"))
     enable_debug_api: bool = attrs.field(default=False, metadata=_kind("bool"))
     enable_kline_health: bool = attrs.field(default=False, metadata=_kind("bool"))
     pivot_window_major: int = attrs.field(default=50, metadata=_kind("pos_int"))
@@ -203,6 +207,15 @@ def _as_symbol_list(raw: object, from_env: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def _as_market_quote_list(raw: object, from_env: bool) -> tuple[str, ...]:
+    values = _as_list(raw, from_env)
+    for text in values:
+        parts = text.split(":")
+        if len(parts) != 3 or parts[1] not in ("spot", "futures") or not parts[2].isalnum() or not parts[2].isupper():
+            raise ValueError(f"invalid market {text!r} (expected exchange:spot|futures:QUOTE, e.g. binance:spot:USDT)")
+    return tuple(dict.fromkeys(values))
+
+
 def _as_timeframe(raw: object, from_env: bool) -> str:
     value = _as_str(raw, from_env)
     try:
@@ -235,6 +248,7 @@ _PARSERS: Final[dict[str, Callable[[object, bool], Any]]] = {
     "str_list": _as_list,
     "series_list": _as_series_list,
     "symbol_list": _as_symbol_list,
+    "market_quote_list": _as_market_quote_list,
     "timeframe": _as_timeframe,
     "timeframe_list": _as_timeframe_list,
     "history_source": _as_history_source,

@@ -159,6 +159,9 @@ class LiveIngest:
         }
         self.actors: dict[SeriesId, SeriesActor] = {}
         self.trade_actors: dict[SeriesId, TradeSeriesActor] = {}
+        self.trade_symbols: set[str] = set(settings.trade_sources)
+        self.on_listed: Callable[[SeriesId], None] | None = None
+        self._discovery_polled = trio.Event()
         self._actor_started = trio.Event()
         self.router: Router | None = None
         self.ingest: dict[Market, UpstreamIngest] = {}
@@ -169,8 +172,46 @@ class LiveIngest:
     # -- on-demand ingest (the fan-out's IngestControl) ---------------------------------------------
 
     def trade_built(self, series: SeriesId) -> bool:
-        """Whether ``series``' symbol is built from its trades (``trade_sources``), not kline streams."""
-        return f"{series.exchange}:{series.market}:{series.symbol}" in self.settings.trade_sources
+        """Whether ``series``' symbol is built from its trades (``trade_sources``, or a discovered listing)."""
+        return f"{series.exchange}:{series.market}:{series.symbol}" in self.trade_symbols
+
+    async def _discover_listings(self, spec: str) -> None:
+        """Watch ``exchange:market:QUOTE`` for symbols that start trading; follow each from its trades at once."""
+        exchange, market_name, quote = spec.split(":")  # checked by the config: exchange:spot|futures:QUOTE
+        market: Market = "futures" if market_name == "futures" else "spot"
+        if exchange != "binance":
+            log.warning("trade_discover_unsupported", spec=spec)
+            return
+        rest = self.rest[market]
+        known: set[str] | None = None
+        while True:
+            try:
+                listed = await rest.trading_symbols(quote)
+            except (RestError, OSError) as e:
+                log.warning("trade_discover_failed", spec=spec, error=repr(e))
+            else:
+                if known is not None:  # the first answer is the baseline: only what appears later is new
+                    for symbol_id in sorted(set(listed) - known):
+                        series = SeriesId.parse(f"{exchange}:{market}:{listed[symbol_id]}:1m")
+                        log.info("listing_discovered", series_id=str(series))
+                        self.add_listing(series)
+                known = set(listed)
+            self._discovery_polled.set()
+            self._discovery_polled = trio.Event()
+            await trio.sleep(self.settings.trade_discover_interval_s)
+
+    async def wait_discovery_poll(self) -> None:
+        """Return after the next listing poll (tests wait on this, not a timer)."""
+        await self._discovery_polled.wait()
+
+    def add_listing(self, series: SeriesId) -> None:
+        """Follow a newly listed symbol from its trades now (its actor sends a seed candle at once)."""
+        self.trade_symbols.add(f"{series.exchange}:{series.market}:{series.symbol}")
+        if series not in self.whitelist:
+            self.whitelist.append(series)
+        self.supervisor.pin(series)
+        if self.on_listed is not None:
+            self.on_listed(series)  # persisted: a restart keeps following it
 
     def upstream_series(self, series: SeriesId) -> SeriesId:
         """The series whose actor and stream serve ``series``: a derived timeframe maps to its base, and
@@ -222,6 +263,8 @@ class LiveIngest:
                 # Measured in the background: series start from their stored heads with no exchange call,
                 # on the host's (NTP) time; a measured offset re-aims every ticker when it arrives.
                 nursery.start_soon(self._keep_clock_measured)
+                for spec in self.settings.trade_discover:
+                    nursery.start_soon(self._discover_listings, spec)
                 await nursery.start(self.supervisor.run)
                 if self.settings.enable_whitelist_ingest:
                     self.apply_whitelist(self.whitelist)

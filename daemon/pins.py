@@ -17,10 +17,12 @@ class RuntimePins:
         self.path = path
         self.pinned: list[str] = []
         self.unpinned: list[str] = []
+        self.trade_symbols: list[str] = []  # discovered listings built from trades ("binance:spot:NEW/USDT")
         if path.is_file():
             data = orjson.loads(path.read_bytes())
             self.pinned = [str(SeriesId.parse(s)) for s in data.get("pinned", [])]
             self.unpinned = [str(SeriesId.parse(s)) for s in data.get("unpinned", [])]
+            self.trade_symbols = [str(s) for s in data.get("trade_symbols", [])]
 
     def effective(self, configured: Iterable[SeriesId]) -> list[SeriesId]:
         out = dict.fromkeys(str(s) for s in configured)
@@ -45,9 +47,17 @@ class RuntimePins:
             self.unpinned.append(text)
         self._save()
 
+    def listed(self, series: SeriesId) -> None:
+        """A discovered listing: pinned, and built from its trades."""
+        key = f"{series.exchange}:{series.market}:{series.symbol}"
+        if key not in self.trade_symbols:
+            self.trade_symbols.append(key)
+        self.pin(series)
+
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"pinned": self.pinned, "unpinned": self.unpinned}, option=orjson.OPT_INDENT_2))
+        data = {"pinned": self.pinned, "unpinned": self.unpinned, "trade_symbols": self.trade_symbols}
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         tmp.replace(self.path)  # atomic: a crash leaves the old or the new file, never half of one

@@ -265,3 +265,31 @@ async def test_a_trade_built_symbol_equals_the_exchanges_klines(tmp_path: Path) 
             # trades before the start were never seen); later periods are built from trades alone.
             assert actor.state.repaired_from_exchange >= 2
             assert actor.book is not None
+
+
+async def test_a_new_listing_is_discovered_and_followed_from_its_trades_at_once(tmp_path: Path) -> None:
+    from daemon.fakex.market import Symbol
+    from daemon.pins import RuntimePins
+
+    fake, _ = fake_before_boundary()
+    new = SeriesId.parse("binance:spot:NEW/USDT:1m")
+    env = {"KLINED_TRADE_DISCOVER": "binance:spot:USDT", "KLINED_TRADE_DISCOVER_INTERVAL_S": "0.2"}
+    with trio.fail_after(45):
+        async with daemon_against(fake, tmp_path, **env) as running:
+            live = running.live
+            assert live is not None
+            while BTC not in live.actors:  # the whitelisted BTC runs from klines as before
+                await live.wait_actor_started()
+            await live.wait_discovery_poll()  # the baseline: what trades already is not "new"
+            now = fake.now_ms() // 1000
+            fake.market.spot["NEWUSDT"] = Symbol("NEWUSDT", "NEW", "USDT", 2.5, listed_at=now // 60 * 60 - 120)
+            while new not in live.trade_actors:
+                await live.wait_actor_started()
+            actor = live.trade_actors[new]
+            await actor.ready.wait()  # its seed price comes from the exchange's latest kline
+            assert actor.book is not None
+            assert actor.state.seeded
+            assert live.ingest["spot"]._series_streams[new] == "newusdt@aggTrade"
+    pins = RuntimePins(tmp_path / "pins.json")
+    assert pins.trade_symbols == ["binance:spot:NEW/USDT"]
+    assert str(new) in pins.pinned
