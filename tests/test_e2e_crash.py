@@ -25,8 +25,9 @@ BTC = "binance:spot:BTC/USDT:1m"
 
 
 @asynccontextmanager
-async def klined(data: Path, urls: FakeExchangeUrls) -> AsyncIterator[tuple[trio.Process, str]]:
+async def klined(data: Path, urls: FakeExchangeUrls, **extra: str) -> AsyncIterator[tuple[trio.Process, str]]:
     env = {
+        **extra,
         **os.environ,
         "KLINED_DATA_DIR": str(data),
         "KLINED_HTTP_PORT": "0",
@@ -36,6 +37,7 @@ async def klined(data: Path, urls: FakeExchangeUrls) -> AsyncIterator[tuple[trio
         "KLINED_BINANCE_SPOT_REST_URL": urls.rest_url,
         "KLINED_BINANCE_FUTURES_WS_URL": urls.futures_ws,
         "KLINED_BINANCE_FUTURES_REST_URL": urls.rest_url,
+        **extra,
     }
     proc = await trio.lowlevel.open_process([str(BIN / "klined"), "run"], env=env, stdout=subprocess.PIPE)
     assert proc.stdout is not None
@@ -168,3 +170,32 @@ async def test_sighup_reloads_the_whitelist_and_sigterm_exits_0_within_5s(tmp_pa
     with trio.fail_after(5):
         assert await proc.wait() == 0
     assert trio.current_time() - started < 5
+
+
+async def test_a_trade_built_candle_that_was_published_survives_sigkill(tmp_path: Path) -> None:
+    from trio_websocket import open_websocket_url
+
+    from tests.test_live_ingest import fake_before_boundary
+
+    fake, boundary = fake_before_boundary()
+    data = tmp_path / "data"
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(fake.serve)
+        with trio.fail_after(40):
+            async with klined(data, urls, KLINED_TRADE_SOURCES="binance:spot:BTC/USDT") as (proc, url):
+                ws_url = url.replace("http://", "ws://") + "/ws/market"
+                async with open_websocket_url(ws_url) as ws:
+                    await ws.send_message(json.dumps({"type": "subscribe", "series_id": BTC, "since": None}))
+                    while True:
+                        frame = json.loads(await ws.get_message())
+                        if frame["type"] == "candle_closed" and frame["candle"]["candle_time"] == boundary - 60:
+                            break
+                    proc.kill()  # right after the tick's batch was published: it must be durable already
+            async with (
+                klined(data, urls, KLINED_TRADE_SOURCES="binance:spot:BTC/USDT") as (proc, url),
+                httpx.AsyncClient(base_url=url) as http,
+            ):
+                body = (await http.get("/api/market/candles", params={"series_id": BTC, "limit": 5})).json()
+        nursery.cancel_scope.cancel()
+    stored = {c["candle_time"]: c for c in body["candles"]}
+    assert stored[boundary - 60] == frame["candle"]
