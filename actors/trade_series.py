@@ -67,23 +67,20 @@ class TradeSeriesActor:
         self._clock = clock
         self._grace_s = grace_s
         self.book: TradeCandles | None = None
-        self._await_first_trade = False
         self._started_s = 0
         self._last_trade_s: int | None = None
         self._written_through: dict[Timeframe, int] = {}  # per timeframe, the last period a tick wrote
         self._nursery: trio.Nursery | None = None
-        self.ready = trio.Event()  # set once the downtime is repaired and the book (or its wait) has started
+        self.ready = trio.Event()  # set once the book (or, with no known price, its wait for a trade) has started
+        self.repaired = trio.Event()  # set once the downtime before the start is repaired
         self.state = TradeState()
 
     # -- trades (synchronous: called by the upstream reader) ---------------------------------------
 
     def deliver(self, trade: AggTrade) -> None:
         if self.book is None:
-            if not self._await_first_trade:
-                return  # still repairing the downtime: the book starts at the current period anyway
-            # No price was known (a new symbol the exchange had no kline for): its first trade starts it.
+            # A new symbol whose seed price is not known (yet): its first trade starts the book.
             self.book = TradeCandles(list(self.series), now_s=trade.trade_time_ms // 1000, last_close=trade.price)
-            self._await_first_trade = False
         self._last_trade_s = trade.trade_time_ms // 1000
         if self.book.add(trade):
             for tf, candle in self.book.forming():
@@ -92,27 +89,41 @@ class TradeSeriesActor:
     # -- life ----------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start at once from the stored heads; the downtime repair and a new symbol's seed price (both REST,
+        which may be slow or down) run beside the ticker, never before it."""
         now = self._started_s = self._clock.now_s()
-        last_close = await self._repair_downtime(now)
-        if last_close is None:  # a new symbol: its latest price from the exchange, or no seed yet
-            last_close = await self._latest_price(now)
-        if last_close is None:
-            self._await_first_trade = True
-        else:
-            self.book = TradeCandles(list(self.series), now_s=now, last_close=last_close)
-        if self.book is not None and not any(self._heads.values()):
-            self.state.seeded = True
-            for tf, candle in self.book.forming():  # a seed candle at once, before any trade
-                self._broadcast(self.series[tf], candle)
-            log.info("symbol_seeded", symbol=self.symbol_id, price=last_close)
-        self.ready.set()
+        stored = [h for h in self._heads.values() if h is not None]
+        if stored:
+            self.book = TradeCandles(list(self.series), now_s=now, last_close=max(stored).close)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(
                 functools.partial(run_ticker, lag_ms=round(self._grace_s * 1000)), self._clock, self._on_tick
             )
+            nursery.start_soon(self._repair_then_rebase, now)
+            if self.book is None:
+                nursery.start_soon(self._seed, now)
+            else:
+                self.ready.set()
             task_status.started()
             await trio.sleep_forever()
+
+    async def _seed(self, now: int) -> None:
+        """A new symbol: a seed candle at once from the exchange's latest price (else its first trade starts it)."""
+        price = await self._latest_price(now)
+        if self.book is None and price is not None:  # (a trade may have started it meanwhile)
+            self.book = TradeCandles(list(self.series), now_s=now, last_close=price)
+            self.state.seeded = True
+            for tf, candle in self.book.forming():  # before any trade
+                self._broadcast(self.series[tf], candle)
+            log.info("symbol_seeded", symbol=self.symbol_id, price=price)
+        self.ready.set()
+
+    async def _repair_then_rebase(self, now: int) -> None:
+        last_close = await self._repair_downtime(now)
+        if last_close is not None and self.book is not None:
+            self.book.rebase(last_close)
+        self.repaired.set()
 
     async def _on_tick(self, tick: Tick) -> None:
         if self.book is None:

@@ -116,6 +116,13 @@ class TradeCandles:
             self.add(trade)
         return closed
 
+    def rebase(self, price: float) -> None:
+        """A better last price became known (the exchange's kline of a period we did not see): periods still
+        without a trade open at it, so they finalise flat at the right level."""
+        for o in self._open.values():
+            if not o.traded:
+                o.open = o.high = o.low = o.close = price
+
     def forming(self) -> list[tuple[Timeframe, Candle]]:
         """The open candle of every timeframe (display only, never stored)."""
         return [(tf, o.candle()) for tf, o in self._open.items()]

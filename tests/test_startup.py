@@ -84,3 +84,35 @@ async def test_an_unreachable_exchange_is_said_in_health_and_stored_data_is_stil
                 body = (await http.get("/api/market/candles", params={"series_id": str(s1)})).json()
                 assert [c["candle_time"] for c in body["candles"]] == [60_000]  # still serving what is stored
             running.stop.set()
+
+
+async def test_a_thousand_trade_built_symbols_start_from_their_heads_offline(tmp_path: Path) -> None:
+    series = [SeriesId.parse(f"binance:spot:S{i:04d}/USDT:1m") for i in range(N)]
+    with EventLog(tmp_path / "eventlog") as log:
+        log.append({s: [Candle(60 * (1000 + i), 1.0, 2.0 + i, 0.5, 1.5 + i, 3.0)] for i, s in enumerate(series)})
+    port = closed_port()  # the exchange is unreachable: the downtime repair waits, the books must not
+    settings = load_settings(
+        env={
+            "KLINED_DATA_DIR": str(tmp_path),
+            "KLINED_HTTP_PORT": "0",
+            "KLINED_WHITELIST": ",".join(map(str, series)),
+            "KLINED_TRADE_SOURCES": ",".join(f"binance:spot:{s.symbol}" for s in series),
+            "KLINED_ENABLE_WHITELIST_INGEST": "1",
+            "KLINED_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{port}",
+            "KLINED_BINANCE_SPOT_REST_URL": f"http://127.0.0.1:{port}",
+        }
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            running: Running = await nursery.start(serve_daemon, settings)
+            live = running.live
+            assert live is not None
+            while len(live.trade_actors) < N:
+                await live.wait_actor_started()
+            for i, s in enumerate(series):
+                actor = live.trade_actors[s]
+                await actor.ready.wait()
+                assert actor.book is not None
+                ((_, forming),) = actor.book.forming()
+                assert forming.close == 1.5 + i  # opened at the stored close, no exchange call needed
+            running.stop.set()

@@ -49,6 +49,7 @@ async def test_a_quiet_symbol_gets_flat_candles_one_batch_per_tick_and_a_seed_at
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(actor.run)
+            await actor.ready.wait()
             assert forming == [(B1, flat(T0, 100.0)), (B5, flat(T0, 100.0))]  # the seed, before any trade
             actor.deliver(AggTrade("BTCUSDT", 1, 101.5, 2.0, T0 * 1000 + 5_000, 0, False))
             await trio.sleep(17 * 60 + 10)
@@ -119,6 +120,7 @@ async def test_downtime_is_repaired_from_the_exchange_first_and_flat_only_where_
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(actor.run)
+            await actor.repaired.wait()
             nursery.cancel_scope.cancel()
         stored = log.range(B1)
         assert stored[:3] == [head, exchange[T0 - 540], exchange[T0 - 480]]
