@@ -236,7 +236,7 @@ def main() -> None:
     print(f"  the 15m boundary ({int(r['closes_at_15m']):,} closes in one batch) . {r['boundary_15m_ms']:.1f} ms")
     per_trade = lb["cpu_share"] / lb["rate"] * 1e4
     print(
-        f"  on loopback, klined's upstream reader ....... {lb['rate']:,.0f} trades/s at {lb['cpu_share']:.0f} % of a core"
+        f"  on loopback, klined's upstream reader ... {lb['rate']:,.0f} trades/s at {lb['cpu_share']:.0f} % of a core"
     )
     print(f"      = {per_trade:.1f} µs a trade: 200,000 trades/s would need {per_trade * 0.2:.1f} cores")
     print()
