@@ -92,6 +92,11 @@ class Services:
         """The effective whitelist: the config's, with the operator's run-time pins and unpins."""
         return self.pins.effective(self.settings.whitelist_series)
 
+    def active_series(self) -> list[SeriesId]:
+        """What health, status and metrics cover: the whitelist, subscribed series, running actors."""
+        live = self.live
+        return list(dict.fromkeys([*self.whitelist(), *self.hub.active_series(), *(live.actors if live else ())]))
+
     def apply_whitelist(self) -> None:
         if self.live is not None and self.settings.enable_whitelist_ingest:
             live = self.live

@@ -22,8 +22,7 @@ import structlog
 import trio
 
 from daemon import __version__
-from daemon.health import series_health_view
-from daemon.http_api import upstream_health
+from daemon.health import health_views, upstream_health
 from protocol.errors import ProtocolError
 from protocol.series import SeriesId
 
@@ -119,11 +118,7 @@ async def _handle(services: Services, request: dict[str, Any], send: Any) -> Non
         await send({"event": "done", "series": await _series_rows(services)})
     elif cmd == "health":
         now = services.clock.now_s()
-        heads = await services.store.heads()
-        rows = [
-            series_health_view(s, now, heads.get(str(s)), services.history.progress.view(s)) for s in _active(services)
-        ]
-        await send({"event": "done", "now_time": now, "series": rows})
+        await send({"event": "done", "now_time": now, "series": await health_views(services, now)})
     elif cmd in ("pin", "unpin"):
         series = _series(request)
         (services.pins.pin if cmd == "pin" else services.pins.unpin)(series)
@@ -164,11 +159,6 @@ def _series(request: dict[str, Any]) -> SeriesId:
         raise BadControlRequestError(f"invalid series_id: {e}") from None
 
 
-def _active(services: Services) -> list[SeriesId]:
-    live = services.live
-    return list(dict.fromkeys([*services.whitelist(), *services.hub.active_series(), *(live.actors if live else ())]))
-
-
 async def _status(services: Services) -> dict[str, Any]:
     live = services.live
     sup = live.supervisor.statistics() if live else {}
@@ -197,7 +187,7 @@ async def _series_rows(services: Services) -> list[dict[str, Any]]:
     live = services.live
     jobs = {j["series_id"]: j for j in (live.supervisor.jobs() if live else [])}
     rows = []
-    for series in _active(services):
+    for series in services.active_series():
         upstream = str(live.upstream_series(series)) if live else str(series)
         job = jobs.get(upstream, {})
         head = heads.get(str(series))

@@ -3,10 +3,13 @@ latest closed period of the exchange clock, as green / yellow / red with a reaso
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.logformat import SeriesHead
 from protocol.series import SeriesId
+
+if TYPE_CHECKING:
+    from daemon.app import Services
 
 
 def series_health_view(
@@ -47,3 +50,34 @@ def series_health_view(
         "status_reason": reason,
         "backfill": backfill,
     }
+
+
+async def health_views(services: Services, now_time: int) -> list[dict[str, Any]]:
+    """The health view of every active series (HTTP without ``series_id``, and ``klinectl health``)."""
+    heads = await services.store.heads()
+    return [
+        series_health_view(s, now_time, heads.get(str(s)), services.history.progress.view(s))
+        for s in services.active_series()
+    ]
+
+
+def upstream_health(services: Services) -> dict[str, Any]:
+    """Per market: connections up, and when the exchange cannot be reached, why and when we retry."""
+    live = services.live
+    if live is None:
+        return {}
+    out: dict[str, Any] = {}
+    for market, ingest in live.ingest.items():
+        conns = list(ingest.connections.values())
+        if not conns:
+            continue
+        down = [c for c in conns if not c.connected]
+        out[market] = {
+            "connections": len(conns),
+            "connected": len(conns) - len(down),
+            "reachable": not down,
+            "last_error": next((c.last_error for c in down if c.last_error), None),
+            "retry_in_s": min((c.next_retry_s for c in down if c.next_retry_s is not None), default=None),
+            "reconnects": ingest.stats.reconnects,
+        }
+    return out

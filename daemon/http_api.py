@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from daemon import __version__
-from daemon.health import series_health_view
+from daemon.health import health_views, series_health_view, upstream_health
 from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.metrics import build_registry, render_metrics
 from daemon.top_markets import TopMarketsError
@@ -134,28 +134,6 @@ def _body_candle(series: SeriesId, raw: object) -> Candle:
         return check_candle(candle_from_wire(raw), series.timeframe)
     except (CodecError, ProtocolError) as e:
         raise _bad_param(f"invalid candle: {e}") from None
-
-
-def upstream_health(services: Services) -> dict[str, Any]:
-    """Per market: connections up, and when the exchange cannot be reached, why and when we retry."""
-    live = services.live
-    if live is None:
-        return {}
-    out: dict[str, Any] = {}
-    for market, ingest in live.ingest.items():
-        conns = list(ingest.connections.values())
-        if not conns:
-            continue
-        down = [c for c in conns if not c.connected]
-        out[market] = {
-            "connections": len(conns),
-            "connected": len(conns) - len(down),
-            "reachable": not down,
-            "last_error": next((c.last_error for c in down if c.last_error), None),
-            "retry_in_s": min((c.next_retry_s for c in down if c.next_retry_s is not None), default=None),
-            "reconnects": ingest.stats.reconnects,
-        }
-    return out
 
 
 class MarketApp:
@@ -308,12 +286,7 @@ def build_app(services: Services) -> MarketApp:
             series = _series_param(request)
             backfill = services.history.progress.view(series)
             return JSONResponse(series_health_view(series, now, await store.head(series), backfill))
-        active = dict.fromkeys([*settings.whitelist_series, *hub.active_series(), *(live.actors if live else ())])
-        heads = await store.heads()
-        views = []
-        for series in active:
-            head = heads.get(str(series))
-            views.append(series_health_view(series, now, head, services.history.progress.view(series)))
+        views = await health_views(services, now)
         return JSONResponse({"now_time": now, "upstream": upstream_health(services), "series": views})
 
     async def ingest_state(request: Request) -> Response:

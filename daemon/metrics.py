@@ -77,7 +77,7 @@ class KlinedCollector(Collector):
         lag = GaugeMetricFamily("klined_series_lag_seconds", "latest closed period minus head", labels=["series_id"])
         heads = s.store.log.heads()
         now = s.clock.now_s()
-        for series in s.whitelist() + hub.active_series():
+        for series in s.active_series():
             head = heads.get(str(series))
             if head is not None:
                 lag.add_metric([str(series)], max(0, series.timeframe.last_closed_open(now) - head.head_time))
