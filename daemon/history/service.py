@@ -168,32 +168,15 @@ class History:
         return missing_ranges(series.timeframe, (c.candle_time for c in stored), first, last)
 
     async def gap_backfill(self, series: SeriesId, expected_next_time: int, actual_time: int) -> int:
-        """Fill the hole before ``actual_time``: freqtrade, then the exchange. Returns candles filled."""
+        """Fill the hole before ``actual_time`` (freqtrade, derivation, then the exchange); candles filled."""
         if not self.settings.enable_market_gap_backfill:
             return 0
-        tf = series.timeframe
-        last = tf.prev_open(actual_time)
-        ranges = await self._missing(series, expected_next_time, last)
-        if not ranges:
-            return 0
-        progress = self.progress.begin(series, "gap_backfill", count_missing(tf, ranges))
-        filled = 0
-        try:
-            filled += await self.from_freqtrade(series, ranges)
-            ranges = await self._missing(series, expected_next_time, last)
-            if ranges:
-                filled += await self.from_exchange(series, ranges)
-                ranges = await self._missing(series, expected_next_time, last)
-        except HistoryError as e:
-            self.progress.fail(progress, str(e))
-            log.warning("gap_backfill_failed", series_id=str(series), error=str(e))
-            return filled
-        progress.filled = filled
-        still = count_missing(tf, ranges)
-        self.gaps_repaired += not still
-        self.progress.succeed(progress, still, "gap_filled" if not still else "gap_partial")
-        log.info("gap_backfill", series_id=str(series), filled=filled, still_missing=still)
-        return filled
+        last = series.timeframe.prev_open(actual_time)
+        result = await self.repair_range(
+            series, expected_next_time, last, reason="gap_backfill", exchange=True, notes=("gap_filled", "gap_partial")
+        )
+        self.gaps_repaired += bool(result.filled) and result.still_missing == 0
+        return sum(result.filled.values())
 
     async def heal(self, series: SeriesId, after: int, before: int) -> list[Candle]:
         """For the WebSocket gate: candles strictly between two times, from the log, after a bounded gap
@@ -220,14 +203,29 @@ class History:
             use_exchange = self.settings.enable_ccxt_backfill and (
                 not on_read or self.settings.enable_ccxt_backfill_on_read
             )
-        result = await self.repair_range(series, first, last, reason="tail_coverage", exchange=use_exchange)
+        result = await self.repair_range(
+            series,
+            first,
+            last,
+            reason="tail_coverage",
+            exchange=use_exchange,
+            notes=("tail_coverage_done", "tail_coverage_partial"),
+        )
         result.target = target
         return result
 
     async def repair_range(
-        self, series: SeriesId, first: int, last: int, *, reason: str, exchange: bool
+        self,
+        series: SeriesId,
+        first: int,
+        last: int,
+        *,
+        reason: str,
+        exchange: bool,
+        notes: tuple[str, str] = ("repair_done", "repair_partial"),
     ) -> CoverageResult:
-        """Fill what ``[first, last]`` lacks, cheapest source first, checking after each level."""
+        """Fill what ``[first, last]`` lacks, cheapest source first, checking after each level. ``notes``: what
+        progress says when it is complete, and when something is still missing."""
         tf = series.timeframe
         ranges = await self._missing(series, first, last)
         missing = count_missing(tf, ranges)
@@ -257,11 +255,7 @@ class History:
             log.warning("repair_failed", series_id=str(series), reason=reason, error=str(e))
             return result
         result.still_missing = count_missing(tf, ranges)
-        note = (
-            result.note
-            if reason == "tail_coverage"
-            else ("repair_done" if not result.still_missing else "repair_partial")
-        )
+        note = notes[0] if not result.still_missing else notes[1]
         self.progress.succeed(progress, result.still_missing, note)
         log.info(note, series_id=str(series), filled=result.filled, missing=result.still_missing)
         return result
