@@ -61,6 +61,10 @@ class Publish:
         self._closed: list[str] | None = None
         self._batch: list[str] | None = None
 
+    def first_after(self, last_sent: int | None) -> int | None:
+        """The time of the first candle a subscriber at ``last_sent`` has not had (None: nothing new)."""
+        return next((c[0] for c in self.candles if last_sent is None or c[0] > last_sent), None)
+
     def frames(self, *, batch: bool) -> list[str]:
         if batch and len(self.candles) > 1:
             if self._batch is None:
@@ -178,7 +182,6 @@ class Subscription:
 
 @attrs.define
 class HubStats:
-    connections: int = 0
     subscriptions: int = 0
     publishes: int = 0
     frames_shared: int = 0
@@ -239,7 +242,6 @@ class Hub:
         self._next_client += 1
         client = Client(self, self._next_client, self._queue_frames)
         self._clients[client.client_id] = client
-        self.stats.connections = len(self._clients)
         return client
 
     def disconnect(self, client: Client) -> None:
@@ -247,7 +249,6 @@ class Hub:
         for series in list(client.subs):
             self.unsubscribe(client, series)
         self._clients.pop(client.client_id, None)
-        self.stats.connections = len(self._clients)
         if not self._clients:
             self._all_closed.set()
             self._all_closed = trio.Event()
@@ -359,7 +360,7 @@ class Hub:
     def _deliver(self, sub: Subscription, publish: Publish, closed_through: int) -> None:
         """Through the gate; a hole before the first new candle goes to a worker to heal first."""
         tf, last = sub.series.timeframe, sub.last_sent
-        first_new = next((c[0] for c in publish.candles if last is None or c[0] > last), None)
+        first_new = publish.first_after(last)
         if first_new is None:
             return
         if last is not None and first_new > tf.next_open(last) and first_new > sub.healed_until:
@@ -434,7 +435,7 @@ class Hub:
                 elif sub.pending:
                     publish = sub.pending[0]
                     tf, last = sub.series.timeframe, sub.last_sent
-                    first_new = next((c[0] for c in publish.candles if last is None or c[0] > last), None)
+                    first_new = publish.first_after(last)
                     hole = last is not None and first_new is not None and first_new > tf.next_open(last)
                     if hole and first_new is not None and first_new > sub.healed_until:
                         await self._heal(sub, first_new)
@@ -490,4 +491,4 @@ class Hub:
         return tf.last_closed_open(self._now_s() + CLAMP_TOLERANCE_S)
 
     def statistics(self) -> dict[str, object]:
-        return {**attrs.asdict(self.stats), "series": len(self._subs)}
+        return {**attrs.asdict(self.stats), "connections": len(self._clients), "series": len(self._subs)}

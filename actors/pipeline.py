@@ -94,15 +94,13 @@ class ClosedCandleWriter:
 
     async def submit(self, series: SeriesId, candles: Sequence[Candle], *, sent_ms: int | None = None) -> None:
         """Queue closed candles; returns once queued. Invalid candles raise here, not in the batch."""
-        for c in candles:
-            check_candle(c, series.timeframe)
+        _check(series, candles)
         self.stats.submitted += len(candles)
         await self._send.send(_Pending(series, candles, sent_ms=sent_ms))
 
     def submit_nowait(self, series: SeriesId, candles: Sequence[Candle], *, sent_ms: int | None = None) -> bool:
         """Queue closed candles without waiting; False (nothing queued) when the queue is full."""
-        for c in candles:
-            check_candle(c, series.timeframe)
+        _check(series, candles)
         try:
             self._send.send_nowait(_Pending(series, candles, sent_ms=sent_ms))
         except trio.WouldBlock:
@@ -112,8 +110,7 @@ class ClosedCandleWriter:
 
     async def write(self, series: SeriesId, candles: Sequence[Candle]) -> AppendResult:
         """Queue and wait until durable and through every stage (the HTTP ingest acknowledges after this)."""
-        for c in candles:
-            check_candle(c, series.timeframe)
+        _check(series, candles)
         self.stats.submitted += len(candles)
         pending = _Pending(series, candles, trio.Event())
         await self._send.send(pending)
@@ -132,8 +129,7 @@ class ClosedCandleWriter:
         if not items:
             return AppendResult(None, None, 0, 0, 0, {}, [], {})
         for series, candles in items:
-            for c in candles:
-                check_candle(c, series.timeframe)
+            _check(series, candles)
         self.stats.submitted += sum(len(c) for _, c in items)
         (first_series, first_candles), *rest = items
         pending = _Pending(first_series, first_candles, trio.Event(), more=dict(rest))
@@ -224,6 +220,12 @@ class ClosedCandleWriter:
                 log.exception("append_failed", error=repr(e), candles=sum(map(len, batch.values())), retry_in_s=delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+
+
+def _check(series: SeriesId, candles: Sequence[Candle]) -> None:
+    """Invalid candles raise at submit, before they can reach (and fail) a shared batch."""
+    for c in candles:
+        check_candle(c, series.timeframe)
 
 
 def _size(pending: _Pending) -> int:

@@ -12,7 +12,7 @@ from typing import Final
 import structlog
 import trio
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect
 
 from actors.fanout import Client, Hub
 from actors.supervisor import CapacityError
@@ -61,7 +61,7 @@ class MarketSocket:
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.serve(RawWebSocket(receive, send))
 
-    async def serve(self, websocket: WebSocket | RawWebSocket) -> None:
+    async def serve(self, websocket: RawWebSocket) -> None:
         await websocket.accept()
         if self.hub.connection_count >= self.max_connections:
             await websocket.send_text(error_frame("capacity", "too many connections").decode())
@@ -80,7 +80,7 @@ class MarketSocket:
         finally:
             self.hub.disconnect(client)
 
-    async def _read_loop(self, websocket: WebSocket | RawWebSocket, client: Client) -> None:
+    async def _read_loop(self, websocket: RawWebSocket, client: Client) -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -107,7 +107,7 @@ class MarketSocket:
         except CapacityError as e:
             client.send_error(e.code, str(e), series)
 
-    async def _send_loop(self, websocket: WebSocket | RawWebSocket, client: Client, scope: trio.CancelScope) -> None:
+    async def _send_loop(self, websocket: RawWebSocket, client: Client, scope: trio.CancelScope) -> None:
         """Frames in order; once the client is closing, the final frame (if any) and the close code."""
         while (frame := await client.next_frame()) is not None:
             await websocket.send_text(frame)
