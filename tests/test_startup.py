@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from daemon.app import Running, serve_daemon
-from daemon.config import load_settings
+from daemon.config import Settings, load_settings
 from daemon.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
@@ -22,21 +22,27 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def offline_settings(tmp_path: Path, whitelist: list[SeriesId], **env: str) -> Settings:
+    """``whitelist`` ingested live from an exchange where nothing listens: every exchange call fails."""
+    port = closed_port()
+    return load_settings(
+        env={
+            "KLINED_DATA_DIR": str(tmp_path),
+            "KLINED_HTTP_PORT": "0",
+            "KLINED_WHITELIST": ",".join(map(str, whitelist)),
+            "KLINED_ENABLE_WHITELIST_INGEST": "1",
+            "KLINED_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{port}",
+            "KLINED_BINANCE_SPOT_REST_URL": f"http://127.0.0.1:{port}",
+            **env,
+        }
+    )
+
+
 async def test_a_thousand_series_start_from_their_stored_heads_offline(tmp_path: Path) -> None:
     series = [SeriesId.parse(f"binance:spot:S{i:04d}/USDT:1m") for i in range(N)]
     with EventLog(tmp_path / "eventlog") as log:
         log.append({s: [Candle(60 * (1000 + i), 1.0, 2.0, 0.5, 1.5, 3.0)] for i, s in enumerate(series)})
-    port = closed_port()  # nothing listens: every exchange call fails
-    settings = load_settings(
-        env={
-            "KLINED_DATA_DIR": str(tmp_path),
-            "KLINED_HTTP_PORT": "0",
-            "KLINED_WHITELIST": ",".join(map(str, series)),
-            "KLINED_ENABLE_WHITELIST_INGEST": "1",
-            "KLINED_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{port}",
-            "KLINED_BINANCE_SPOT_REST_URL": f"http://127.0.0.1:{port}",
-        }
-    )
+    settings = offline_settings(tmp_path, series)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(serve_daemon, settings)
@@ -58,18 +64,7 @@ async def test_an_unreachable_exchange_is_said_in_health_and_stored_data_is_stil
     s1 = SeriesId.parse("binance:spot:BTC/USDT:1m")
     with EventLog(tmp_path / "eventlog") as log:
         log.append({s1: [Candle(60 * 1000, 1.0, 2.0, 0.5, 1.5, 3.0)]})
-    port = closed_port()
-    settings = load_settings(
-        env={
-            "KLINED_DATA_DIR": str(tmp_path),
-            "KLINED_HTTP_PORT": "0",
-            "KLINED_WHITELIST": str(s1),
-            "KLINED_ENABLE_WHITELIST_INGEST": "1",
-            "KLINED_ENABLE_KLINE_HEALTH": "1",
-            "KLINED_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{port}",
-            "KLINED_BINANCE_SPOT_REST_URL": f"http://127.0.0.1:{port}",
-        }
-    )
+    settings = offline_settings(tmp_path, [s1], KLINED_ENABLE_KLINE_HEALTH="1")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(serve_daemon, settings)
@@ -90,17 +85,9 @@ async def test_a_thousand_trade_built_symbols_start_from_their_heads_offline(tmp
     series = [SeriesId.parse(f"binance:spot:S{i:04d}/USDT:1m") for i in range(N)]
     with EventLog(tmp_path / "eventlog") as log:
         log.append({s: [Candle(60 * (1000 + i), 1.0, 2.0 + i, 0.5, 1.5 + i, 3.0)] for i, s in enumerate(series)})
-    port = closed_port()  # the exchange is unreachable: the downtime repair waits, the books must not
-    settings = load_settings(
-        env={
-            "KLINED_DATA_DIR": str(tmp_path),
-            "KLINED_HTTP_PORT": "0",
-            "KLINED_WHITELIST": ",".join(map(str, series)),
-            "KLINED_TRADE_SOURCES": ",".join(f"binance:spot:{s.symbol}" for s in series),
-            "KLINED_ENABLE_WHITELIST_INGEST": "1",
-            "KLINED_BINANCE_SPOT_WS_URL": f"ws://127.0.0.1:{port}",
-            "KLINED_BINANCE_SPOT_REST_URL": f"http://127.0.0.1:{port}",
-        }
+    # The exchange is unreachable: the downtime repair waits, the books must not.
+    settings = offline_settings(
+        tmp_path, series, KLINED_TRADE_SOURCES=",".join(f"binance:spot:{s.symbol}" for s in series)
     )
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
