@@ -77,6 +77,13 @@ class ExchangeClock:
         log.info("clock_offset_measured", offset_ms=sample.offset_ms, round_trip_ms=sample.round_trip_ms)
         return sample
 
+    async def wait_measured(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) for the first offset measurement; whether the clock is measured."""
+        with trio.move_on_after(timeout_s):
+            while self.last_sample is None:
+                await self._stepped.wait()
+        return self.last_sample is not None
+
     async def sleep_until(self, exchange_ms: int) -> None:
         """Sleep until exchange time reaches ``exchange_ms``; a new offset re-aims the wait at once."""
         while not await self.sleep_until_or_step(exchange_ms):

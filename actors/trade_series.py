@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 FetchClosed = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
 BroadcastForming = Callable[[SeriesId, Candle], None]
 TRADE_GRACE_S: Final = 2.0  # Binance delivers a trade within a second or so of its time
+CLOCK_WAIT_S: Final = 3.0  # how long a starting book waits for the exchange clock's first measurement
 
 
 @attrs.define
@@ -90,7 +91,9 @@ class TradeSeriesActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start at once from the stored heads; the downtime repair and a new symbol's seed price (both REST,
-        which may be slow or down) run beside the ticker, never before it."""
+        which may be slow or down) run beside the ticker, never before it. The book does wait (briefly) for
+        the exchange clock's first measurement: which periods it saw whole is judged on exchange time."""
+        await self._clock.wait_measured(CLOCK_WAIT_S)
         now = self._started_s = self._clock.now_s()
         stored = [h for h in self._heads.values() if h is not None]
         if stored:

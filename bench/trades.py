@@ -45,6 +45,7 @@ async def run(n_symbols: int, n_trades: int, tmp: Path) -> dict[str, float]:
     start_ms = (int(time.time()) // 900 * 900 - 900) * 1000  # a 15-minute boundary, in the past
     offset = {"ms": 0}
     clock = ExchangeClock(wall=lambda: start_ms + offset["ms"])
+    clock.record(start_ms, start_ms, start_ms)  # measured: the books start at once
     symbols = [f"S{i:04d}USDT" for i in range(n_symbols)]
     with EventLog(tmp / "log") as log:
         store = Store(log)
@@ -162,6 +163,8 @@ async def loopback(n_symbols: int, n_frames: int, tmp: Path) -> dict[str, float]
         assert proc.stdout is not None
         port = int(await trio.to_thread.run_sync(proc.stdout.readline))
         clock = ExchangeClock()
+        wall = int(time.time() * 1000)
+        clock.record(wall, wall, wall)  # measured: the books start at once
         got = {"n": 0, "first": 0.0, "cpu0": 0.0}
         done = trio.Event()
         with EventLog(tmp / "loop") as log:

@@ -131,3 +131,19 @@ async def test_a_lagged_ticker_fires_after_each_boundary_and_keeps_one_just_pass
         (boundary + 120_000, boundary + 123_000),
     ]
     assert all(t.drift_ms == 0 for t in ticks)
+
+
+async def test_wait_measured_returns_on_the_first_measurement_or_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = ExchangeClock(wall=trio_wall_ms(START_MS))
+    assert not await clock.wait_measured(3.0)  # nobody measures: gives up after the timeout
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: clock.wait_measured(60.0))
+
+        async def measure_later() -> None:
+            await trio.sleep(1.0)
+            clock.record(START_MS + 5_000, START_MS, START_MS)
+
+        nursery.start_soon(measure_later)
+    assert await clock.wait_measured(0.0)  # measured: at once

@@ -22,6 +22,13 @@ B5 = SeriesId.parse("binance:spot:BTC/USDT:5m")
 T0 = 1_700_000_100  # a 5-minute boundary
 
 
+def measured_clock(start_ms: int) -> ExchangeClock:
+    """An exchange clock already measured (offset 0): a starting book does not wait for it."""
+    clock = ExchangeClock(wall=trio_wall_ms(start_ms))
+    clock.record(start_ms, start_ms, start_ms)
+    return clock
+
+
 def flat(t: int, p: float) -> Candle:
     return Candle(t, p, p, p, p, 0.0, True)
 
@@ -37,7 +44,7 @@ async def test_a_quiet_symbol_gets_flat_candles_one_batch_per_tick_and_a_seed_at
     with EventLog(tmp_path / "log") as log:
         sink = InlineSink(log)
         writer = ClosedCandleWriter(sink)
-        clock = ExchangeClock(wall=trio_wall_ms(T0 * 1000))  # on the boundary: no period started before us
+        clock = measured_clock(T0 * 1000)  # on the boundary: no period started before us
         actor = TradeSeriesActor(
             [B1, B5],
             heads={B1: None, B5: None},
@@ -83,7 +90,7 @@ async def test_the_period_running_at_start_is_taken_from_the_exchange(
             writer=writer,
             broadcast_forming=lambda s, c: None,
             fetch_closed=fetch,
-            clock=ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 30_000)),  # half the minute's trades were missed
+            clock=measured_clock(T0 * 1000 + 30_000),  # half the minute's trades were missed
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
@@ -115,7 +122,7 @@ async def test_downtime_is_repaired_from_the_exchange_first_and_flat_only_where_
             writer=writer,
             broadcast_forming=lambda s, c: None,
             fetch_closed=fetch,
-            clock=ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 1_000)),
+            clock=measured_clock(T0 * 1000 + 1_000),
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
@@ -144,7 +151,7 @@ async def test_after_a_reconnect_the_exchanges_klines_correct_what_was_built_bli
             writer=writer,
             broadcast_forming=lambda s, c: None,
             fetch_closed=fetch,
-            clock=ExchangeClock(wall=trio_wall_ms(T0 * 1000)),
+            clock=measured_clock(T0 * 1000),
         )
         exchange[T0 - 60] = Candle(T0 - 60, 50.0, 50.0, 50.0, 50.0, 1.0)  # the seed price
         async with trio.open_nursery() as nursery:
