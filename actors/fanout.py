@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 import structlog
@@ -261,6 +261,12 @@ class Hub:
     async def wait_all_closed(self) -> None:
         if self._clients:
             await self._all_closed.wait()
+
+    def publish_system(self, series: SeriesId, event: str, message: str, data: dict[str, Any]) -> None:
+        """A ``system`` frame to every subscriber of ``series`` (e.g. ``factor.rebuild``); no cursor moves."""
+        frame = system_frame(str(series), event, message, data)
+        for sub in list(self._subs.get(series, ())):
+            sub.client.offer([frame])
 
     def shutdown(self) -> None:
         """Every connection: a ``system`` goodbye per subscription, then close code 1001 server_shutdown."""

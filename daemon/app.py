@@ -21,6 +21,7 @@ from hypercorn.typing import ASGIFramework
 from actors.clock import ExchangeClock
 from actors.fanout import Hub
 from actors.pipeline import ClosedCandleWriter
+from actors.projector import Projector
 from actors.store import Store
 from daemon import __version__
 from daemon.config import ConfigError, Settings, load_settings
@@ -31,6 +32,7 @@ from daemon.history.service import History
 from daemon.http_api import build_app
 from daemon.live import Deriver, LiveIngest
 from daemon.pins import RuntimePins
+from daemon.projection_store import ProjectionStore
 from daemon.sdnotify import Notifier
 from daemon.top_markets import TopMarkets
 from protocol.series import SeriesId
@@ -72,6 +74,15 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         log.info("eventlog_closed", path=str(settings.eventlog_path))
 
 
+@asynccontextmanager
+async def open_projections(settings: Settings) -> AsyncIterator[ProjectionStore]:
+    pstore = await trio.to_thread.run_sync(ProjectionStore, settings.data_path / "projections")
+    try:
+        yield pstore
+    finally:
+        pstore.close()
+
+
 @attrs.define
 class Services:
     """The long-lived parts every front (HTTP, WebSocket, live ingest) shares."""
@@ -86,6 +97,7 @@ class Services:
     top_markets: TopMarkets
     history: History
     pins: RuntimePins
+    projector: Projector
     started_at: float = attrs.field(factory=time.time)
 
     def whitelist(self) -> list[SeriesId]:
@@ -103,7 +115,7 @@ class Services:
             live.apply_whitelist(self.whitelist(), lambda s: self.hub.holders(live.upstream_series, s))
 
 
-def build_services(settings: Settings, store: Store) -> Services:
+def build_services(settings: Settings, store: Store, pstore: ProjectionStore) -> Services:
     clock = ExchangeClock()
     hub = Hub(
         store,
@@ -115,12 +127,19 @@ def build_services(settings: Settings, store: Store) -> Services:
     base = parse_timeframe(settings.derived_base_timeframe)
     derived = [parse_timeframe(t) for t in settings.derived_timeframes] if settings.enable_derived_timeframes else []
     bases = {s for s in settings.whitelist_series if s.timeframe == base} if derived else set()
-    deriver = Deriver(store, base, derived, bases, publish=hub.publish)
+    projector = Projector(
+        store.log,
+        pstore,
+        settings={"pivot": {"major_window": settings.pivot_window_major, "minor_window": settings.pivot_window_minor}},
+        notify=hub.publish_system,
+    )
+    deriver = Deriver(store, base, derived, bases, publish=hub.publish, project=projector.stage)
     writer = ClosedCandleWriter(
         store,
         batch_max=settings.binance_ws_batch_max,
         flush_s=settings.binance_ws_flush_s,
         derive=deriver,
+        factor=projector.stage,  # factors and overlays of the batch, one commit, before anything is published
         publish=hub.publish_stage,
         now_ms=clock.now_ms,
     )
@@ -149,7 +168,7 @@ def build_services(settings: Settings, store: Store) -> Services:
         live.whitelist = pins.effective(settings.whitelist_series)
         live.trade_symbols.update(pins.trade_symbols)
         live.on_listed = pins.listed
-    return Services(settings, store, clock, hub, writer, deriver, live, top, history, pins)
+    return Services(settings, store, clock, hub, writer, deriver, live, top, history, pins, projector)
 
 
 async def serve_daemon(
@@ -163,9 +182,15 @@ async def serve_daemon(
     stop = trio.Event()
     notifier = notifier or Notifier()
     live_scope = trio.CancelScope()
-    async with open_store(settings) as store, trio.open_nursery() as nursery:
-        services = build_services(settings, store)
+    async with open_store(settings) as store, open_projections(settings) as pstore, trio.open_nursery() as nursery:
+        services = build_services(settings, store, pstore)
+        projector = services.projector
         await nursery.start(services.hub.run)
+        if projector.needs_rebuild():
+            nursery.start_soon(projector.start)  # a rebuild from the log, in the background: candles keep flowing
+        else:
+            await projector.start()
+        await nursery.start(projector.follow, store.wait_appended)
         await nursery.start(services.writer.run)
         await nursery.start(services.history.run)
         await nursery.start(serve_control, services, settings.control_socket_path)
@@ -223,6 +248,8 @@ async def serve_daemon(
         shutdown.set()  # hypercorn stops accepting
         with trio.move_on_after(2.0):
             await services.writer.close()
+        with trio.move_on_after(1.0):
+            await projector.snapshot_all()  # a restart then resumes each series without replaying its tail
         services.hub.shutdown()
         with trio.move_on_after(1.5):
             await services.hub.wait_all_closed()

@@ -147,7 +147,7 @@ async def _handle(services: Services, request: dict[str, Any], send: Any) -> Non
         )
         await send({"event": "done", **data})
     elif cmd == "rebuild":
-        raise BadControlRequestError("no projections to rebuild yet: they arrive with the projections work")
+        await _rebuild(services, request, send)
     else:
         raise BadControlRequestError(f"unknown command: {cmd!r}")
 
@@ -244,3 +244,45 @@ async def _backfill(services: Services, request: dict[str, Any], send: Any) -> N
         await send({"event": "error", "code": "backfill_failed", "detail": outcome["error"]})
     else:
         await send({"event": "done", "series_id": str(series), "first": first, "last": last, **outcome})
+
+
+async def _rebuild(services: Services, request: dict[str, Any], send: Any) -> None:
+    """Rebuild factor/overlay projections from the log (one series or ``all``), with progress."""
+    projector = services.projector
+    if request.get("all"):
+        targets: list[SeriesId] | None = None
+    else:
+        targets = [_series(request)]
+        if str(targets[0]) not in projector.log.series_ids():
+            raise BadControlRequestError(f"no candles stored for {targets[0]}")
+    if projector.progress is not None:
+        raise BadControlRequestError("a rebuild is already running")
+    done = trio.Event()
+    outcome: dict[str, Any] = {}
+
+    async def run() -> None:
+        try:
+            outcome["candles"] = await projector.rebuild(targets, reason="operator")
+        except Exception as e:  # reported to the operator, the daemon carries on
+            log.exception("rebuild_failed", error=repr(e))
+            outcome["error"] = repr(e)
+        finally:
+            done.set()
+
+    assert services.history.nursery is not None
+    services.history.nursery.start_soon(run)  # a daemon task: it survives the operator's client going away
+    while not done.is_set():
+        with trio.move_on_after(PROGRESS_EVERY_S):
+            await done.wait()
+        progress = projector.progress
+        if progress is not None:
+            await send(
+                {"event": "progress", "series_id": progress.series_id, "done": progress.done, "total": progress.total}
+            )
+    if "error" in outcome:
+        await send({"event": "error", "code": "rebuild_failed", "detail": outcome["error"]})
+    else:
+        series = "all" if targets is None else str(targets[0])
+        await send(
+            {"event": "done", "series": series, "candles": outcome["candles"], "checkpoint": projector.checkpoint()}
+        )

@@ -99,6 +99,31 @@ def run_backfill(path: Path, series: str, since: int, until: int | None) -> int:
     return 1
 
 
+def run_rebuild(path: Path, series: str | None, everything: bool) -> int:
+    payload: dict[str, Any] = {"cmd": "rebuild", "all": True} if everything else {"cmd": "rebuild", "series_id": series}
+    bar: tqdm[Any] | None = None
+    try:
+        for event in request(path, payload):
+            if event["event"] == "progress":
+                if bar is None:
+                    bar = tqdm(total=event["total"], unit="candle", desc="rebuild", dynamic_ncols=True)
+                bar.set_postfix_str(event["series_id"])
+                bar.update(max(0, event["done"] - bar.n))
+            elif event["event"] == "done":
+                if bar is not None:
+                    bar.update(max(0, event["candles"] - bar.n))
+                    bar.close()
+                print(f"done: {event['series']}: {event['candles']} candles replayed, checkpoint {event['checkpoint']}")
+                return 0
+            else:
+                print(f"klinectl: {event.get('code')}: {event.get('detail')}", file=sys.stderr)
+                return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    return 1
+
+
 def one(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
     answers = list(request(path, payload))
     if not answers:
@@ -142,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--market", default="spot", choices=["spot", "futures"])
     top.add_argument("--quote-asset", default="USDT")
     top.add_argument("--limit", type=int, default=20)
-    sub.add_parser("rebuild", help="rebuild projections").add_argument("series_id", nargs="?")
+    rebuild = sub.add_parser("rebuild", help="rebuild factor/overlay projections from the log, with progress")
+    target = rebuild.add_mutually_exclusive_group(required=True)
+    target.add_argument("series_id", nargs="?")
+    target.add_argument("--all", action="store_true", help="every series (outputs dropped and replayed)")
     args = parser.parse_args(argv)
     if args.socket:
         path = Path(args.socket)
@@ -156,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "backfill":
             return run_backfill(path, args.series_id, args.since, args.until)
+        if command == "rebuild":
+            return run_rebuild(path, args.series_id, args.all)
         payload: dict[str, Any] = {"cmd": command.replace("-", "_")}
-        if command in ("pin", "unpin", "rebuild"):
+        if command in ("pin", "unpin"):
             payload["series_id"] = args.series_id
         elif command == "backup":
             payload["path"] = str(Path(args.path).resolve())

@@ -318,6 +318,22 @@ class EventLog:
         bodies.reverse()
         return unpack_bodies(b"".join(bodies))
 
+    def at_or_before(self, series: SeriesId | str, candle_time: int) -> Candle | None:
+        """The latest stored candle with ``candle_time <=`` the given time (a read's aligned candle)."""
+        num = self._series_nums.get(str(series))
+        if num is None or candle_time < 0:
+            return None
+        with self._env.begin() as txn:
+            cursor = txn.cursor(self._candles)
+            if cursor.set_range(CANDLE_KEY.pack(num, min(candle_time, _MAX_KEY_TIME - 1) + 1)):
+                if not cursor.prev():
+                    return None
+            elif not cursor.last():
+                return None
+            if SERIES_NUM.unpack(cursor.key()[:4])[0] != num:
+                return None
+            return unpack_body(cursor.value())
+
     def range(
         self,
         series: SeriesId | str,

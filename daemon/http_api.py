@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import orjson
 import structlog
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from daemon import __version__
+from daemon import __version__, factor_reads
 from daemon.health import health_views, series_health_view, upstream_health
 from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.metrics import build_registry, render_metrics
@@ -322,6 +323,37 @@ def build_app(services: Services) -> MarketApp:
 
     registry = build_registry(services)
 
+    # -- factor and overlay projections (FACTORS.md "Read API") ---------------------------------------
+
+    async def factor_catalog_route(request: Request) -> Response:
+        return JSONResponse(factor_reads.catalog())
+
+    def window_param(request: Request) -> int:
+        window = _int_param(request, "window_candles", low=1, high=factor_reads.MAX_WINDOW)
+        return factor_reads.DEFAULT_WINDOW if window is None else window
+
+    async def projection_read(fn: Callable[[], dict[str, Any]]) -> Response:
+        try:
+            body = await trio.to_thread.run_sync(fn)
+        except factor_reads.OutOfSyncError as e:
+            raise ApiError(409, "ledger_out_of_sync", str(e)) from None
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def factor_slices(request: Request) -> Response:
+        series = _series_param(request)
+        at_time = _int_param(request, "at_time", low=0)
+        window = window_param(request)
+        projector = services.projector
+        return await projection_read(lambda: factor_reads.slices(projector, series, at_time, window))
+
+    async def draw_delta(request: Request) -> Response:
+        series = _series_param(request)
+        cursor = _int_param(request, "cursor_version_id", low=0) or 0
+        at_time = _int_param(request, "at_time", low=0)
+        window = window_param(request)
+        projector = services.projector
+        return await projection_read(lambda: factor_reads.draw_delta(projector, series, cursor, window, at_time))
+
     async def metrics(request: Request) -> Response:
         return Response(render_metrics(registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
@@ -365,6 +397,9 @@ def build_app(services: Services) -> MarketApp:
             Route("/api/market/debug/ingest_state", ingest_state, methods=["GET"]),
             Route("/api/market/debug/series_health", series_health, methods=["GET"]),
             Route("/api/market/debug/publish_times", publish_times, methods=["GET"]),
+            Route("/api/factor/catalog", factor_catalog_route, methods=["GET"]),
+            Route("/api/factor/slices", factor_slices, methods=["GET"]),
+            Route("/api/draw/delta", draw_delta, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/version", version, methods=["GET"]),
         ],

@@ -89,8 +89,10 @@ class Deriver:
         targets: Sequence[Timeframe],
         bases: set[SeriesId],
         publish: Callable[[SeriesId, Sequence[Candle]], None] | None = None,
+        project: Callable[[AppendResult], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        self._project = project  # factors and overlays of derived candles, before they are published
         self.base = base
         self._targets = [t for t in targets if can_derive(base, t)]
         self._bases = bases  # the base series that have derived timeframes
@@ -123,6 +125,8 @@ class Deriver:
         if batch:
             written = await self._store.append(batch)
             self.derived += written.appended + written.corrected
+            if self._project is not None:
+                await self._project(written)
             if self._publish is not None:
                 for sid, changed in written.changed.items():
                     self._publish(SeriesId.parse(sid), changed)

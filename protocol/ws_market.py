@@ -146,8 +146,8 @@ def forming_frame(series_id: str, candle: Candle) -> bytes:
     return encode(CandleForming(series_id, candle))
 
 
-def system_frame(series_id: str, event: str, message: str) -> str:
-    return encode(SystemEvent(series_id, event, message)).decode()
+def system_frame(series_id: str, event: str, message: str, data: dict[str, Any] | None = None) -> str:
+    return encode(SystemEvent(series_id, event, message, data or {})).decode()
 
 
 def error_frame(code: str, message: str, series_id: str | None = None) -> bytes:

@@ -1,0 +1,208 @@
+"""The factor and overlay read models of FACTORS.md "Read API": slices and draw deltas, from the
+projection store. Blocking reads (each its own LMDB read transaction): callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from actors.projector import MOVING_INSTRUCTIONS, Projector
+from protocol.factors.catalog import factor_catalog
+from protocol.series import SeriesId
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_WINDOW: Final = 2000
+MAX_WINDOW: Final = 5000
+PENDING_SCAN: Final = 50_000  # unapplied events a read looks through for its series (the lag is short)
+
+# Which history list each stored event kind belongs to, per factor (FACTORS.md slices).
+_HISTORY: Final[dict[str, tuple[str, str]]] = {
+    "pivot.major": ("pivot", "major"),
+    "pivot.minor": ("pivot", "minor"),
+    "pen.confirmed": ("pen", "confirmed"),
+    "zhongshu.dead": ("zhongshu", "dead"),
+    "anchor.switch": ("anchor", "switches"),
+    "sr.snapshot": ("sr", "snapshots"),
+}
+_EMPTY_HISTORY: Final[dict[str, tuple[str, ...]]] = {
+    "pivot": ("major", "minor"),
+    "pen": ("confirmed",),
+    "zhongshu": ("dead",),
+    "anchor": ("anchors", "switches"),
+    "sr": ("snapshots",),
+}
+
+
+class OutOfSyncError(Exception):
+    """The projection has not reached the candle asked for (HTTP 409 ``ledger_out_of_sync:<which>``)."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__(f"ledger_out_of_sync:{which}")
+        self.which = which
+
+
+def catalog() -> dict[str, Any]:
+    return factor_catalog()
+
+
+def _aligned(projector: Projector, series: SeriesId, at_time: int | None) -> int | None:
+    """The latest stored candle at or before ``at_time`` (the head without one); checks the projections
+    have reached it."""
+    if at_time is None:
+        head = projector.log.head(series)
+        aligned = head.head_time if head else None
+    else:
+        candle = projector.log.at_or_before(series, at_time)
+        aligned = candle[0] if candle else None
+    if aligned is None:
+        return None
+    if str(series) in projector.failed:
+        raise OutOfSyncError("factor")
+    record = projector.pstore.series_record(str(series))
+    if record is None or record.get("last_time") is None or record["last_time"] < aligned:
+        raise OutOfSyncError("factor")
+    if _pending_for(projector, str(series)):
+        raise OutOfSyncError("factor")  # e.g. a backfilled or corrected candle behind the head, not yet applied
+    if projector.pstore.checkpoint("overlay") < projector.pstore.checkpoint("factor"):
+        raise OutOfSyncError("overlay")
+    return aligned
+
+
+def _pending_for(projector: Projector, sid: str) -> bool:
+    """Whether the log holds an event of ``sid`` the projections have not applied yet."""
+    checkpoint = projector.pstore.checkpoint()
+    if checkpoint >= projector.log.last_seq():
+        return False
+    return any(e.series_id == sid for e in projector.log.events_since(checkpoint, PENDING_SCAN))
+
+
+def slices(projector: Projector, series: SeriesId, at_time: int | None, window: int) -> dict[str, Any]:
+    aligned = _aligned(projector, series, at_time)
+    sid = str(series)
+    if aligned is None:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "series_id": sid,
+            "at_time": None,
+            "candle_id": None,
+            "factors": [],
+            "snapshots": {},
+        }
+    candle_id = f"{sid}:{aligned}"
+    num = projector.series_num(series)
+    history: dict[str, dict[str, list[Any]]] = {
+        name: {key: [] for key in keys} for name, keys in _EMPTY_HISTORY.items()
+    }
+    heads: dict[str, dict[str, Any]] = {}
+    if num is not None:
+        start = aligned - (window - 1) * series.timeframe.seconds
+        for ev in projector.pstore.events_between(num, start, aligned):
+            where = _HISTORY.get(ev["kind"])
+            if where is None:
+                continue
+            factor, key = where
+            history[factor][key].append(ev["payload"])
+            if ev["kind"] == "anchor.switch" and ev["payload"].get("new_anchor"):
+                history["anchor"]["anchors"].append(ev["payload"]["new_anchor"])
+        for rank, cls in enumerate(projector.classes):
+            head = projector.pstore.head_at(num, rank, aligned)
+            if head is not None:
+                heads[cls.name] = head
+    alive = heads.get("zhongshu", {}).get("alive")
+    if alive:  # stored without the fields that move every candle: the zone extends to the aligned candle
+        heads["zhongshu"]["alive"] = [{**z, "end_time": aligned, "visible_time": aligned} for z in alive]
+    epoch = projector.pstore.epoch()
+    snapshots: dict[str, Any] = {}
+    present: list[str] = []
+    for cls in projector.classes:
+        name = cls.name
+        head = heads.get(name) or {}
+        hist = history.get(name, {})
+        if name == "zhongshu" and "alive" not in head:
+            head = {"alive": []}
+        if name == "anchor" and "current_anchor_ref" not in head:
+            head = {"current_anchor_ref": None}
+        snapshots[name] = {
+            "schema_version": SCHEMA_VERSION,
+            "history": hist,
+            "head": head,
+            "meta": {"series_id": sid, "epoch": epoch, "at_time": aligned, "candle_id": candle_id, "factor_name": name},
+        }
+        if any(hist.values()) or any(v for v in head.values()):
+            present.append(name)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "series_id": sid,
+        "at_time": aligned,
+        "candle_id": candle_id,
+        "factors": present,
+        "snapshots": snapshots,
+    }
+
+
+def _moved_to(projector: Projector, num: int, version: dict[str, Any], aligned: int) -> dict[str, Any]:
+    """An alive zone's box as of ``aligned``: it reaches that candle, and its version is the pointer's when the
+    pointer (moved once per candle) is visible by then."""
+    definition = version["definition"]
+    if definition is None:
+        return version
+    points = definition["points"]
+    moved = {**definition, "points": [*points[:-1], {**points[-1], "time": aligned}]}
+    version_id = version["version_id"]
+    pointer = projector.pstore.pointer(num, version["instruction_id"])
+    if pointer is not None and pointer[0] > version_id and pointer[1] <= aligned:
+        version_id = pointer[0]
+    return {
+        **version,
+        "version_id": version_id,
+        "visible_time": max(version["visible_time"], aligned)
+        if version_id != version["version_id"]
+        else version["visible_time"],
+        "definition": moved,
+    }
+
+
+def draw_delta(
+    projector: Projector, series: SeriesId, cursor_version: int, window: int, at_time: int | None
+) -> dict[str, Any]:
+    aligned = _aligned(projector, series, at_time)
+    sid = str(series)
+    num = projector.series_num(series)
+    if aligned is None or num is None:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "series_id": sid,
+            "to_candle_id": None,
+            "to_candle_time": None,
+            "active_ids": [],
+            "instruction_catalog_patch": [],
+            "series_points": {},
+            "next_cursor": {"version_id": cursor_version, "point_time": None},
+        }
+    start = aligned - (window - 1) * series.timeframe.seconds
+    latest: dict[str, dict[str, Any]] = {}
+    for version in projector.pstore.versions_between(num, start, aligned, 0):
+        latest[version["instruction_id"]] = version  # ascending version ids: the last one wins
+    for iid in MOVING_INSTRUCTIONS & latest.keys():
+        latest[iid] = _moved_to(projector, num, latest[iid], aligned)
+    active = sorted(iid for iid, v in latest.items() if v["definition"] is not None)
+    patch = sorted(
+        (v for v in latest.values() if v["version_id"] > cursor_version and v["definition"] is not None),
+        key=lambda v: int(v["version_id"]),
+    )
+    record = projector.pstore.series_record(sid) or {}
+    projected = projector.projected_time(series)
+    if projected is not None and aligned >= projected:
+        top = int(record.get("max_version", 0))
+    else:
+        top = projector.pstore.max_version(num, aligned)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "series_id": sid,
+        "to_candle_id": f"{sid}:{aligned}",
+        "to_candle_time": aligned,
+        "active_ids": active,
+        "instruction_catalog_patch": patch,
+        "series_points": {},
+        "next_cursor": {"version_id": max(cursor_version, top), "point_time": None},
+    }
