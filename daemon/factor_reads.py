@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from actors.projector import MOVING_INSTRUCTIONS, Projector
+from actors.projector import Projector
 from protocol.factors.catalog import factor_catalog
+from protocol.overlays import MOVING
 from protocol.series import SeriesId
 
 SCHEMA_VERSION: Final = 1
@@ -183,7 +184,7 @@ def draw_delta(
     latest: dict[str, dict[str, Any]] = {}
     for version in projector.pstore.versions_between(num, start, aligned, 0):
         latest[version["instruction_id"]] = version  # ascending version ids: the last one wins
-    for iid in MOVING_INSTRUCTIONS & latest.keys():
+    for iid in MOVING & latest.keys():
         latest[iid] = _moved_to(projector, num, latest[iid], aligned)
     active = sorted(iid for iid, v in latest.items() if v["definition"] is not None)
     patch = sorted(

@@ -6,7 +6,7 @@ rebuilt from the log, so they never share its file, and dropping them never touc
 Sub-databases (keys big-endian so byte order is numeric order; ``num`` is this store's own u32 per series):
 - ``meta``:    checkpoints (``checkpoint:factor``, ``checkpoint:overlay``: last applied log seq),
                fingerprints, the global overlay version counter, the rebuild epoch
-- ``series``:  series id -> JSON {num, applied_seq, last_time}
+- ``series``:  series id -> (num, applied_seq, last_time, max_version), packed (written per batch per series)
 - ``fev``:     (num, visible_time, factor rank, event_key) -> JSON factor event
 - ``heads``:   (num, factor rank, candle_time) -> JSON head of one factor, written only when it changes
 - ``dv``:      (num, visible_time, version_id) -> JSON overlay version (reads scan a time window);
@@ -46,6 +46,7 @@ NUM_RANK_TIME: Final = struct.Struct(">IBQ")
 MAX_RANK: Final = 32  # factors per engine (ranks in keys)
 NUM_TIME_VERSION: Final = struct.Struct(">IQQ")
 VERSION_TIME: Final = struct.Struct(">QQ")
+SERIES_REC: Final = struct.Struct(">IQqQ")  # num, applied_seq, last_time (-1: none), max_version
 SNAPSHOTS_KEPT: Final = 2
 DEFAULT_MAP_SIZE: Final = 1 << 30
 
@@ -67,14 +68,18 @@ class ProjectionTxn:
         """The series record, created (with a new number) when missing."""
         raw = self.txn.get(sid.encode(), db=self._s.series_db)
         if raw is not None:
-            return dict(orjson.loads(raw))
+            return _series_record(raw)
         num = self._s.next_num(self.txn)
-        record = {"num": num, "applied_seq": 0, "last_time": None}
+        record: dict[str, Any] = {"num": num, "applied_seq": 0, "last_time": None, "max_version": 0}
         self.put_series(sid, record)
         return record
 
     def put_series(self, sid: str, record: dict[str, Any]) -> None:
-        self.txn.put(sid.encode(), orjson.dumps(record), db=self._s.series_db)
+        last_time = record["last_time"]
+        packed = SERIES_REC.pack(
+            record["num"], record["applied_seq"], -1 if last_time is None else last_time, record["max_version"]
+        )
+        self.txn.put(sid.encode(), packed, db=self._s.series_db)
 
     def set_meta(self, key: str, value: bytes) -> None:
         self.txn.put(key.encode(), value, db=self._s.meta)
@@ -306,12 +311,12 @@ class ProjectionStore:
 
     def all_series(self) -> dict[str, dict[str, Any]]:
         with self._env.begin() as txn:
-            return {bytes(k).decode(): orjson.loads(v) for k, v in txn.cursor(self.series_db)}
+            return {bytes(k).decode(): _series_record(v) for k, v in txn.cursor(self.series_db)}
 
     def series_record(self, sid: str) -> dict[str, Any] | None:
         with self._env.begin() as txn:
             raw = txn.get(sid.encode(), db=self.series_db)
-            return None if raw is None else dict(orjson.loads(raw))
+            return None if raw is None else _series_record(raw)
 
     def events_between(self, num: int, start_time: int, end_time: int) -> list[dict[str, Any]]:
         """Factor events with start_time <= visible_time <= end_time, by time then factor order."""
@@ -382,6 +387,16 @@ class ProjectionStore:
         with self._env.begin() as txn:
             counts = {name: txn.stat(db)["entries"] for name, db in (("events", self.fev), ("versions", self.dv))}
         return {"page_size": int(stat["psize"]), **counts}
+
+
+def _series_record(raw: bytes) -> dict[str, Any]:
+    num, applied_seq, last_time, max_version = SERIES_REC.unpack(raw)
+    return {
+        "num": num,
+        "applied_seq": applied_seq,
+        "last_time": None if last_time < 0 else last_time,
+        "max_version": max_version,
+    }
 
 
 def _boot_id() -> str:

@@ -1,6 +1,6 @@
 """End to end: the real ``klined`` process against the fake exchange, driven over HTTP and by the real
 ``klinectl`` binary; killed with SIGKILL in the middle of ingesting, restarted: every candle that was
-acknowledged is there, exactly once, and the restarted daemon carries on."""
+acknowledged is there, exactly once, the restarted daemon carries on, and its projections equal a replay."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ from pathlib import Path
 import httpx
 import trio
 
+from actors.projector import Projector
 from daemon.eventlog import EventLog
 from daemon.fakex.server import FakeExchange, FakeExchangeUrls
+from daemon.projection_store import ProjectionStore
+from protocol.series import SeriesId
+from tests.actors.test_projector import outputs
 
 BIN = Path(sys.executable).parent
 ETH = "binance:spot:ETH/USDT:1m"
@@ -119,6 +123,9 @@ async def test_sigkill_mid_ingest_loses_and_duplicates_nothing_acknowledged(tmp_
                 "/api/market/ingest/candle_closed", json={"series_id": ETH, "candle": candle(60 * 200_000)}
             )
             assert r.status_code == 200  # the restarted daemon carries on
+            slices = await http.get("/api/factor/slices", params={"series_id": ETH})
+            assert slices.status_code == 200  # projections resumed from their checkpoint and caught up
+            assert slices.json()["at_time"] == 60 * 200_000
             version = await trio.run_process(
                 [str(BIN / "klinectl"), "--socket", str(data / "klined.sock"), "version"], capture_stdout=True
             )
@@ -130,6 +137,14 @@ async def test_sigkill_mid_ingest_loses_and_duplicates_nothing_acknowledged(tmp_
         assert len(times) == len(set(times)), "a candle was written twice"
         assert all(e.previous is None for e in events)
         assert set(acked) <= set(times)
+        # What the killed-and-resumed projections hold equals a replay from scratch.
+        resumed = Projector(log, ProjectionStore(data / "projections"))
+        scratch = Projector(log, ProjectionStore(tmp_path / "scratch"))
+        await scratch.start()
+        eth = SeriesId.parse(ETH)
+        assert outputs(resumed, eth) == outputs(scratch, eth)
+        resumed.pstore.close()
+        scratch.pstore.close()
 
 
 async def test_sighup_reloads_the_whitelist_and_sigterm_exits_0_within_5s(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import orjson
 
 from protocol.candle import Candle
 
+_NO_HEAD: Final[dict[str, Any]] = {}
 DEFAULT_MAX_BARS: Final = 1000  # bars kept in memory; factors never look further back than this
 
 
@@ -187,6 +188,8 @@ class FactorEngine:
             factor = cls(self.ctx, settings.get(cls.name, {}))
             self.ctx.factors[cls.name] = factor
             self.order.append(factor)
+        # Factors with no head of their own (pivot) are not asked every tick; they share one empty dict.
+        self._heads = [(f.name, f, type(f).head is not Factor.head) for f in self.order]
 
     @property
     def last_time(self) -> int | None:
@@ -207,4 +210,5 @@ class FactorEngine:
         return out
 
     def heads(self) -> dict[str, dict[str, Any]]:
-        return {f.name: f.head() for f in self.order}
+        """Every factor's head, in factor order (a headless factor's is the shared, empty ``_NO_HEAD``)."""
+        return {name: factor.head() if headed else _NO_HEAD for name, factor, headed in self._heads}

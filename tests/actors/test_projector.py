@@ -13,7 +13,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.projector import SNAPSHOT_EVERY, Projector
+from actors.projection_replay import SNAPSHOT_EVERY
+from actors.projector import Projector
 from daemon import factor_reads
 from daemon.eventlog import EventLog
 from daemon.projection_store import ProjectionStore
@@ -317,3 +318,29 @@ def test_events_rebuilt_from_an_append_result_equal_the_log(tmp_path: Path) -> N
             before = log.last_seq()
             result = log.append(batch)
             assert _result_events(result) == log.events_since(before)
+
+
+async def test_a_store_left_open_by_an_earlier_boot_is_wiped_and_rebuilt(tmp_path: Path) -> None:
+    """Commits are not fsynced: a killed process loses nothing (same boot, the page cache has it), but a
+    store left open across an OS crash may be torn, so it is wiped and rebuilt from the log."""
+    with EventLog(tmp_path / "log") as log:
+        log.append({BTC: walk(200, 4)})
+        p = open_projector(tmp_path, log)
+        await p.start()
+        want = outputs(p, BTC)
+        p.pstore._env.close()  # a killed process: no clean close recorded
+        again = open_projector(tmp_path, log)
+        assert not again.pstore.wiped  # same boot: kept
+        assert again.needs_rebuild() == []
+        assert outputs(again, BTC) == want
+        again.pstore._env.close()
+        state = orjson.loads((tmp_path / "proj" / "state.json").read_bytes())
+        assert state["clean"] is False
+        (tmp_path / "proj" / "state.json").write_bytes(orjson.dumps({**state, "boot_id": "an-earlier-boot"}))
+        after_crash = open_projector(tmp_path, log)
+        assert after_crash.pstore.wiped
+        assert after_crash.needs_rebuild() == ["factor", "overlay"]
+        await after_crash.start()
+        assert outputs(after_crash, BTC) == want
+        after_crash.pstore.close()
+        assert orjson.loads((tmp_path / "proj" / "state.json").read_bytes())["clean"] is True
