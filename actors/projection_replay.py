@@ -49,6 +49,7 @@ class ProjectorStats:
     rebuilds: int = 0
     failures: int = 0
     chunks: int = 0
+    evicted: int = 0
 
 
 class SeriesReplayer:
@@ -87,8 +88,9 @@ class SeriesReplayer:
         self.save_record(w, state)
 
     def load(self, w: ProjectionTxn, sid: str, *, restore: bool = True) -> SeriesState:
-        state = self.mem.get(sid)
+        state = self.mem.pop(sid, None)
         if state is not None:
+            self.mem[sid] = state  # to the end: ``mem`` is in least-recently-used order
             return state
         record = w.series(sid)
         series = SeriesId.parse(sid)
@@ -105,6 +107,18 @@ class SeriesReplayer:
                 self.replay_from(w, state, None)
         self.mem[sid] = state
         return state
+
+    def evict(self, w: ProjectionTxn, keep: int) -> int:
+        """Drop the least recently used series beyond ``keep`` from memory, snapshotted first so that their
+        next candle reloads them without a replay. Returns how many were dropped."""
+        dropped = 0
+        while keep and len(self.mem) > keep:
+            sid = next(iter(self.mem))
+            state = self.mem.pop(sid)
+            if state.last_time is not None and state.since_snapshot:
+                self.snapshot(w, state)
+            dropped += 1
+        return dropped
 
     def fresh(self, sid: str, num: int, tf: int) -> SeriesState:
         return SeriesState(sid, num, tf, FactorEngine(tf, self.classes, self.settings), OverlayBuilder())

@@ -59,8 +59,10 @@ class Projector:
         settings: Mapping[str, Mapping[str, Any]] | None = None,
         classes: Sequence[type[Factor]] = DEFAULT_FACTORS,
         notify: Notify | None = None,
+        max_in_memory: int = 0,
     ) -> None:
         self.log = eventlog
+        self.max_in_memory = max_in_memory  # series states kept in memory (0: all)
         self.pstore = pstore
         self.classes = resolve_order(classes)
         self.settings = {k: dict(v) for k, v in (settings or {}).items()}
@@ -291,6 +293,7 @@ class Projector:
                         except Exception as e:  # a factor bug: that series stops, the others go on
                             self._fail(w, sid, e)
                     w.set_checkpoints(events[-1].seq)
+                    self.stats.evicted += self.replay.evict(w, self.max_in_memory)
             except BaseException as e:
                 for sid in touched:  # the transaction is gone: in-memory state reloads from what is stored
                     self.replay.mem.pop(sid, None)

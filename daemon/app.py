@@ -132,6 +132,7 @@ def build_services(settings: Settings, store: Store, pstore: ProjectionStore) ->
         pstore,
         settings={"pivot": {"major_window": settings.pivot_window_major, "minor_window": settings.pivot_window_minor}},
         notify=hub.publish_system,
+        max_in_memory=settings.projection_max_series_in_memory,
     )
     deriver = Deriver(store, base, derived, bases, publish=hub.publish, project=projector.stage)
     writer = ClosedCandleWriter(

@@ -87,6 +87,9 @@ class Settings:
     enable_kline_health: bool = attrs.field(default=False, metadata=_kind("bool"))
     pivot_window_major: int = attrs.field(default=50, metadata=_kind("pos_int"))
     pivot_window_minor: int = attrs.field(default=5, metadata=_kind("pos_int"))
+    # Series whose factor state stays in memory (~80 KB each); the least recently used beyond it are
+    # snapshotted and dropped, and reload from their snapshot on their next candle. 0: no limit.
+    projection_max_series_in_memory: int = attrs.field(default=4000, metadata=_kind("nonneg_int"))
 
     @property
     def data_path(self) -> Path:

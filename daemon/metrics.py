@@ -1,7 +1,7 @@
 """``GET /metrics``: the daemon's state in Prometheus' text format, through ``prometheus_client``.
 
 One custom collector reads the live counters at scrape time (nothing is double-counted or kept twice):
-ingest, the writer, gaps, the fan-out, per-series lag and the LMDB file.
+ingest, the writer, gaps, the fan-out, projections, per-series lag and the LMDB file.
 """
 
 from __future__ import annotations
@@ -83,6 +83,19 @@ class KlinedCollector(Collector):
                 lag.add_metric([str(series)], max(0, series.timeframe.last_closed_open(now) - head.head_time))
         yield lag
         stats = s.store.log.statistics()
+        proj = s.projector
+        yield gauge(
+            "klined_projection_lag_events",
+            "log events not yet through factors and overlays",
+            max(0, stats["last_seq"] - proj.checkpoint()),
+        )
+        yield counter("klined_projection_candles_applied", "closed candles applied to projections", proj.stats.applied)
+        yield counter("klined_projection_rewinds", "rewinds on corrections and backfills", proj.stats.rewinds)
+        yield counter("klined_projection_rebuilds", "rebuilds from the log", proj.stats.rebuilds)
+        yield gauge("klined_projection_failed_series", "series whose projections stopped on an error", len(proj.failed))
+        yield gauge(
+            "klined_projection_series_in_memory", "series whose factor state is in memory", len(proj.replay.mem)
+        )
         yield gauge("klined_lmdb_bytes", "size of the LMDB data file in use", stats["last_pgno"] * stats["page_size"])
         yield gauge("klined_lmdb_map_bytes", "LMDB map size", stats["map_size"])
         yield counter("klined_lmdb_events", "events in the log (the last seq)", stats["last_seq"])

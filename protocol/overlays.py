@@ -126,7 +126,9 @@ class OverlayBuilder:
     def __init__(self) -> None:
         # latest definition of every live head-driven instruction, by id (what removals and diffs need)
         self._live: dict[str, dict[str, Any]] = {}
-        self._pen_points: list[dict[str, Any]] = []  # the confirmed-pen chain, at most MAX_PEN_POINTS
+        # the confirmed-pen chain, at most MAX_PEN_POINTS (time, price) pairs: tuples, not dicts, since a
+        # thousand series each hold theirs; the definition's point dicts are built when it changes
+        self._pen_points: list[tuple[int, float]] = []
         # copies of the head parts last drawn: an equal head part means no work at all this tick
         self._pen_extending: dict[str, Any] | None = None
         self._pen_candidate: dict[str, Any] | None = None
@@ -185,7 +187,18 @@ class OverlayBuilder:
     def current(self, instruction_id: str) -> dict[str, Any] | None:
         """The definition of a long-lived instruction as of the latest tick; None for one that does not exist
         now or is event-driven (immutable ones are not kept). A rewind uses it to reconcile stored versions."""
+        if instruction_id == "pen.confirmed":
+            return self._pen_chain() if self._pen_points else None
         return self._live.get(instruction_id)
+
+    def _pen_chain(self) -> dict[str, Any]:
+        return {
+            "type": POLYLINE,
+            "feature": "pen.confirmed",
+            "points": [{"time": t, "value": v} for t, v in self._pen_points],
+            "color": _PEN,
+            "lineWidth": 2,
+        }
 
     def _put(
         self, iid: str, visible_time: int, definition: dict[str, Any] | None, out: list[InstructionChange]
@@ -210,9 +223,9 @@ class OverlayBuilder:
                 out.append(InstructionChange(iid, MARKER, vt, _pivot_marker(kind, p)))
             elif kind == "pen.confirmed":
                 points = self._pen_points
-                if not points or points[-1]["time"] != p["start_time"]:
-                    points.append({"time": p["start_time"], "value": p["start_price"]})
-                points.append({"time": p["end_time"], "value": p["end_price"]})
+                if not points or points[-1][0] != p["start_time"]:
+                    points.append((p["start_time"], p["start_price"]))
+                points.append((p["end_time"], p["end_price"]))
                 pen_visible = vt
             elif kind == "zhongshu.dead":
                 base = f"zhongshu.dead:{p['start_time']}:{p['end_time']}:{p['zg']:.6f}:{p['zd']:.6f}"
@@ -227,16 +240,7 @@ class OverlayBuilder:
             points = self._pen_points
             if len(points) > MAX_PEN_POINTS:
                 del points[: len(points) - MAX_PEN_POINTS]
-            # a new list each time (stored definitions must not change later); the point dicts are never mutated
-            definition = {
-                "type": POLYLINE,
-                "feature": "pen.confirmed",
-                "points": list(points),
-                "color": _PEN,
-                "lineWidth": 2,
-            }
-            self._live["pen.confirmed"] = definition
-            out.append(InstructionChange("pen.confirmed", POLYLINE, pen_visible, definition))
+            out.append(InstructionChange("pen.confirmed", POLYLINE, pen_visible, self._pen_chain()))
         return sr_moved
 
     @staticmethod

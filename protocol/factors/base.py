@@ -22,6 +22,7 @@ from protocol.candle import Candle
 
 _NO_HEAD: Final[dict[str, Any]] = {}
 DEFAULT_MAX_BARS: Final = 1000  # bars kept in memory; factors never look further back than this
+TRIM_CHUNK: Final = 256  # bars beyond max_bars before the oldest are dropped (in one slice, not per bar)
 
 
 @attrs.frozen(slots=True)
@@ -36,22 +37,22 @@ class FactorEvent:
 
 
 class Bars:
-    """Closed candles of one series in columns, the latest ``max_bars`` of them.
+    """Closed candles of one series in columns (time, high, low, close: no factor reads the open), the
+    latest ``max_bars`` of them and fewer than ``min(TRIM_CHUNK, max_bars)`` more.
 
     ``index`` numbers are absolute (0 = the first candle the engine applied), so they stay valid when old
     bars are trimmed; ``at(i)`` converts. Trimming happens in chunks so appends stay O(1) amortised.
     Columns are typed arrays (8 bytes a value, not a 32-byte float object): a thousand live series each
-    hold up to ``2 * max_bars`` bars, and the state pickles as raw bytes.
+    hold their bars, and the state pickles as raw bytes.
     """
 
-    __slots__ = ("closes", "count", "highs", "lows", "max_bars", "offset", "opens", "times")
+    __slots__ = ("closes", "count", "highs", "lows", "max_bars", "offset", "times")
 
     def __init__(self, max_bars: int = DEFAULT_MAX_BARS) -> None:
         self.max_bars = max_bars
         self.offset = 0  # absolute index of times[0]
         self.count = 0  # bars ever appended = absolute index of the next bar
         self.times = array("q")
-        self.opens = array("d")
         self.highs = array("d")
         self.lows = array("d")
         self.closes = array("d")
@@ -59,15 +60,18 @@ class Bars:
     def append(self, c: Candle) -> int:
         """Add the next closed candle; returns its absolute index."""
         self.times.append(c[0])
-        self.opens.append(c[1])
         self.highs.append(c[2])
         self.lows.append(c[3])
         self.closes.append(c[4])
         self.count += 1
-        if len(self.times) >= self.max_bars * 2:
+        if len(self.times) >= self.max_bars + min(TRIM_CHUNK, self.max_bars):
+            # New, exactly sized arrays: ``del a[:n]`` would keep the old capacity, and a thousand series
+            # each holding twice what they use was most of the projector's memory.
             cut = len(self.times) - self.max_bars
-            for column in (self.times, self.opens, self.highs, self.lows, self.closes):
-                del column[:cut]
+            self.times = self.times[cut:]
+            self.highs = self.highs[cut:]
+            self.lows = self.lows[cut:]
+            self.closes = self.closes[cut:]
             self.offset += cut
         return self.count - 1
 
@@ -86,10 +90,10 @@ class Bars:
         return self.times[-1] if self.times else None
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.max_bars, self.offset, self.count, self.times, self.opens, self.highs, self.lows, self.closes)
+        return (self.max_bars, self.offset, self.count, self.times, self.highs, self.lows, self.closes)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.max_bars, self.offset, self.count, self.times, self.opens, self.highs, self.lows, self.closes) = state
+        (self.max_bars, self.offset, self.count, self.times, self.highs, self.lows, self.closes) = state
 
 
 @attrs.define(slots=True)

@@ -135,12 +135,19 @@ def scratch(tmp_path: Path, final: dict[SeriesId, list[Candle]]) -> dict[SeriesI
     batches=st.integers(1, 12),
     corrections=st.integers(0, 6),
     restarts=st.integers(0, 3),
+    keep=st.sampled_from([0, 1]),
 )
 def test_projections_equal_a_from_scratch_replay(
-    tmp_path_factory: pytest.TempPathFactory, seed: int, n: int, batches: int, corrections: int, restarts: int
+    tmp_path_factory: pytest.TempPathFactory,
+    seed: int,
+    n: int,
+    batches: int,
+    corrections: int,
+    restarts: int,
+    keep: int,
 ) -> None:
-    """Any order of appends (backfills behind the head included), corrections and restarts: the stored
-    factor events, heads and live overlays equal those of a replay of the final candles from scratch."""
+    """Any order of appends (backfills behind the head included), corrections, restarts and evictions from
+    memory: the stored factor events, heads and live overlays equal those of a replay from scratch."""
     tmp = tmp_path_factory.mktemp("prop")
     rng = random.Random(seed)
     final = {BTC: walk(n, seed), ETH: walk(n // 2 + 5, seed + 1)}
@@ -159,7 +166,7 @@ def test_projections_equal_a_from_scratch_replay(
         plan.append((series, [real]))  # the exchange's word comes last
     restart_at = set(rng.sample(range(len(plan)), min(restarts, len(plan))))
     with EventLog(tmp / "log") as log:
-        p = open_projector(tmp, log)
+        p = open_projector(tmp, log, max_in_memory=keep)
         for i, (series, candles) in enumerate(plan):
             log.append({series: candles})
             if rng.random() < 0.6:
@@ -167,7 +174,7 @@ def test_projections_equal_a_from_scratch_replay(
             if i in restart_at:  # a restart: state only from what is stored
                 drain(p)
                 p.pstore.close()
-                p = open_projector(tmp, log)
+                p = open_projector(tmp, log, max_in_memory=keep)
         drain(p)
         got = {s: outputs(p, s) for s in final}
         p.pstore.close()

@@ -133,6 +133,9 @@ async def test_metrics_are_prometheus_text(tmp_path: Path) -> None:
         assert samples[("klined_lmdb_events_total", ())] == 1
         assert samples[("klined_series_lag_seconds", (("series_id", S1),))] > 0  # 120 is long ago
         assert samples[("klined_lmdb_bytes", ())] > 0
+        assert samples[("klined_projection_candles_applied_total", ())] == 1
+        assert samples[("klined_projection_lag_events", ())] == 0  # factors and overlays ran before the publish
+        assert samples[("klined_projection_failed_series", ())] == 0
 
 
 async def test_top_markets_and_its_stream_through_the_daemon(tmp_path: Path) -> None:
