@@ -65,9 +65,8 @@ async def test_catalog_slices_and_delta_of_the_worked_example(tmp_path: Path) ->
         assert delta["to_candle_time"] == 780
         assert {"pen.confirmed", "anchor.current"} <= set(delta["active_ids"])
         assert [p["instruction_id"] for p in delta["instruction_catalog_patch"]] == sorted(
-            delta["active_ids"], key=lambda i: next(
-                p["version_id"] for p in delta["instruction_catalog_patch"] if p["instruction_id"] == i
-            )
+            delta["active_ids"],
+            key=lambda i: next(p["version_id"] for p in delta["instruction_catalog_patch"] if p["instruction_id"] == i),
         )
         cursor = delta["next_cursor"]["version_id"]
         _, again = await get(d, "/api/draw/delta", series_id=S1, cursor_version_id=cursor)
