@@ -37,24 +37,37 @@ class OffsetSample:
 
 
 class ExchangeClock:
-    """Exchange time in ms: ``wall() + offset``. The offset is re-measured periodically."""
+    """Exchange time in ms: ``wall() + offset``. The offset is re-measured periodically.
 
-    def __init__(self, wall: WallClock = system_wall_ms, offset_ms: int = 0) -> None:
+    ``speed`` (tests and demos only: a fake exchange whose clock runs N times as fast) makes exchange time
+    run ``speed`` times as fast as the wall clock from the last measurement, and every wait for an exchange
+    time shorter by as much: a scripted day of market passes in minutes with every period closing in turn.
+    """
+
+    def __init__(self, wall: WallClock = system_wall_ms, offset_ms: int = 0, *, speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError(f"clock speed must be > 0, got {speed}")
         self._wall = wall
+        self.speed = speed
         self.offset_ms = offset_ms
+        self._anchor_wall = wall()  # at this wall time, exchange time was anchor_wall + offset_ms
         self.last_sample: OffsetSample | None = None
         self._stepped = trio.Event()  # set whenever the offset changes, so sleepers re-aim
 
     def now_ms(self) -> int:
-        return self._wall() + self.offset_ms
+        wall = self._wall()
+        if self.speed == 1.0:
+            return wall + self.offset_ms
+        return self._anchor_wall + self.offset_ms + int((wall - self._anchor_wall) * self.speed)
 
     def now_s(self) -> int:
         return self.now_ms() // 1000
 
     def record(self, server_ms: int, sent_ms: int, received_ms: int) -> OffsetSample:
         """Adopt the offset of one exchange time stamp taken between ``sent_ms`` and ``received_ms`` (wall)."""
-        sample = OffsetSample(server_ms - (sent_ms + received_ms) // 2, received_ms - sent_ms)
-        self.offset_ms, self.last_sample = sample.offset_ms, sample
+        middle = (sent_ms + received_ms) // 2
+        sample = OffsetSample(server_ms - middle, received_ms - sent_ms)
+        self.offset_ms, self.last_sample, self._anchor_wall = sample.offset_ms, sample, middle
         self._stepped.set()
         self._stepped = trio.Event()
         return sample
@@ -94,7 +107,7 @@ class ExchangeClock:
         remaining = exchange_ms - self.now_ms()
         if remaining <= 0:
             return True
-        with trio.move_on_after(remaining / 1000):
+        with trio.move_on_after(remaining / 1000 / self.speed):
             await self._stepped.wait()
             return False
         return True

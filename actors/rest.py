@@ -66,10 +66,17 @@ class BinanceRest:
         return out
 
     async def closed_klines(self, series: SeriesId, first: int, last: int) -> list[Candle]:
-        """Closed candles with ``first <= candle_time <= last`` (open times, UTC seconds)."""
+        """Closed candles with ``first <= candle_time <= last`` (open times, UTC seconds).
+
+        Only rows the exchange has already followed with a later row are taken: the last row of an answer
+        may be its forming candle (it answers with the current period as it stands), and our clock's idea
+        of "closed" may be ahead of the exchange's. So the request reaches one period past ``last``, and a
+        page's last row is asked again with the next page.
+        """
         tf = series.timeframe
         out: list[Candle] = []
         cursor = first
+        end_ms = tf.next_open(tf.next_open(last)) * 1000 - 1
         while cursor <= last:
             rows = await self._get(
                 "/klines",
@@ -77,19 +84,25 @@ class BinanceRest:
                     "symbol": series.symbol_id,
                     "interval": tf.name,
                     "startTime": cursor * 1000,
-                    "endTime": last * 1000,
+                    "endTime": end_ms,
                     "limit": PAGE,
                 },
             )
             if not isinstance(rows, list) or not rows:
                 break
-            page = [
-                c for c in (_candle(row, series) for row in rows) if c is not None and first <= c.candle_time <= last
-            ]
+            page = [c for c in (_candle(row, series) for row in rows) if c is not None]
             if not page or page[-1].candle_time < cursor:
                 break  # an exchange that does not advance: stop rather than loop forever
-            out.extend(c for c in page if c.candle_time >= cursor)
-            cursor = tf.next_open(page[-1].candle_time)
+            # A full page ending well before ``last`` is history, final whatever the clocks say.
+            settled = len(rows) >= PAGE and tf.next_open(page[-1].candle_time) < last
+            confirmed = page if settled else page[:-1]
+            out.extend(c for c in confirmed if cursor <= c.candle_time <= last)
+            if not confirmed or confirmed[-1].candle_time >= last:
+                break
+            following = tf.next_open(confirmed[-1].candle_time)
+            if following <= cursor:
+                break
+            cursor = following  # an unconfirmed last row comes again, with what follows it
         return out
 
     async def _get(self, path: str, params: dict[str, str | int]) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -57,7 +58,9 @@ class Running:
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
     started = time.perf_counter()
-    eventlog = await trio.to_thread.run_sync(EventLog, settings.eventlog_path)
+    eventlog = await trio.to_thread.run_sync(
+        functools.partial(EventLog, settings.eventlog_path, map_size=settings.lmdb_map_size_mb << 20)
+    )
     try:
         store = Store(eventlog)
         heads = await store.heads()
@@ -116,7 +119,7 @@ class Services:
 
 
 def build_services(settings: Settings, store: Store, pstore: ProjectionStore) -> Services:
-    clock = ExchangeClock()
+    clock = ExchangeClock(speed=settings.dev_clock_speed)
     hub = Hub(
         store,
         now_s=clock.now_s,

@@ -89,6 +89,10 @@ class Settings:
     pivot_window_minor: int = attrs.field(default=5, metadata=_kind("pos_int"))
     # Series whose factor state stays in memory (~80 KB each); the least recently used beyond it are
     # snapshotted and dropped, and reload from their snapshot on their next candle. 0: no limit.
+    # The LMDB event log's initial map; it doubles whenever full (a tiny one proves growth under load).
+    lmdb_map_size_mb: int = attrs.field(default=1024, metadata=_kind("pos_int"))
+    # Tests and demos only: follow a fake exchange whose clock runs this many times as fast.
+    dev_clock_speed: float = attrs.field(default=1.0, metadata=_kind("pos_float"))
     projection_max_series_in_memory: int = attrs.field(default=4000, metadata=_kind("nonneg_int"))
 
     @property

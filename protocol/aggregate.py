@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from protocol.candle import Candle
+from protocol.candle import Candle, summed_volume
 from protocol.errors import TimeframeError
 from protocol.timeframes import Timeframe, can_derive
 
@@ -39,7 +39,7 @@ def aggregate_bucket(base: Timeframe, target: Timeframe, bucket_open: int, candl
         max(c[2] for c in candles),
         min(c[3] for c in candles),
         candles[-1][4],
-        sum(c[5] for c in candles),
+        summed_volume(sum(c[5] for c in candles)),
         all(c[6] for c in candles),
     )
 
@@ -85,7 +85,8 @@ class Aggregator:
             self._synthetic = self._synthetic and candle[6]
         self._next_expected = t + self.base.seconds
         if self._next_expected == self.target.next_open(bucket) and not self._spoiled:
-            return [Candle(bucket, self._open, self._high, self._low, self._close, self._volume, self._synthetic)]
+            volume = summed_volume(self._volume)
+            return [Candle(bucket, self._open, self._high, self._low, self._close, volume, self._synthetic)]
         return []
 
     def _start(self, bucket: int, candle: Candle) -> None:

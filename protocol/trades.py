@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import attrs
 
 from protocol.binance import AggTrade
-from protocol.candle import Candle, synthetic_after
+from protocol.candle import Candle, summed_volume, synthetic_after
 from protocol.timeframes import Timeframe
 
 
@@ -40,7 +40,7 @@ class _Open:
     def candle(self) -> Candle:
         if not self.traded:
             return Candle(self.open_time, self.open, self.open, self.open, self.open, 0.0, True)
-        return Candle(self.open_time, self.open, self.high, self.low, self.close, self.volume)
+        return Candle(self.open_time, self.open, self.high, self.low, self.close, summed_volume(self.volume))
 
 
 @attrs.define

@@ -147,3 +147,24 @@ async def test_wait_measured_returns_on_the_first_measurement_or_the_timeout(
 
         nursery.start_soon(measure_later)
     assert await clock.wait_measured(0.0)  # measured: at once
+
+
+async def test_a_fast_clock_runs_and_ticks_speed_times_as_fast(autojump_clock: trio.testing.MockClock) -> None:
+    """A fake exchange at 60x (a minute a second): exchange time and every minute tick follow it."""
+    clock = ExchangeClock(wall=trio_wall_ms(START_MS), speed=60)
+    begin = clock.now_ms()
+    ticks: list[Tick] = []
+
+    async def on_tick(tick: Tick) -> None:
+        ticks.append(tick)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_ticker, clock, on_tick)
+        await trio.sleep(10.0)  # ten wall seconds: ten exchange minutes
+        nursery.cancel_scope.cancel()
+    assert 599_000 <= clock.now_ms() - begin <= 601_000
+    assert [t.boundary_ms for t in ticks] == [(START_MS // 60_000 + k) * 60_000 for k in range(1, 11)]
+    # A measurement re-anchors it: exchange time at the sample's midpoint, then 60x from there.
+    wall = trio_wall_ms(START_MS)()
+    clock.record(server_ms=2_000_000_000_000, sent_ms=wall - 10, received_ms=wall + 10)
+    assert abs(clock.now_ms() - 2_000_000_000_000) <= 60

@@ -8,9 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -18,62 +15,14 @@ import trio
 
 from actors.projector import Projector
 from daemon.eventlog import EventLog
-from daemon.fakex.server import FakeExchange, FakeExchangeUrls
+from daemon.fakex.server import FakeExchange
 from daemon.projection_store import ProjectionStore
 from protocol.series import SeriesId
 from tests.actors.test_projector import outputs
+from tests.klined_process import BIN, klined
 
-BIN = Path(sys.executable).parent
 ETH = "binance:spot:ETH/USDT:1m"
 BTC = "binance:spot:BTC/USDT:1m"
-
-
-@asynccontextmanager
-async def klined(data: Path, urls: FakeExchangeUrls, **extra: str) -> AsyncIterator[tuple[trio.Process, str]]:
-    env = {
-        **extra,
-        **os.environ,
-        "KLINED_DATA_DIR": str(data),
-        "KLINED_HTTP_PORT": "0",
-        "KLINED_WHITELIST": BTC,
-        "KLINED_ENABLE_WHITELIST_INGEST": "1",
-        "KLINED_BINANCE_SPOT_WS_URL": urls.spot_ws,
-        "KLINED_BINANCE_SPOT_REST_URL": urls.rest_url,
-        "KLINED_BINANCE_FUTURES_WS_URL": urls.futures_ws,
-        "KLINED_BINANCE_FUTURES_REST_URL": urls.rest_url,
-        **extra,
-    }
-    proc = await trio.lowlevel.open_process([str(BIN / "klined"), "run"], env=env, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    buffer = b""
-    url = None
-    with trio.fail_after(20):
-        while url is None:
-            chunk = await proc.stdout.receive_some(65536)
-            assert chunk, "klined exited before it was ready"
-            buffer += chunk
-            for line in buffer.split(b"\n"):
-                if b'"daemon_ready"' in line:
-                    url = json.loads(line)["http_url"]
-    async with trio.open_nursery() as nursery:
-
-        async def drain() -> None:  # a full pipe must never stall the daemon
-            assert proc.stdout is not None
-            while await proc.stdout.receive_some(65536):
-                pass
-
-        nursery.start_soon(drain)
-        try:
-            yield proc, url
-        finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                with trio.move_on_after(10):
-                    await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-            await proc.wait()
-            nursery.cancel_scope.cancel()
 
 
 def candle(t: int) -> dict[str, object]:

@@ -18,10 +18,20 @@ from daemon.fakex.rest import RestFaults, RestStats, build_rest_app
 from daemon.fakex.ws import FakeStreams, serve_streams
 
 
-def exchange_clock(offset_ms: int = 0, speed: float = 1.0) -> Callable[[], int]:
-    """Exchange time in ms: wall time shifted by ``offset_ms``, running ``speed`` times as fast."""
-    origin = time.time_ns() // 1_000_000
-    return lambda: origin + offset_ms + int((time.time_ns() // 1_000_000 - origin) * speed)
+@attrs.frozen
+class ExchangeTime:
+    """Exchange time in ms (call it): wall time shifted by ``offset_ms``, running ``speed`` times as fast."""
+
+    origin_ms: int
+    offset_ms: int = 0
+    speed: float = 1.0
+
+    def __call__(self) -> int:
+        return self.origin_ms + self.offset_ms + int((time.time_ns() // 1_000_000 - self.origin_ms) * self.speed)
+
+
+def exchange_clock(offset_ms: int = 0, speed: float = 1.0) -> ExchangeTime:
+    return ExchangeTime(time.time_ns() // 1_000_000, offset_ms, speed)
 
 
 @attrs.frozen

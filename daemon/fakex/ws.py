@@ -240,7 +240,9 @@ class _Connection:
         faults = self.server.faults
         while True:
             now_ms = self.server.now_ms()
-            await trio.sleep((UPDATE_INTERVAL_S * 1000 - now_ms % (UPDATE_INTERVAL_S * 1000)) / 1000)
+            # Updates every UPDATE_INTERVAL_S of exchange time: a fast clock (tests, demos) sends them faster.
+            speed = getattr(self.server.now_ms, "speed", 1.0)
+            await trio.sleep((UPDATE_INTERVAL_S * 1000 - now_ms % (UPDATE_INTERVAL_S * 1000)) / 1000 / speed)
             if faults.drop_generation != self.drop_generation:
                 await self.conn.aclose(code=1011, reason="dropped")
                 return

@@ -77,7 +77,11 @@ class CcxtSource:
         while cursor <= last:
             rows = await self._fetch(series.market, symbol, tf.name, cursor)
             page: list[Candle] = []
-            for row in rows:
+            # A row is final only once the exchange has a later one: the last row of an answer may be the
+            # period still forming there (our clock's "closed" can run ahead of the exchange's). It comes
+            # again at the head of the next page. A full page ending well before ``last`` is history.
+            settled = len(rows) >= PAGE and bool(rows) and tf.next_open(int(rows[-1][0]) // 1000) < last
+            for row in rows if settled else rows[:-1]:
                 t = int(row[0]) // 1000
                 if t < cursor or t > last:
                     continue

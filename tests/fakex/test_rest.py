@@ -99,3 +99,29 @@ async def test_unknown_symbol_is_an_error_not_a_retry() -> None:
         with pytest.raises(RestError, match="HTTP 400"):
             await rest.closed_klines(SeriesId.parse("binance:spot:NOPE/USDT:1m"), 0, 600)
         await rest.aclose()
+
+
+async def test_a_period_still_forming_at_the_exchange_is_never_taken_as_closed() -> None:
+    """Our clock says a period is closed, the exchange's (90 s behind) does not: REST answers with it as it
+    stands, and neither the REST client nor ccxt's pages may store that as closed (found by the chaos run)."""
+    from daemon.fakex.server import exchange_clock
+    from daemon.history.exchange import CcxtSource
+
+    fake = FakeExchange(now_ms=exchange_clock(offset_ms=-90_000))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(fake.serve)
+            rest = BinanceRest(urls.rest_url, futures=False)
+            ours = TIMEFRAMES["1m"].last_closed_open(fake.now_ms() // 1000 + 90)
+            forming_there = TIMEFRAMES["1m"].floor(fake.now_ms() // 1000)
+            assert ours >= forming_there
+            candles = await rest.closed_klines(BTC, ours - 600, ours)
+            assert candles
+            assert candles[-1].candle_time < forming_there  # what the exchange has not closed is left out
+            sym = fake.market.spot["BTCUSDT"]
+            assert candles == [sym.candle_1m(c.candle_time) for c in candles]
+            source = CcxtSource(urls.rest_url, urls.rest_url)
+            pages = [c async for page in source.pages(BTC, ours - 600, ours) for c in page]
+            assert pages == candles
+            await rest.aclose()
+            nursery.cancel_scope.cancel()

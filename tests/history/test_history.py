@@ -152,8 +152,9 @@ async def test_exchange_pages_5000_candles_1000_a_call(tmp_path: Path) -> None:
         first = last - 60 * 4999
         filled = await env.history.from_exchange(BTC, [(first, last)])
         assert filled == 5000
-        assert env.source.calls == 5
-        assert env.fake.rest_stats.klines_requests == 5
+        # Five pages of 1000, and one that shows the exchange has moved past the last: only then is it final.
+        assert env.source.calls == 6
+        assert env.fake.rest_stats.klines_requests == 6
         assert env.store.log.range(BTC, limit=None)[::997] == [
             sym.candle_1m(first + 60 * i) for i in range(0, 5000, 997)
         ]

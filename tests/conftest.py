@@ -1,0 +1,14 @@
+"""Options of the whole suite: ``--chaos-long`` runs the chaos run for many simulated hours."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="run the chaos test for many simulated hours (minutes of wall time) instead of the short run",
+    )
