@@ -7,6 +7,8 @@ import gc
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +44,10 @@ from protocol.timeframes import parse_timeframe
 log = structlog.get_logger(__name__)
 
 GC_THRESHOLDS: Final = (10_000, 10, 1000)
+# A stop ends within this, whatever a peer does: hypercorn shields its socket sends, so a subscriber that
+# stopped reading with its TCP window full would hold a graceful close forever (found by the chaos run).
+# By then the writer has drained (every acknowledged candle is durable), so the exit is clean.
+SHUTDOWN_DEADLINE_S: Final = 4.5
 
 
 @attrs.frozen
@@ -273,16 +279,32 @@ def status_line(services: Services) -> str:
 async def run_until_signal(settings: Settings, config_path: str | None = None) -> None:
     """The ``klined run`` main: serve until SIGTERM or SIGINT, then shut down in order. SIGHUP re-reads the
     config's whitelist (logs go to stdout, journald's: there is no file to reopen)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as nursery:
-            running: Running = await nursery.start(serve_daemon, settings)
-            async for signum in signals:
-                log.info("signal_received", signal=signal.Signals(signum).name)
-                if signum == signal.SIGHUP:
-                    reload_whitelist(running, config_path)
-                    continue
-                running.stop.set()
-                break
+    deadline: threading.Timer | None = None
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                running: Running = await nursery.start(serve_daemon, settings)
+                async for signum in signals:
+                    log.info("signal_received", signal=signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:
+                        reload_whitelist(running, config_path)
+                        continue
+                    deadline = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_at_deadline)
+                    deadline.daemon = True
+                    deadline.start()
+                    running.stop.set()
+                    break
+    finally:
+        if deadline is not None:
+            deadline.cancel()
+
+
+def _exit_at_deadline() -> None:
+    """The shutdown deadline passed (a peer holds a socket): leave now; the log is already durable."""
+    log.warning("shutdown_forced", deadline_s=SHUTDOWN_DEADLINE_S)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 def reload_whitelist(running: Running, config_path: str | None) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import httpx
 import trio
+from trio_websocket import wrap_client_stream
 
 from actors.projector import Projector
 from daemon.eventlog import EventLog
@@ -163,3 +165,35 @@ async def test_a_trade_built_candle_that_was_published_survives_sigkill(tmp_path
         nursery.cancel_scope.cancel()
     stored = {c["candle_time"]: c for c in body["candles"]}
     assert stored[boundary - 60] == frame["candle"]
+
+
+async def test_sigterm_exits_in_time_even_with_a_subscriber_that_stopped_reading(tmp_path: Path) -> None:
+    """A subscriber with its TCP window full holds hypercorn's shielded send: the stop still ends within
+    5 s, with every acknowledged candle durable (found by the chaos run, where klined hung on SIGTERM)."""
+    fake = FakeExchange()
+    data = tmp_path / "data"
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(fake.serve)
+        async with klined(data, urls, KLINED_ENABLE_DEBUG_API="1") as (proc, url):
+            host, port = url.removeprefix("http://").split(":")
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a tiny window
+            await sock.connect((host, int(port)))
+            async with trio.open_nursery() as ws_nursery:
+                ws = await wrap_client_stream(ws_nursery, trio.SocketStream(sock), host, "/ws/market")
+                await ws.send_message(json.dumps({"type": "subscribe", "series_id": ETH, "since": None}))
+                async with httpx.AsyncClient(base_url=url) as http:
+                    for k in range(6):  # publish far more than the socket buffers hold; never read any of it
+                        candles = [candle(60 * (k * 2000 + i + 1)) for i in range(2000)]
+                        body = {"series_id": ETH, "candles": candles, "publish_ws": True}
+                        r = await http.post("/api/dev/market/ingest/candles_closed_batch", json=body)
+                        assert r.status_code == 200
+                started = trio.current_time()
+                proc.send_signal(signal.SIGTERM)
+                with trio.fail_after(8):
+                    assert await proc.wait() == 0
+                assert trio.current_time() - started < 6
+                ws_nursery.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    with EventLog(data / "eventlog") as log:
+        assert len(log.range(ETH)) == 12_000

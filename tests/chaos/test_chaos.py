@@ -61,6 +61,8 @@ class Run:
     sessions: list[dict[str, list[dict[str, Any]]]] = attrs.field(factory=list)  # per klined life: frames
     slow_closed: int = 0
     restarts: int = 0
+    reached_head: int = 0  # series whose subscriber got every candle up to the head at the end
+    sigterm_exits: list[tuple[int, float]] = attrs.field(factory=list)  # (exit code, seconds) per SIGTERM
 
 
 def wire(c: Candle) -> Candle:
@@ -72,7 +74,20 @@ def ack_candle(t: int) -> dict[str, Any]:
     return {"candle_time": t, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": float(t % 11)}
 
 
-async def subscriber(url: str, since: dict[str, int | None], frames: dict[str, list[dict[str, Any]]]) -> None:
+@attrs.define
+class Progress:
+    """Set whenever a subscriber's cursor moves (the end of the run waits on it)."""
+
+    moved: trio.Event = attrs.field(factory=trio.Event)
+
+    def bump(self) -> None:
+        self.moved.set()
+        self.moved = trio.Event()
+
+
+async def subscriber(
+    url: str, since: dict[str, int | None], frames: dict[str, list[dict[str, Any]]], progress: Progress | None = None
+) -> None:
     """A chart: subscribes to every series from its last candle, records every frame until the socket goes."""
     try:
         async with open_websocket_url(url.replace("http://", "ws://") + "/ws/market", max_message_size=64 << 20) as ws:
@@ -89,6 +104,8 @@ async def subscriber(url: str, since: dict[str, int | None], frames: dict[str, l
                         since[sid] = frame["candle"]["candle_time"]
                     elif frame["type"] == "candles_batch":
                         since[sid] = frame["candles"][-1]["candle_time"]
+                    if progress is not None:
+                        progress.bump()
     except (ConnectionClosed, HandshakeError, OSError):
         return
 
@@ -206,7 +223,11 @@ async def test_the_log_is_the_exchange_through_faults(tmp_path: Path, request: p
                     run.faults[kill] += 1
                     run.restarts += 1
                     proc.send_signal(signal.SIGKILL if kill == "sigkill" else signal.SIGTERM)
-                    await proc.wait()
+                    stopping = trio.current_time()
+                    with trio.fail_after(15):
+                        code = await proc.wait()
+                    if kill == "sigterm":
+                        run.sigterm_exits.append((code, trio.current_time() - stopping))
                 clients.cancel_scope.cancel()
         # The end: faults off, one last life to catch up, then a clean stop.
         fake.rest_faults.repeat_pages = False
@@ -216,8 +237,13 @@ async def test_the_log_is_the_exchange_through_faults(tmp_path: Path, request: p
         frames = {sid: [] for sid in since}
         run.sessions.append(frames)
         async with klined(data, urls, **env) as (proc, url), trio.open_nursery() as clients:
-            clients.start_soon(subscriber, url, since, frames)
-            end_s = await caught_up(url, fake)
+            progress = Progress()
+            clients.start_soon(subscriber, url, since, frames, progress)
+            end_s, heads = await caught_up(url, fake)
+            with trio.move_on_after(30):  # the subscriber's frames of the last candles may still be in flight
+                while any(since[sid] != head for sid, head in heads.items()):
+                    await progress.moved.wait()
+            run.reached_head = sum(since[sid] == head for sid, head in heads.items())
             clients.cancel_scope.cancel()
         outer.cancel_scope.cancel()
     report = await check(data, tmp_path, market, run, end_s)
@@ -225,20 +251,22 @@ async def test_the_log_is_the_exchange_through_faults(tmp_path: Path, request: p
     assert report["violations"] == 0, report
 
 
-async def caught_up(url: str, fake: FakeExchange) -> int:
-    """Wait (bounded) until every whitelisted series holds the last closed period; returns that period."""
+async def caught_up(url: str, fake: FakeExchange) -> tuple[int, dict[str, int]]:
+    """Wait (bounded) until every whitelisted series holds the last closed period; returns that period and
+    the heads."""
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         with trio.fail_after(60):
             while True:
                 last_closed = fake.now_ms() // 1000 // 60 * 60 - 60
-                heads = []
+                heads: dict[str, int] = {}
                 for sid in [*WHITELIST, *DERIVED]:
                     r = await http.get("/api/market/candles", params={"series_id": sid, "limit": 1})
                     candles = r.json()["candles"]
                     tf = SeriesId.parse(sid).timeframe
-                    heads.append(bool(candles) and candles[-1]["candle_time"] >= tf.last_closed_open(last_closed + 60))
-                if all(heads):
-                    return last_closed
+                    if candles and candles[-1]["candle_time"] >= tf.last_closed_open(last_closed + 60):
+                        heads[sid] = candles[-1]["candle_time"]
+                if len(heads) == len(WHITELIST) + len(DERIVED):
+                    return last_closed, heads
                 await trio.sleep(0.1)  # a real process on a fast clock: there is no event to wait on
 
 
@@ -318,6 +346,10 @@ async def check(data: Path, tmp: Path, market: Market, run: Run, end_s: int) -> 
         row("subscriber candles strictly ascending, each once", sent, bad_order)
         row("subscriber candles equal the exchange's", sent, bad_value)
         row("gap frame exactly at each hole a subscriber saw", sent, bad_gap)
+        slow = sum(1 for code, took in run.sigterm_exits if code != 0 or took > 5.0)
+        row("SIGTERM: exit 0 within 5 s", len(run.sigterm_exits), slow)
+        series_count = len(WHITELIST) + len(DERIVED)
+        row("subscriber reached the head at the end (series)", series_count, series_count - run.reached_head)
         resumed = Projector(log, ProjectionStore(data / "projections"))
         scratch = Projector(log, ProjectionStore(tmp / "scratch"))
         await scratch.start()
