@@ -30,9 +30,13 @@ from protocol.trades import TradeCandles
 log = structlog.get_logger(__name__)
 
 FetchClosed = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
+ReadRecent = Callable[[SeriesId, int], Awaitable[list[Candle]]]
 BroadcastForming = Callable[[SeriesId, Candle], None]
 TRADE_GRACE_S: Final = 2.0  # Binance delivers a trade within a second or so of its time
 CLOCK_WAIT_S: Final = 3.0  # how long a starting book waits for the exchange clock's first measurement
+AUDIT_EVERY_MS: Final = 120_000  # exchange time between checks of the flat candles against the exchange
+SILENCE_S: Final = 10  # exchange seconds without a trade: the periods around it are checked with the exchange
+AUDIT_WINDOW: Final = 1000  # stored periods per timeframe looked through at start for flat candles to check
 
 
 @attrs.define
@@ -45,6 +49,8 @@ class TradeState:
     seeded: bool = False
     stream_connects: int = 0
     rechecked_after_reconnect: int = 0
+    synthetic_checked: int = 0  # flat candles the exchange confirmed had no trade
+    synthetic_corrected: int = 0  # flat candles the exchange had trades for: replaced
 
 
 class TradeSeriesActor:
@@ -58,6 +64,7 @@ class TradeSeriesActor:
         fetch_closed: FetchClosed,
         clock: ExchangeClock,
         grace_s: float = TRADE_GRACE_S,
+        read_recent: ReadRecent | None = None,
     ) -> None:
         self.series = {s.timeframe: s for s in series}
         self.symbol_id = series[0].symbol_id
@@ -71,6 +78,12 @@ class TradeSeriesActor:
         self._started_s = 0
         self._last_trade_s: int | None = None
         self._written_through: dict[Timeframe, int] = {}  # per timeframe, the last period a tick wrote
+        # Flat candles written without a trade seen: a quiet market, or trades that never reached us (a stream
+        # silent but connected, a drop). The exchange's klines settle which, in the audit.
+        # (None: a late trade landed in it after it was written; the exchange's kline is taken as it is.)
+        self._unverified: dict[Timeframe, dict[int, Candle | None]] = {tf: {} for tf in self.series}
+        self._read_recent = read_recent
+        self._silences: list[tuple[int, int]] = []  # stretches longer than SILENCE_S between two trades
         self._nursery: trio.Nursery | None = None
         self.ready = trio.Event()  # set once the book (or, with no known price, its wait for a trade) has started
         self.repaired = trio.Event()  # set once the downtime before the start is repaired
@@ -82,10 +95,19 @@ class TradeSeriesActor:
         if self.book is None:
             # A new symbol whose seed price is not known (yet): its first trade starts the book.
             self.book = TradeCandles(list(self.series), now_s=trade.trade_time_ms // 1000, last_close=trade.price)
-        self._last_trade_s = trade.trade_time_ms // 1000
-        if self.book.add(trade):
-            for tf, candle in self.book.forming():
-                self._broadcast(self.series[tf], candle)
+        trade_s = trade.trade_time_ms // 1000
+        if self._last_trade_s is not None and trade_s - self._last_trade_s > SILENCE_S:
+            self._silences.append((self._last_trade_s, trade_s))
+        self._last_trade_s = max(trade_s, self._last_trade_s or 0)
+        late = self.book.stats.late_trades
+        if not self.book.add(trade):
+            if self.book.stats.late_trades > late:
+                # Past the grace: its period is written without it. The audit takes the exchange's kline.
+                for tf in self.series:
+                    self._unverified[tf].setdefault(tf.floor(trade_s), None)
+            return
+        for tf, candle in self.book.forming():
+            self._broadcast(self.series[tf], candle)
 
     # -- life ----------------------------------------------------------------------------------------
 
@@ -104,6 +126,7 @@ class TradeSeriesActor:
                 functools.partial(run_ticker, lag_ms=round(self._grace_s * 1000)), self._clock, self._on_tick
             )
             nursery.start_soon(self._repair_then_rebase, now)
+            nursery.start_soon(self._audit_synthetic)
             if self.book is None:
                 nursery.start_soon(self._seed, now)
             else:
@@ -147,6 +170,20 @@ class TradeSeriesActor:
         await self._writer.write_batch(batch)  # one transaction; published only once it is durable
         self.state.closed_written += len(closed)
         self.state.synthetic_written += sum(c.synthetic for _, c in closed)
+        for series, candles in batch.items():
+            tf = series.timeframe
+            self._unverified[tf].update((c.candle_time, c) for c in candles if c.synthetic or self._silent_in(tf, c))
+        horizon = tick.boundary_s - max(tf.seconds for tf in self.series)
+        self._silences = [(a, b) for a, b in self._silences if b >= horizon]
+
+    def _silent_in(self, tf: Timeframe, candle: Candle) -> bool:
+        """Whether trades may have gone missing in ``candle``'s period: a stretch with none longer than
+        ``SILENCE_S`` inside it (a quiet market, or a stream silent but connected: the audit tells which)."""
+        start, end = candle.candle_time, tf.next_open(candle.candle_time)
+        last = self._last_trade_s
+        if last is None or last < end - SILENCE_S:
+            return True  # no trade in the period's last seconds (or none at all)
+        return any(a < end and b > start for a, b in self._silences)
 
     def stream_resumed(self) -> None:
         """The aggTrade stream (re)connected. After a drop, periods closed meanwhile were built without the
@@ -168,8 +205,10 @@ class TradeSeriesActor:
                 continue
             try:
                 fetched = await self._fetch(series, first, last)
-            except Exception as e:  # still offline: the gap repair and health carry on from here
+            except Exception as e:  # still offline: the audit retries these periods until it can
                 log.warning("trade_recheck_failed", series_id=str(series), error=repr(e))
+                for t in range(first, last + 1, tf.seconds) if not tf.is_calendar else ():
+                    self._unverified[tf].setdefault(t, None)
                 continue
             batch[series] = [c for c in fetched if first <= c.candle_time <= last]
         if batch:
@@ -182,11 +221,13 @@ class TradeSeriesActor:
             fetched = await self._fetch(series, built.candle_time, built.candle_time)
         except Exception as e:
             log.warning("trade_first_period_fetch_failed", series_id=str(series), error=repr(e))
-            return built
+            fetched = []
         for candle in fetched:
             if candle.candle_time == built.candle_time:
                 self.state.repaired_from_exchange += 1
                 return candle
+        # Written as seen (its early trades missing) for now: the audit takes the exchange's kline later.
+        self._unverified[series.timeframe].setdefault(built.candle_time, None)
         return built
 
     async def _repair_downtime(self, now: int) -> float | None:
@@ -212,6 +253,8 @@ class TradeSeriesActor:
             out, previous, t = [], head, first
             while t <= last:
                 candle = have.get(t) or synthetic_after(previous, t)
+                if candle.synthetic:
+                    self._unverified[tf][t] = candle
                 out.append(candle)
                 previous, t = candle, tf.next_open(t)
             batch[series] = out
@@ -220,6 +263,57 @@ class TradeSeriesActor:
         if batch:
             await self._writer.write_batch(batch)
         return latest.close if latest is not None else None
+
+    async def _audit_synthetic(self) -> None:
+        """Every ``AUDIT_EVERY_MS`` of exchange time, check the flat candles against the exchange's klines: one
+        it has trades for replaces ours (``candle_corrected``); one it confirms as tradeless stays synthetic.
+        A silent-but-connected stream, a drop, or a restart before a recheck cannot leave a wrong flat candle
+        (found by the chaos run). At start, the flat candles of the last ``AUDIT_WINDOW`` periods are queued:
+        a previous life may have written them and stopped before checking."""
+        if self._read_recent is not None:
+            for tf, series in self.series.items():
+                with contextlib.suppress(Exception):
+                    recent = await self._read_recent(series, AUDIT_WINDOW)
+                    self._unverified[tf].update((c.candle_time, c) for c in recent if c.synthetic)
+        while True:
+            await self._clock.sleep_until(self._clock.now_ms() + AUDIT_EVERY_MS)
+            await self.audit_once()
+
+    async def audit_once(self) -> None:
+        batch: dict[SeriesId, list[Candle]] = {}
+        settled: dict[Timeframe, set[int]] = {}
+        for tf, series in self.series.items():
+            pending = self._unverified[tf]
+            if not pending:
+                continue
+            first, last = min(pending), max(pending)
+            try:
+                fetched = await self._fetch(series, first, last)
+            except Exception as e:  # offline: they wait for the next round
+                log.warning("trade_audit_failed", series_id=str(series), error=repr(e))
+                continue
+            by_time = {c.candle_time: c for c in fetched}
+            settled[tf] = {t for t in pending if t in by_time}
+            # The exchange's kline replaces ours where any number differs: trades we never saw, or a flat
+            # candle at the wrong level (it followed a candle built short). Equal numbers keep ours, flag and
+            # all: a tradeless period is flat at the previous close on the exchange too.
+            wrong = [
+                by_time[t] for t in sorted(settled[tf]) if (ours := pending[t]) is None or by_time[t][:6] != ours[:6]
+            ]
+            if wrong:
+                batch[series] = wrong
+        if batch:
+            result = await self._writer.write_batch(batch)
+            self.state.synthetic_corrected += result.corrected
+            log.info("trade_audit_corrected", symbol=self.symbol_id, corrected=result.corrected)
+            base = min(self.series, key=lambda tf: tf.seconds)
+            latest = max(batch.get(self.series[base], []), default=None)
+            if latest is not None and self.book is not None and latest.candle_time == self._written_through.get(base):
+                self.book.rebase(latest.close)  # the next flat candles start from the exchange's level
+        for tf, done in settled.items():
+            for t in done:
+                self._unverified[tf].pop(t, None)
+            self.state.synthetic_checked += len(done)
 
     async def _latest_price(self, now: int) -> float | None:
         tf = min(self.series, key=lambda t: t.seconds)

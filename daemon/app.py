@@ -48,6 +48,7 @@ GC_THRESHOLDS: Final = (10_000, 10, 1000)
 # stopped reading with its TCP window full would hold a graceful close forever (found by the chaos run).
 # By then the writer has drained (every acknowledged candle is durable), so the exit is clean.
 SHUTDOWN_DEADLINE_S: Final = 4.5
+STARTUP_CLOCK_S: Final = 2.0  # at most this for the exchange clock before the startup sync (else: host time)
 
 
 @attrs.frozen
@@ -207,6 +208,9 @@ async def serve_daemon(
         whitelist = services.whitelist()
         if settings.enable_startup_kline_sync and whitelist:
             notifier.send(f"STATUS=startup sync of {len(whitelist)} series")
+            if services.live is not None:
+                with trio.move_on_after(STARTUP_CLOCK_S):  # its window ends at the exchange's last closed period
+                    await services.live.measure_clock()
             await services.history.startup_sync(whitelist)  # before ready, as SPEC asks
         if services.live is not None:
             live = services.live

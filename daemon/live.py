@@ -278,6 +278,11 @@ class LiveIngest:
                 with trio.CancelScope(shield=True):
                     await rest.aclose()
 
+    async def measure_clock(self) -> None:
+        """Measure the exchange clock's offset now (start-up: the startup sync's window ends at the exchange's
+        last closed period, not the host's idea of it)."""
+        await self._measure_clock()
+
     async def _measure_clock(self) -> None:
         try:
             await self.clock.measure(self.rest["spot"].server_time_ms)
@@ -339,6 +344,7 @@ class LiveIngest:
             fetch_closed=lambda s, first, last: rest.closed_klines(s, first, last),
             clock=self.clock,
             grace_s=min(self.settings.market_close_grace_s, 2.0),
+            read_recent=self.store.tail,
         )
         self.trade_actors[key] = actor
         self.router.register_trades(key.market, key.symbol_id, actor)

@@ -20,7 +20,10 @@ BTC = "binance:spot:BTC/USDT:1m"
 
 
 @asynccontextmanager
-async def klined(data: Path, urls: FakeExchangeUrls, **extra: str) -> AsyncIterator[tuple[trio.Process, str]]:
+async def klined(
+    data: Path, urls: FakeExchangeUrls, log_to: Path | None = None, **extra: str
+) -> AsyncIterator[tuple[trio.Process, str]]:
+    """``klined run`` on the fake exchange; ``log_to`` keeps its log lines (appended) for a post-mortem."""
     env = {
         **extra,
         **os.environ,
@@ -34,6 +37,12 @@ async def klined(data: Path, urls: FakeExchangeUrls, **extra: str) -> AsyncItera
         "KLINED_BINANCE_FUTURES_REST_URL": urls.rest_url,
         **extra,
     }
+
+    def keep(chunk: bytes) -> None:
+        if log_to is not None:
+            with log_to.open("ab") as f:
+                f.write(chunk)
+
     proc = await trio.lowlevel.open_process([str(BIN / "klined"), "run"], env=env, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     buffer = b""
@@ -42,6 +51,7 @@ async def klined(data: Path, urls: FakeExchangeUrls, **extra: str) -> AsyncItera
         while url is None:
             chunk = await proc.stdout.receive_some(65536)
             assert chunk, "klined exited before it was ready"
+            keep(chunk)
             buffer += chunk
             for line in buffer.split(b"\n"):
                 if b'"daemon_ready"' in line:
@@ -50,8 +60,8 @@ async def klined(data: Path, urls: FakeExchangeUrls, **extra: str) -> AsyncItera
 
         async def drain() -> None:  # a full pipe must never stall the daemon
             assert proc.stdout is not None
-            while await proc.stdout.receive_some(65536):
-                pass
+            while chunk := await proc.stdout.receive_some(65536):
+                keep(chunk)
 
         nursery.start_soon(drain)
         try:

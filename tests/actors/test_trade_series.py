@@ -39,7 +39,12 @@ async def test_a_quiet_symbol_gets_flat_candles_one_batch_per_tick_and_a_seed_at
     forming: list[tuple[SeriesId, Candle]] = []
 
     async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
-        return [Candle(last, 99.0, 101.0, 98.0, 100.0, 5.0)]  # the latest kline: the seed price
+        if last < T0:
+            return [Candle(last, 99.0, 101.0, 98.0, 100.0, 5.0)]  # the latest kline: the seed price
+        # The exchange saw what we saw: the one trade in the first minute, none after.
+        traded = Candle(T0, 101.5, 101.5, 101.5, 101.5, 2.0)
+        step = series.timeframe.seconds
+        return [traded if t == T0 else flat(t, 101.5)._replace(synthetic=False) for t in range(first, last + 1, step)]
 
     with EventLog(tmp_path / "log") as log:
         sink = InlineSink(log)
@@ -72,6 +77,9 @@ async def test_a_quiet_symbol_gets_flat_candles_one_batch_per_tick_and_a_seed_at
         assert [sorted(map(str, batch)) for _, batch in sink.calls][4] == [str(B1), str(B5)]
         assert len(sink.calls) == 17
         assert actor.state.synthetic_written == 16 + 2
+        # The audit asked the exchange: it had no trade either, so the flat candles stay (no correction).
+        assert actor.state.synthetic_checked > 0
+        assert actor.state.synthetic_corrected == 0
 
 
 async def test_the_period_running_at_start_is_taken_from_the_exchange(
@@ -173,3 +181,72 @@ async def test_after_a_reconnect_the_exchanges_klines_correct_what_was_built_bli
         # T0+60 was written flat during the drop: corrected. T0+120 was still open at the reconnect: taken
         # from the exchange when it closed, never written flat.
         assert [(e.candle.candle_time, e.previous.synthetic) for e in corrections if e.previous] == [(T0 + 60, True)]
+
+
+async def test_a_silent_stream_is_caught_by_the_audit_and_corrected_from_the_exchange(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The stream stays connected but delivers nothing for minutes while the exchange trades: the book writes
+    flat and short candles; the audit asks the exchange and replaces exactly those (found by the chaos run)."""
+
+    def kline(t: int) -> Candle:
+        if t < T0 + 60:  # minute 0: what we saw
+            return Candle(t, 100.0, 100.0, 100.0, 100.0, 1.0)
+        return Candle(t, 100.0, 104.0, 99.0, 103.0, 7.0)  # the exchange traded in every later minute
+
+    async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        return [kline(t) for t in range(first, last + 1, series.timeframe.seconds) if series.timeframe.seconds == 60]
+
+    with EventLog(tmp_path / "log") as log:
+        writer = ClosedCandleWriter(InlineSink(log))
+        actor = TradeSeriesActor(
+            [B1],
+            heads={B1: Candle(T0 - 60, 100.0, 100.0, 100.0, 100.0, 1.0)},
+            writer=writer,
+            broadcast_forming=lambda s, c: None,
+            fetch_closed=fetch,
+            clock=measured_clock(T0 * 1000),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            actor.deliver(AggTrade("BTCUSDT", 1, 100.0, 1.0, T0 * 1000 + 50_000, 0, False))
+            await trio.sleep(6 * 60 + 30)  # nothing more arrives: minutes of silence, and three audit rounds
+            nursery.cancel_scope.cancel()
+        stored = log.range(B1, T0 - 1, T0 + 240)
+        assert stored == [kline(T0 + 60 * k) for k in range(5)]  # the silence, replaced by what the exchange had
+        assert actor.state.synthetic_corrected == 4
+        corrected = [e for e in log.events_since(0) if e.previous is not None]
+        assert [e.candle.candle_time for e in corrected] == [T0 + 60 * k for k in range(1, 5)]
+
+
+async def test_a_trade_past_the_grace_sends_its_period_to_the_audit(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A trade that arrives after its period was written cannot change it any more; the exchange's kline of
+    that period replaces ours at the next audit."""
+    exchange = Candle(T0, 100.0, 105.0, 100.0, 105.0, 3.5)  # with the late trade
+
+    async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        return [exchange] if first <= T0 <= last else []
+
+    with EventLog(tmp_path / "log") as log:
+        writer = ClosedCandleWriter(InlineSink(log))
+        actor = TradeSeriesActor(
+            [B1],
+            heads={B1: Candle(T0 - 60, 100.0, 100.0, 100.0, 100.0, 1.0)},
+            writer=writer,
+            broadcast_forming=lambda s, c: None,
+            fetch_closed=fetch,
+            clock=measured_clock(T0 * 1000),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            for k, price in enumerate((100.0, 101.0, 102.0, 103.0, 104.0, 105.0)):
+                actor.deliver(AggTrade("BTCUSDT", k, price, 0.5, T0 * 1000 + 10_000 + k * 8_000, 0, False))
+            await trio.sleep(65)  # the minute is written (at its end + grace)
+            actor.deliver(AggTrade("BTCUSDT", 9, 105.0, 0.5, T0 * 1000 + 59_500, 0, False))  # and now, late
+            await trio.sleep(180)
+            nursery.cancel_scope.cancel()
+        assert log.get(B1, T0) == exchange
