@@ -36,7 +36,7 @@ TRADE_GRACE_S: Final = 2.0  # Binance delivers a trade within a second or so of 
 CLOCK_WAIT_S: Final = 3.0  # how long a starting book waits for the exchange clock's first measurement
 AUDIT_EVERY_MS: Final = 120_000  # exchange time between checks of the flat candles against the exchange
 SILENCE_S: Final = 10  # exchange seconds without a trade: the periods around it are checked with the exchange
-AUDIT_WINDOW: Final = 1000  # stored periods per timeframe looked through at start for flat candles to check
+AUDIT_WINDOW: Final = 2000  # stored periods per timeframe looked through at start for flat candles to check
 
 
 @attrs.define
@@ -276,8 +276,8 @@ class TradeSeriesActor:
                     recent = await self._read_recent(series, AUDIT_WINDOW)
                     self._unverified[tf].update((c.candle_time, c) for c in recent if c.synthetic)
         while True:
+            await self.audit_once()  # at once at start: a life cut short may have left flat candles unchecked
             await self._clock.sleep_until(self._clock.now_ms() + AUDIT_EVERY_MS)
-            await self.audit_once()
 
     async def audit_once(self) -> None:
         batch: dict[SeriesId, list[Candle]] = {}
