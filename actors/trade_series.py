@@ -37,6 +37,7 @@ CLOCK_WAIT_S: Final = 3.0  # how long a starting book waits for the exchange clo
 AUDIT_EVERY_MS: Final = 120_000  # exchange time between checks of the flat candles against the exchange
 SILENCE_S: Final = 10  # exchange seconds without a trade: the periods around it are checked with the exchange
 AUDIT_WINDOW: Final = 2000  # stored periods per timeframe looked through at start for flat candles to check
+AUDIT_TAIL: Final = 60  # the last stored periods checked at start whatever they are (marks live in memory)
 
 
 @attrs.define
@@ -268,13 +269,17 @@ class TradeSeriesActor:
         """Every ``AUDIT_EVERY_MS`` of exchange time, check the flat candles against the exchange's klines: one
         it has trades for replaces ours (``candle_corrected``); one it confirms as tradeless stays synthetic.
         A silent-but-connected stream, a drop, or a restart before a recheck cannot leave a wrong flat candle
-        (found by the chaos run). At start, the flat candles of the last ``AUDIT_WINDOW`` periods are queued:
-        a previous life may have written them and stopped before checking."""
+        (found by the chaos run). At start, the flat candles of the last ``AUDIT_WINDOW`` periods and every
+        one of the last ``AUDIT_TAIL`` are queued: a previous life may have written them and stopped before
+        checking."""
         if self._read_recent is not None:
             for tf, series in self.series.items():
                 with contextlib.suppress(Exception):
                     recent = await self._read_recent(series, AUDIT_WINDOW)
                     self._unverified[tf].update((c.candle_time, c) for c in recent if c.synthetic)
+                    # A life cut short (a kill) loses the marks of the periods it had not audited yet (a
+                    # silence, a late trade): its last periods are checked again, whatever they look like.
+                    self._unverified[tf].update((c.candle_time, c) for c in recent[-AUDIT_TAIL:])
         while True:
             await self.audit_once()  # at once at start: a life cut short may have left flat candles unchecked
             await self._clock.sleep_until(self._clock.now_ms() + AUDIT_EVERY_MS)
