@@ -21,15 +21,11 @@ from daemon.projection_store import ProjectionStore
 from protocol.candle import Candle
 from protocol.factors.registry import DEFAULT_FACTORS
 from protocol.series import SeriesId
+from tests.protocol.factors.bars import SMALL, flat
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
-SMALL = {"pivot": {"major_window": 2, "minor_window": 1}}
 PRICES = [1, 2, 5, 2, 1, 2, 9, 2, 1, 2, 8, 2, 1]  # FACTORS.md's 13-price example at t = 60..780
-
-
-def flat(t: int, price: float) -> Candle:
-    return Candle(t, float(price), float(price), float(price), float(price), 1.0)
 
 
 def walk(n: int, seed: int, start: int = 60) -> list[Candle]:

@@ -13,7 +13,8 @@ from protocol.candle import Candle
 from protocol.factors.anchor import Anchor
 from protocol.factors.base import FactorEngine, FactorEvent
 from protocol.factors.zhongshu import Zhongshu
-from tests.protocol.factors.test_zhongshu import ScriptedPen, flat, pen
+from tests.protocol.factors.bars import flat
+from tests.protocol.factors.test_zhongshu import ScriptedPen, pen
 
 
 def engine(pens: Sequence[dict[str, Any]]) -> FactorEngine:

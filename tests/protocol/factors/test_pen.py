@@ -15,17 +15,7 @@ from protocol.candle import Candle
 from protocol.factors.base import Factor, FactorEngine, FactorEvent, Tick
 from protocol.factors.pen import KEEP_EFFECTIVE, Pen
 from protocol.factors.pivot import Pivot
-
-TF = 60
-SMALL = {"pivot": {"major_window": 2, "minor_window": 1}}
-
-
-def flat(t: int, price: float) -> Candle:
-    return Candle(t, price, price, price, price, 1.0)
-
-
-def bar(t: int, high: float, low: float) -> Candle:
-    return Candle(t, low, high, low, high, 1.0)
+from tests.protocol.factors.bars import SMALL, TF, bar, flat
 
 
 def major(t: int, price: float, direction: str, visible: int, idx: int) -> dict[str, Any]:

@@ -14,17 +14,7 @@ from hypothesis import strategies as st
 from protocol.candle import Candle
 from protocol.factors.base import FactorEngine, FactorEvent
 from protocol.factors.pivot import Pivot
-
-TF = 60
-SMALL = {"pivot": {"major_window": 2, "minor_window": 1}}
-
-
-def flat(t: int, price: float) -> Candle:
-    return Candle(t, price, price, price, price, 1.0)
-
-
-def bar(t: int, high: float, low: float) -> Candle:
-    return Candle(t, low, high, low, high, 1.0)
+from tests.protocol.factors.bars import SMALL, TF, bar, flat
 
 
 def run(candles: Sequence[Candle], cfg: dict[str, dict[str, Any]] | None = None) -> dict[int, list[FactorEvent]]:

@@ -16,7 +16,7 @@ from protocol.factors.anchor import Anchor
 from protocol.factors.base import Factor, FactorEngine, FactorEvent, Tick
 from protocol.factors.sr import SupportResistance
 from protocol.factors.zhongshu import Zhongshu
-from tests.protocol.factors.test_zhongshu import TF, flat
+from tests.protocol.factors.bars import TF, flat
 
 
 def major(idx: int, price: float, direction: str, w: int = 2) -> dict[str, Any]:

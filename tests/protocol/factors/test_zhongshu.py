@@ -10,12 +10,7 @@ from typing import Any, ClassVar
 from protocol.candle import Candle
 from protocol.factors.base import Factor, FactorContext, FactorEngine, FactorEvent, Tick
 from protocol.factors.zhongshu import Zhongshu
-
-TF = 60
-
-
-def flat(t: int, price: float) -> Candle:
-    return Candle(t, price, price, price, price, 1.0)
+from tests.protocol.factors.bars import TF, flat
 
 
 def pen(start: int, end: int, p0: float, p1: float, visible: int, tf: int = TF) -> dict[str, Any]:
