@@ -10,7 +10,7 @@ import trio.testing
 
 from actors.clock import ExchangeClock, trio_wall_ms
 from actors.pipeline import ClosedCandleWriter
-from actors.trade_series import TradeSeriesActor
+from actors.trade_series import FetchClosed, TradeSeriesActor
 from daemon.eventlog import EventLog
 from protocol.binance import AggTrade
 from protocol.candle import Candle
@@ -183,6 +183,20 @@ async def test_after_a_reconnect_the_exchanges_klines_correct_what_was_built_bli
         assert [(e.candle.candle_time, e.previous.synthetic) for e in corrections if e.previous] == [(T0 + 60, True)]
 
 
+def audited_actor(log: EventLog, fetch: FetchClosed) -> tuple[ClosedCandleWriter, TradeSeriesActor]:
+    """A 1m book whose stored head is the minute before T0, its writer, and ``fetch`` as the exchange."""
+    writer = ClosedCandleWriter(InlineSink(log))
+    actor = TradeSeriesActor(
+        [B1],
+        heads={B1: Candle(T0 - 60, 100.0, 100.0, 100.0, 100.0, 1.0)},
+        writer=writer,
+        broadcast_forming=lambda s, c: None,
+        fetch_closed=fetch,
+        clock=measured_clock(T0 * 1000),
+    )
+    return writer, actor
+
+
 async def test_a_silent_stream_is_caught_by_the_audit_and_corrected_from_the_exchange(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -198,15 +212,7 @@ async def test_a_silent_stream_is_caught_by_the_audit_and_corrected_from_the_exc
         return [kline(t) for t in range(first, last + 1, series.timeframe.seconds) if series.timeframe.seconds == 60]
 
     with EventLog(tmp_path / "log") as log:
-        writer = ClosedCandleWriter(InlineSink(log))
-        actor = TradeSeriesActor(
-            [B1],
-            heads={B1: Candle(T0 - 60, 100.0, 100.0, 100.0, 100.0, 1.0)},
-            writer=writer,
-            broadcast_forming=lambda s, c: None,
-            fetch_closed=fetch,
-            clock=measured_clock(T0 * 1000),
-        )
+        writer, actor = audited_actor(log, fetch)
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(actor.run)
@@ -231,15 +237,7 @@ async def test_a_trade_past_the_grace_sends_its_period_to_the_audit(
         return [exchange] if first <= T0 <= last else []
 
     with EventLog(tmp_path / "log") as log:
-        writer = ClosedCandleWriter(InlineSink(log))
-        actor = TradeSeriesActor(
-            [B1],
-            heads={B1: Candle(T0 - 60, 100.0, 100.0, 100.0, 100.0, 1.0)},
-            writer=writer,
-            broadcast_forming=lambda s, c: None,
-            fetch_closed=fetch,
-            clock=measured_clock(T0 * 1000),
-        )
+        writer, actor = audited_actor(log, fetch)
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(actor.run)
