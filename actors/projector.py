@@ -113,20 +113,20 @@ class Projector:
 
     def projected_time(self, series: SeriesId | str) -> int | None:
         """The latest candle time whose factors and overlays are stored (None: nothing projected)."""
-        sid = str(series)
-        mem = self.replay.mem.get(sid)
-        if mem is not None:
-            return mem.last_time
-        record = self.pstore.series_record(sid)
-        return None if record is None else record.get("last_time")
+        known = self._known(str(series))
+        return None if known is None else known[1]
 
     def series_num(self, series: SeriesId | str) -> int | None:
-        sid = str(series)
+        known = self._known(str(series))
+        return None if known is None else known[0]
+
+    def _known(self, sid: str) -> tuple[int, int | None] | None:
+        """(number, last projected time) of a series: from memory when it is there, else its stored record."""
         mem = self.replay.mem.get(sid)
         if mem is not None:
-            return mem.num
+            return mem.num, mem.last_time
         record = self.pstore.series_record(sid)
-        return None if record is None else int(record["num"])
+        return None if record is None else (int(record["num"]), record["last_time"])
 
     def statistics(self) -> dict[str, Any]:
         return {

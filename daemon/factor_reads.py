@@ -46,9 +46,9 @@ def catalog() -> dict[str, Any]:
     return factor_catalog()
 
 
-def _aligned(projector: Projector, series: SeriesId, at_time: int | None) -> int | None:
-    """The latest stored candle at or before ``at_time`` (the head without one); checks the projections
-    have reached it."""
+def _aligned(projector: Projector, series: SeriesId, at_time: int | None) -> tuple[int, dict[str, Any]] | None:
+    """The latest stored candle at or before ``at_time`` (the head without one), and the series' projection
+    record once it is checked that the projections have reached that candle."""
     if at_time is None:
         head = projector.log.head(series)
         aligned = head.head_time if head else None
@@ -66,7 +66,7 @@ def _aligned(projector: Projector, series: SeriesId, at_time: int | None) -> int
         raise OutOfSyncError("factor")  # e.g. a backfilled or corrected candle behind the head, not yet applied
     if projector.pstore.checkpoint("overlay") < projector.pstore.checkpoint("factor"):
         raise OutOfSyncError("overlay")
-    return aligned
+    return aligned, record
 
 
 def _pending_for(projector: Projector, sid: str) -> bool:
@@ -78,9 +78,9 @@ def _pending_for(projector: Projector, sid: str) -> bool:
 
 
 def slices(projector: Projector, series: SeriesId, at_time: int | None, window: int) -> dict[str, Any]:
-    aligned = _aligned(projector, series, at_time)
+    found = _aligned(projector, series, at_time)
     sid = str(series)
-    if aligned is None:
+    if found is None:
         return {
             "schema_version": SCHEMA_VERSION,
             "series_id": sid,
@@ -89,26 +89,26 @@ def slices(projector: Projector, series: SeriesId, at_time: int | None, window: 
             "factors": [],
             "snapshots": {},
         }
+    aligned, record = found
     candle_id = f"{sid}:{aligned}"
-    num = projector.series_num(series)
+    num = int(record["num"])
     history: dict[str, dict[str, list[Any]]] = {
         name: {key: [] for key in keys} for name, keys in _EMPTY_HISTORY.items()
     }
     heads: dict[str, dict[str, Any]] = {}
-    if num is not None:
-        start = aligned - (window - 1) * series.timeframe.seconds
-        for ev in projector.pstore.events_between(num, start, aligned):
-            where = _HISTORY.get(ev["kind"])
-            if where is None:
-                continue
-            factor, key = where
-            history[factor][key].append(ev["payload"])
-            if ev["kind"] == "anchor.switch" and ev["payload"].get("new_anchor"):
-                history["anchor"]["anchors"].append(ev["payload"]["new_anchor"])
-        for rank, cls in enumerate(projector.classes):
-            head = projector.pstore.head_at(num, rank, aligned)
-            if head is not None:
-                heads[cls.name] = head
+    start = aligned - (window - 1) * series.timeframe.seconds
+    for ev in projector.pstore.events_between(num, start, aligned):
+        where = _HISTORY.get(ev["kind"])
+        if where is None:
+            continue
+        factor, key = where
+        history[factor][key].append(ev["payload"])
+        if ev["kind"] == "anchor.switch" and ev["payload"].get("new_anchor"):
+            history["anchor"]["anchors"].append(ev["payload"]["new_anchor"])
+    for rank, cls in enumerate(projector.classes):
+        head = projector.pstore.head_at(num, rank, aligned)
+        if head is not None:
+            heads[cls.name] = head
     alive = heads.get("zhongshu", {}).get("alive")
     if alive:  # stored without the fields that move every candle: the zone extends to the aligned candle
         heads["zhongshu"]["alive"] = [{**z, "end_time": aligned, "visible_time": aligned} for z in alive]
@@ -166,10 +166,9 @@ def _moved_to(projector: Projector, num: int, version: dict[str, Any], aligned: 
 def draw_delta(
     projector: Projector, series: SeriesId, cursor_version: int, window: int, at_time: int | None
 ) -> dict[str, Any]:
-    aligned = _aligned(projector, series, at_time)
+    found = _aligned(projector, series, at_time)
     sid = str(series)
-    num = projector.series_num(series)
-    if aligned is None or num is None:
+    if found is None:
         return {
             "schema_version": SCHEMA_VERSION,
             "series_id": sid,
@@ -180,6 +179,8 @@ def draw_delta(
             "series_points": {},
             "next_cursor": {"version_id": cursor_version, "point_time": None},
         }
+    aligned, record = found
+    num = int(record["num"])
     start = aligned - (window - 1) * series.timeframe.seconds
     latest: dict[str, dict[str, Any]] = {}
     for version in projector.pstore.versions_between(num, start, aligned, 0):
@@ -191,12 +192,9 @@ def draw_delta(
         (v for v in latest.values() if v["version_id"] > cursor_version and v["definition"] is not None),
         key=lambda v: int(v["version_id"]),
     )
-    record = projector.pstore.series_record(sid) or {}
-    projected = projector.projected_time(series)
-    if projected is not None and aligned >= projected:
-        top = int(record.get("max_version", 0))
-    else:
-        top = projector.pstore.max_version(num, aligned)
+    # At the head the record knows the newest version; further back, the versions visible by then are read.
+    at_head = aligned >= record["last_time"]
+    top = int(record["max_version"]) if at_head else projector.pstore.max_version(num, aligned)
     return {
         "schema_version": SCHEMA_VERSION,
         "series_id": sid,
