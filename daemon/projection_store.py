@@ -309,10 +309,6 @@ class ProjectionStore:
         raw = self.meta_value("epoch")
         return U64.unpack(raw)[0] if raw else 0
 
-    def all_series(self) -> dict[str, dict[str, Any]]:
-        with self._env.begin() as txn:
-            return {bytes(k).decode(): _series_record(v) for k, v in txn.cursor(self.series_db)}
-
     def series_record(self, sid: str) -> dict[str, Any] | None:
         with self._env.begin() as txn:
             raw = txn.get(sid.encode(), db=self.series_db)
