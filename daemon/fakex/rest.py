@@ -31,6 +31,7 @@ class RestFaults:
     count: int = 0
     path_prefix: str = ""  # only requests whose path starts with this
     repeat_pages: bool = False  # klines ignores startTime: a hostile exchange that repeats itself
+    unavailable_until_ms: int = 0  # every request before this exchange time answers 503: a REST outage
 
 
 @attrs.define
@@ -76,6 +77,8 @@ def build_rest_app(
         return "futures" if request.url.path.startswith("/fapi/") else "spot"
 
     def fault(request: Request) -> JSON | None:
+        if now_ms() < faults.unavailable_until_ms:
+            return _error(503, -1001, "Service unavailable.")
         if faults.count and request.url.path.startswith(faults.path_prefix):
             faults.count -= 1
             if faults.status == 429:

@@ -125,3 +125,13 @@ async def test_a_period_still_forming_at_the_exchange_is_never_taken_as_closed()
             assert pages == candles
             await rest.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_timed_outage_answers_503_until_it_ends_then_serves_again() -> None:
+    async with fake_exchange() as (fake, urls), httpx.AsyncClient(base_url=urls.rest_url) as client:
+        fake.rest_faults.unavailable_until_ms = fake.now_ms() + 3_600_000
+        down = await client.get("/api/v3/time")
+        assert down.status_code == 503
+        assert down.json()["code"] == -1001
+        fake.rest_faults.unavailable_until_ms = fake.now_ms() - 1
+        assert (await client.get("/api/v3/time")).status_code == 200
