@@ -6,6 +6,8 @@ without a task switch per message (the minute-close burst of a thousand series i
 A failure there crashes this actor, never the reader. On each tick of its timeframe checks, after
 a grace period, that the period's closed candle arrived; if not, it asks the exchange (``fetch_closed``,
 REST in production) and appends what the exchange has. What is still missing stays a recorded hole.
+A hole the exchange could not be asked about (it was unreachable) is asked again on later ticks, with
+backoff, until the exchange answers: an outage of REST and the stream together heals once REST is back.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ BroadcastForming = Callable[[SeriesId, Candle], None]
 """Hand a forming candle to subscribers; never blocks (the fan-out queues or drops per subscriber)."""
 TICK_GRACE_S: Final = 3.0  # Binance sends the final kline within about a second of the close
 MAX_HOLES_KEPT: Final = 100
+HOLE_RETRY_MAX_DELAY_S: Final = 300  # an unanswered hole is asked again after 1, 2, 4, 5, 5 ... minutes
+HOLE_RETRY_LIMIT: Final = 300  # about a day of asking, then it stays a recorded hole
+
+
+@attrs.define
+class PendingHole:
+    """A hole the exchange has not answered for yet (fetch failed): asked again at the first tick whose
+    boundary is at or after ``retry_at_s``."""
+
+    hole: Hole
+    attempts: int = 0
+    retry_at_s: int = 0
 
 
 @attrs.define
@@ -48,6 +62,8 @@ class SeriesState:
     fills_requested: int = 0
     fills_appended: int = 0
     holes: list[Hole] = attrs.field(factory=list)
+    pending_holes: list[PendingHole] = attrs.field(factory=list)
+    holes_healed: int = 0
     last_fill_error: str | None = None
 
 
@@ -123,8 +139,8 @@ class SeriesActor:
             hole = self._holes.observe_closed(c.candle_time)
             if hole is not None:
                 self._record_hole(hole)
-                if self._repair_hole is not None:  # a late close revealed it: repair in the background
-                    self._spawn(functools.partial(self._repair, hole))
+                # A late close revealed it: repair in the background (or leave it to the next tick's retry).
+                self._spawn(functools.partial(self._repair, hole))
         self.state.closed_seen += len(candles)
         latest = max(c.candle_time for c in candles)
         if self.state.head_time is None or latest > self.state.head_time:
@@ -190,25 +206,53 @@ class SeriesActor:
         self._record_hole(hole)
         # Recorded here, once: the stream's next close (live_from) must not report the same hole again.
         self._holes.last_closed = max(self._holes.last_closed or head, tf.prev_open(live_from))
-        if self._repair_hole is not None:
-            await self._repair(hole)
-        else:
-            await self._fill(expected, tf.prev_open(live_from))
+        await self._repair(hole)
 
     async def _repair(self, hole: Hole) -> None:
-        """Gap backfill of a known hole (freqtrade files first, then the exchange), when it is switched on."""
-        assert self._repair_hole is not None
+        """Gap backfill of a known hole (freqtrade files first, then the exchange) when it is switched on,
+        else a REST fill. A hole not filled whole is kept for :meth:`_retry_holes`."""
+        tf = self.series.timeframe
+        if self._repair_hole is None:
+            if not await self._fill(hole.expected_next_time, tf.prev_open(hole.actual_time)):
+                self._keep_pending(hole)
+            return
         try:
             filled = await self._repair_hole(self.series, hole.expected_next_time, hole.actual_time)
-        except Exception as e:  # best effort: the clock's REST fill and the subscribers' gap still follow
+        except Exception as e:  # best effort: the retry, the clock's REST fill and the subscribers' gap follow
             self.state.last_fill_error = repr(e)
             log.warning("gap_repair_failed", series_id=str(self.series), error=repr(e))
-            return
+            filled = 0
         self.state.fills_appended += filled
+        if filled < hole.missing(tf):
+            self._keep_pending(hole)
+
+    def _keep_pending(self, hole: Hole) -> None:
+        pending = self.state.pending_holes
+        if any(p.hole == hole for p in pending):
+            return
+        pending.append(PendingHole(hole))  # asked again at the next tick
+        del pending[:-MAX_HOLES_KEPT]
+
+    async def _retry_holes(self, boundary_s: int) -> None:
+        """Ask the exchange again for the holes it did not answer for; each is done once it answers (what it
+        lacks then stays a recorded hole), or after :data:`HOLE_RETRY_LIMIT` attempts."""
+        tf = self.series.timeframe
+        for pending in [p for p in self.state.pending_holes if p.retry_at_s <= boundary_s]:
+            hole = pending.hole
+            pending.attempts += 1
+            answered = await self._fill(hole.expected_next_time, tf.prev_open(hole.actual_time))
+            if answered or pending.attempts >= HOLE_RETRY_LIMIT:
+                self.state.pending_holes.remove(pending)
+                self.state.holes_healed += answered
+                log.info("hole_retried", series_id=str(self.series), answered=answered, attempts=pending.attempts)
+                continue
+            pending.retry_at_s = boundary_s + min(60 * 2 ** (pending.attempts - 1), HOLE_RETRY_MAX_DELAY_S)
 
     # -- the clock --------------------------------------------------------------------------------
 
     async def _on_tick(self, tick: Tick) -> None:
+        if self.state.pending_holes:
+            await self._retry_holes(tick.boundary_s)
         tf = self.series.timeframe
         boundary = tick.boundary_s
         if not tf.is_aligned(boundary):
@@ -223,15 +267,16 @@ class SeriesActor:
         first = last_closed if head is None else tf.next_open(head)
         await self._fill(first, last_closed)
 
-    async def _fill(self, first: int, last: int) -> None:
-        """Ask the exchange for closed periods that did not arrive; keep what it lacks as a hole."""
+    async def _fill(self, first: int, last: int) -> bool:
+        """Ask the exchange for closed periods that did not arrive; keep what it lacks as a hole. False when
+        the exchange could not be asked (it is unreachable): the caller retries."""
         self.state.fills_requested += 1
         try:
             candles = await self._fetch(self.series, first, last)
         except Exception as e:  # the exchange is unreachable: say so, keep serving, retry next tick
             self.state.last_fill_error = repr(e)
             log.warning("fill_failed", series_id=str(self.series), first=first, last=last, error=repr(e))
-            return
+            return False
         candles = sorted((c for c in candles if first <= c.candle_time <= last), key=lambda c: c.candle_time)
         if candles:
             self.state.fills_appended += len(candles)
@@ -240,3 +285,4 @@ class SeriesActor:
         got_last = candles[-1].candle_time if candles else None
         if got_last != last:
             log.warning("fill_incomplete", series_id=str(self.series), first=first, last=last, got=len(candles))
+        return True

@@ -41,6 +41,7 @@ class Harness:
     fetches: list[tuple[int, int]]
     exchange: dict[int, Candle]
     clock: ExchangeClock
+    down: list[bool]  # [True]: every fetch fails as if the exchange were unreachable
 
 
 @asynccontextmanager
@@ -49,13 +50,14 @@ async def running(tmp_path: Path, *, head_time: int | None = None, fail_fetch: b
     forming: list[tuple[float, Candle]] = []
     fetches: list[tuple[int, int]] = []
     exchange: dict[int, Candle] = {}
+    down = [fail_fetch]
 
     def broadcast(series: SeriesId, c: Candle) -> None:
         forming.append((trio.current_time(), c))
 
     async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
         fetches.append((first, last))
-        if fail_fetch:
+        if down[0]:
             raise OSError("network unreachable")
         return [exchange[t] for t in sorted(exchange) if first <= t <= last]
 
@@ -68,7 +70,7 @@ async def running(tmp_path: Path, *, head_time: int | None = None, fail_fetch: b
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(actor.run)
-            yield Harness(actor, log, forming, fetches, exchange, clock)
+            yield Harness(actor, log, forming, fetches, exchange, clock, down)
             nursery.cancel_scope.cancel()
     finally:
         log.close()
@@ -164,6 +166,51 @@ async def test_a_reconnect_records_the_hole_at_once_and_fills_it(
         h.actor.deliver(update(T0 + 180, final=True))  # the new stream's first close
         await trio.sleep(1)
         assert len(h.actor.state.holes) == 1, "the same hole is not reported twice"
+
+
+async def test_a_hole_found_while_the_exchange_is_down_heals_once_it_answers_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Stream and REST down together: the reconnect's hole cannot be filled and the stream's next close
+    moves the head past it (subscribers get a gap). The hole is asked again at later ticks, backing off,
+    and healed as soon as the exchange answers."""
+    async with running(tmp_path, head_time=T0 - 60, fail_fetch=True) as h:
+        await trio.sleep(170)  # exchange time T0 + 180: three periods closed during the outage
+        for t in (T0, T0 + 60, T0 + 120):
+            h.exchange[t] = candle(t, 11.0)
+        h.actor.stream_resumed()
+        h.actor.deliver(update(T0 + 180, final=True))
+        await trio.sleep(1)
+        assert [p.hole for p in h.actor.state.pending_holes] == h.actor.state.holes
+        h.fetches.clear()
+        await trio.sleep(60 * 8)  # ticks at T0 + 240 ... T0 + 660, every fetch failing
+        hole_asks = [f for f in h.fetches if f == (T0, T0 + 120)]
+        assert len(hole_asks) == 4, "asked at the next tick, then after 1, 2 and 4 minutes"
+        h.down[0] = False
+        await trio.sleep(60 * 5)  # the next ask: 5 minutes (the longest wait) after the last
+        assert [c.candle_time for c in h.log.range(BTC)][:4] == [T0, T0 + 60, T0 + 120, T0 + 180]
+        assert h.actor.state.pending_holes == []
+        assert h.actor.state.holes_healed == 1
+        h.fetches.clear()
+        await trio.sleep(60 * 5)
+        assert (T0, T0 + 120) not in h.fetches, "a healed hole is not asked for again"
+
+
+async def test_a_hole_the_exchange_answers_without_candles_is_not_asked_for_forever(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60, fail_fetch=True) as h:
+        await trio.sleep(170)
+        h.actor.stream_resumed()
+        h.actor.deliver(update(T0 + 180, final=True))
+        await trio.sleep(1)
+        h.down[0] = False  # back, but it has nothing for those periods (a maintenance window)
+        await trio.sleep(120)
+        h.fetches.clear()
+        await trio.sleep(60 * 10)
+        assert (T0, T0 + 120) not in h.fetches
+        assert h.actor.state.pending_holes == []
+        assert len(h.actor.state.holes) == 1, "it stays a recorded hole"
 
 
 async def test_a_reconnect_with_nothing_missed_records_nothing(
