@@ -171,6 +171,7 @@ class SeriesReplayer:
             w.delete_from(state.num, cut)
             w.drop_snapshots_from(state.num, cut)
         emitted: set[str] = set()
+        compare = snap is not None  # from the beginning nothing is stored to compare a definition with
         applied = 0
         after = state.last_time
         head = self.log.head(state.sid)
@@ -179,7 +180,7 @@ class SeriesReplayer:
         while True:
             candles = self.log.range(state.sid, after, None, REBUILD_READ)
             for c in candles:
-                self.tick(w, state, c, emitted)
+                self.tick(w, state, c, emitted, compare=compare)
             applied += len(candles)
             if progress is not None:
                 progress(applied)
@@ -210,9 +211,18 @@ class SeriesReplayer:
                 start = event.candle[0]
         return start
 
-    def tick(self, w: ProjectionTxn, state: SeriesState, candle: Candle, emitted: set[str] | None = None) -> None:
-        """Apply one candle and store what changed. ``emitted`` is given during a replay after a rewind:
-        versions are then also compared with the stored ones (the builder restarted from a snapshot)."""
+    def tick(
+        self,
+        w: ProjectionTxn,
+        state: SeriesState,
+        candle: Candle,
+        emitted: set[str] | None = None,
+        *,
+        compare: bool = False,
+    ) -> None:
+        """Apply one candle and store what changed. ``emitted`` is given during a replay: it collects the
+        instructions the new timeline touched. With ``compare`` (a replay from a snapshot) a definition equal
+        to the stored one is not stored again (the builder restarted from that snapshot)."""
         t = candle[0]
         engine = state.engine
         events = engine.apply(candle)
@@ -228,14 +238,14 @@ class SeriesReplayer:
             prev = before.get(name)
             if prev is head or prev == head:
                 continue
-            if name == "zhongshu" and prev is not None and _zone_keys(prev) == _zone_keys(head):
+            if name == "zhongshu" and prev is not None and _same_zones(prev, head):
                 continue  # only the alive zone's end moved: re-derived at read time
             w.put_head(num, self.rank[name], t, _head_json(name, head))
         state.heads = heads
         moved = False
         for change in changes:
             moved = moved or change.instruction_id in MOVING
-            self.store_change(w, state, change, emitted)
+            self.store_change(w, state, change, emitted, compare)
         if not moved and heads.get("zhongshu", _NONE).get("alive"):
             # The alive box reached this candle: a new version of it, without storing it again.
             for iid in MOVING:
@@ -247,14 +257,19 @@ class SeriesReplayer:
             self.snapshot(w, state)
 
     def store_change(
-        self, w: ProjectionTxn, state: SeriesState, change: InstructionChange, emitted: set[str] | None
+        self,
+        w: ProjectionTxn,
+        state: SeriesState,
+        change: InstructionChange,
+        emitted: set[str] | None,
+        compare: bool = False,
     ) -> None:
         num, iid = state.num, change.instruction_id
         encoded = orjson.dumps(change.definition)
         if emitted is not None:
             emitted.add(iid)
-            if w.latest_definition(num, iid) == encoded:
-                return
+        if compare and w.latest_definition(num, iid) == encoded:
+            return
         state.max_version = w.put_version(num, iid, change.kind, change.visible_time, encoded)
 
     def snapshot(self, w: ProjectionTxn, state: SeriesState) -> None:
@@ -292,11 +307,19 @@ def _head_json(name: str, head: Mapping[str, Any]) -> bytes:
     return orjson.dumps(head)
 
 
-def _zone_keys(head: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    return [
-        (z["start_time"], z["zg"], z["zd"], z["entry_direction"], z["formed_time"], z["formed_reason"])
-        for z in head.get("alive") or ()
-    ]
+_ZONE_KEYS: Final = ("start_time", "zg", "zd", "entry_direction", "formed_time", "formed_reason")
+
+
+def _same_zones(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """The same alive zones, whatever their end (compared in place: this runs for every candle)."""
+    za, zb = a.get("alive") or (), b.get("alive") or ()
+    if len(za) != len(zb):
+        return False
+    for x, y in zip(za, zb, strict=True):
+        for k in _ZONE_KEYS:
+            if x[k] != y[k]:
+                return False
+    return True
 
 
 def _event_json(ev: FactorEvent) -> bytes:
