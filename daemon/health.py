@@ -13,9 +13,15 @@ if TYPE_CHECKING:
 
 
 def series_health_view(
-    series: SeriesId, now_time: int, head: SeriesHead | None, backfill: dict[str, Any] | None = None
+    series: SeriesId,
+    now_time: int,
+    head: SeriesHead | None,
+    backfill: dict[str, Any] | None = None,
+    holes_pending: int = 0,
 ) -> dict[str, Any]:
-    """``backfill`` is the gap-repair state of the series (``state``: idle|running|succeeded|failed, ...)."""
+    """``backfill`` is the gap-repair state of the series (``state``: idle|running|succeeded|failed, ...).
+    ``holes_pending``: candles missing behind the head, in holes the exchange is to be asked for again (it
+    was unreachable); an otherwise up-to-date series is then yellow, not green (beyond SPEC)."""
     tf = series.timeframe
     expected = tf.last_closed_open(now_time)
     backfill = backfill or {"state": "idle", "progress_pct": None}
@@ -29,7 +35,9 @@ def series_health_view(
     else:
         lag = expected - head_time
         missing = tf.count_between(tf.next_open(head_time), expected)
-        if missing == 0:
+        if missing == 0 and holes_pending:
+            status, reason = "yellow", "gap_repair_pending"
+        elif missing == 0:
             status, reason = "green", "up_to_date"
         elif backfill.get("state") == "running":
             status, reason = "yellow", "backfill_running"
@@ -46,6 +54,7 @@ def series_health_view(
         "lag_seconds": lag,
         "missing_seconds": missing * tf.seconds,
         "missing_candles": missing,
+        "holes_pending_candles": holes_pending,
         "status": status,
         "status_reason": reason,
         "backfill": backfill,
@@ -56,9 +65,20 @@ async def health_views(services: Services, now_time: int) -> list[dict[str, Any]
     """The health view of every active series (HTTP without ``series_id``, and ``klinectl health``)."""
     heads = await services.store.heads()
     return [
-        series_health_view(s, now_time, heads.get(str(s)), services.history.progress.view(s))
+        series_health_view(
+            s, now_time, heads.get(str(s)), services.history.progress.view(s), holes_pending(services, s)
+        )
         for s in services.active_series()
     ]
+
+
+def holes_pending(services: Services, series: SeriesId) -> int:
+    """Candles missing in the holes a series actor will ask the exchange for again."""
+    actor = services.live.actors.get(series) if services.live is not None else None
+    if actor is None:
+        return 0
+    tf = series.timeframe
+    return sum(p.hole.missing(tf) for p in actor.state.pending_holes)
 
 
 def upstream_health(services: Services) -> dict[str, Any]:

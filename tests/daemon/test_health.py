@@ -25,3 +25,11 @@ def test_a_lagging_series_is_yellow_only_while_something_repairs_it(
     assert (view["status"], view["status_reason"]) == (status, reason)
     assert (view["lag_seconds"], view["missing_candles"], view["missing_seconds"]) == (300, 1, 300)
     assert view["backfill"] == backfill
+
+
+def test_an_up_to_date_series_with_a_hole_awaiting_the_exchange_is_yellow_until_it_heals() -> None:
+    head = SeriesHead(0, 600, 3)  # the latest closed 5m period at 960
+    assert series_health_view(S5, 960, head)["status"] == "green"
+    view = series_health_view(S5, 960, head, holes_pending=2)
+    assert (view["status"], view["status_reason"]) == ("yellow", "gap_repair_pending")
+    assert view["holes_pending_candles"] == 2
