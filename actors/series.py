@@ -32,8 +32,9 @@ log = structlog.get_logger(__name__)
 
 FetchClosed = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
 """(series, first_open, last_open) -> the exchange's closed candles in that inclusive range."""
-RepairHole = Callable[[SeriesId, int, int], Awaitable[int]]
-"""(series, expected_next_time, actual_time) -> candles filled (gap backfill: freqtrade, then the exchange)."""
+RepairHole = Callable[[SeriesId, int, int], Awaitable[tuple[int, bool]]]
+"""(series, expected_next_time, actual_time) -> (candles filled, whether every source answered) (gap backfill:
+freqtrade, then the exchange)."""
 BroadcastForming = Callable[[SeriesId, Candle], None]
 """Hand a forming candle to subscribers; never blocks (the fan-out queues or drops per subscriber)."""
 TICK_GRACE_S: Final = 3.0  # Binance sends the final kline within about a second of the close
@@ -209,22 +210,24 @@ class SeriesActor:
         await self._repair(hole)
 
     async def _repair(self, hole: Hole) -> None:
+        """Repair a hole now; one the exchange could not be asked about is kept for :meth:`_retry_holes`."""
+        if not await self._ask(hole):
+            self._keep_pending(hole)
+
+    async def _ask(self, hole: Hole) -> bool:
         """Gap backfill of a known hole (freqtrade files first, then the exchange) when it is switched on,
-        else a REST fill. A hole not filled whole is kept for :meth:`_retry_holes`."""
+        else a REST fill. False when the exchange could not be asked (a retry may succeed)."""
         tf = self.series.timeframe
         if self._repair_hole is None:
-            if not await self._fill(hole.expected_next_time, tf.prev_open(hole.actual_time)):
-                self._keep_pending(hole)
-            return
+            return await self._fill(hole.expected_next_time, tf.prev_open(hole.actual_time))
         try:
-            filled = await self._repair_hole(self.series, hole.expected_next_time, hole.actual_time)
+            filled, answered = await self._repair_hole(self.series, hole.expected_next_time, hole.actual_time)
         except Exception as e:  # best effort: the retry, the clock's REST fill and the subscribers' gap follow
             self.state.last_fill_error = repr(e)
             log.warning("gap_repair_failed", series_id=str(self.series), error=repr(e))
-            filled = 0
+            return False
         self.state.fills_appended += filled
-        if filled < hole.missing(tf):
-            self._keep_pending(hole)
+        return answered
 
     def _keep_pending(self, hole: Hole) -> None:
         pending = self.state.pending_holes
@@ -236,11 +239,10 @@ class SeriesActor:
     async def _retry_holes(self, boundary_s: int) -> None:
         """Ask the exchange again for the holes it did not answer for; each is done once it answers (what it
         lacks then stays a recorded hole), or after :data:`HOLE_RETRY_LIMIT` attempts."""
-        tf = self.series.timeframe
         for pending in [p for p in self.state.pending_holes if p.retry_at_s <= boundary_s]:
             hole = pending.hole
             pending.attempts += 1
-            answered = await self._fill(hole.expected_next_time, tf.prev_open(hole.actual_time))
+            answered = await self._ask(hole)
             if answered or pending.attempts >= HOLE_RETRY_LIMIT:
                 self.state.pending_holes.remove(pending)
                 self.state.holes_healed += answered

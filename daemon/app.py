@@ -173,7 +173,7 @@ def build_services(settings: Settings, store: Store, pstore: ProjectionStore) ->
     )
     hub.heal = history.heal  # holes before a live candle: the log, then a bounded gap backfill when on
     if live is not None:
-        live.repair_hole = history.gap_backfill  # holes the actors find (reconnects, late closes)
+        live.repair_hole = history.repair_hole  # holes the actors find (reconnects, late closes)
     pins = RuntimePins(settings.data_path / "pins.json")
     if live is not None:
         live.whitelist = pins.effective(settings.whitelist_series)

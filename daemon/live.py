@@ -18,7 +18,7 @@ from actors.clock import ExchangeClock
 from actors.ingest import UpstreamIngest
 from actors.pipeline import ClosedCandleWriter
 from actors.rest import BinanceRest, RestError
-from actors.series import BroadcastForming, SeriesActor
+from actors.series import BroadcastForming, RepairHole, SeriesActor
 from actors.store import Store
 from actors.supervisor import Supervisor
 from actors.trade_series import TradeSeriesActor
@@ -156,7 +156,7 @@ class LiveIngest:
         self.deriver = deriver
         self.writer = writer
         self._broadcast_forming = broadcast_forming
-        self.repair_hole: Callable[[SeriesId, int, int], Awaitable[int]] | None = None  # History.gap_backfill
+        self.repair_hole: RepairHole | None = None  # History.repair_hole
         self.rest: dict[Market, BinanceRest] = {
             "spot": BinanceRest(settings.binance_spot_rest_url, futures=False),
             "futures": BinanceRest(settings.binance_futures_rest_url, futures=True),

@@ -52,6 +52,7 @@ class CoverageResult:
     had: int
     filled: dict[str, int]
     still_missing: int
+    error: str | None = None  # a level that could not be asked (the exchange unreachable): worth a retry
 
     @property
     def note(self) -> str:
@@ -169,14 +170,20 @@ class History:
 
     async def gap_backfill(self, series: SeriesId, expected_next_time: int, actual_time: int) -> int:
         """Fill the hole before ``actual_time`` (freqtrade, derivation, then the exchange); candles filled."""
+        filled, _ = await self.repair_hole(series, expected_next_time, actual_time)
+        return filled
+
+    async def repair_hole(self, series: SeriesId, expected_next_time: int, actual_time: int) -> tuple[int, bool]:
+        """:meth:`gap_backfill` for a series actor: (candles filled, whether every source answered). A hole
+        whose exchange could not be asked is asked again later; one it answered is done, filled or not."""
         if not self.settings.enable_market_gap_backfill:
-            return 0
+            return 0, True
         last = series.timeframe.prev_open(actual_time)
         result = await self.repair_range(
             series, expected_next_time, last, reason="gap_backfill", exchange=True, notes=("gap_filled", "gap_partial")
         )
         self.gaps_repaired += bool(result.filled) and result.still_missing == 0
-        return sum(result.filled.values())
+        return sum(result.filled.values()), result.error is None
 
     async def heal(self, series: SeriesId, after: int, before: int) -> list[Candle]:
         """For the WebSocket gate: candles strictly between two times, from the log, after a bounded gap
@@ -252,6 +259,7 @@ class History:
         except HistoryError as e:
             self.progress.fail(progress, str(e))
             result.still_missing = count_missing(tf, ranges)
+            result.error = str(e)
             log.warning("repair_failed", series_id=str(series), reason=reason, error=str(e))
             return result
         result.still_missing = count_missing(tf, ranges)

@@ -14,7 +14,7 @@ import trio.testing
 
 from actors.clock import ExchangeClock, trio_wall_ms
 from actors.pipeline import ClosedCandleWriter
-from actors.series import SeriesActor
+from actors.series import RepairHole, SeriesActor
 from daemon.eventlog import EventLog
 from protocol.binance import KlineUpdate
 from protocol.candle import Candle
@@ -45,7 +45,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, *, head_time: int | None = None, fail_fetch: bool = False) -> AsyncIterator[Harness]:
+async def running(
+    tmp_path: Path, *, head_time: int | None = None, fail_fetch: bool = False, repair_hole: RepairHole | None = None
+) -> AsyncIterator[Harness]:
     log = EventLog(tmp_path / "log")
     forming: list[tuple[float, Candle]] = []
     fetches: list[tuple[int, int]] = []
@@ -64,7 +66,13 @@ async def running(tmp_path: Path, *, head_time: int | None = None, fail_fetch: b
     writer = ClosedCandleWriter(InlineSink(log), flush_s=0.5)
     clock = ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 10_000))
     actor = SeriesActor(
-        BTC, head_time=head_time, writer=writer, broadcast_forming=broadcast, fetch_closed=fetch, clock=clock
+        BTC,
+        head_time=head_time,
+        writer=writer,
+        broadcast_forming=broadcast,
+        fetch_closed=fetch,
+        clock=clock,
+        repair_hole=repair_hole,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -194,6 +202,24 @@ async def test_a_hole_found_while_the_exchange_is_down_heals_once_it_answers_aga
         h.fetches.clear()
         await trio.sleep(60 * 5)
         assert (T0, T0 + 120) not in h.fetches, "a healed hole is not asked for again"
+
+
+async def test_with_gap_backfill_a_hole_is_repaired_again_until_every_source_answered(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    asks: list[tuple[int, int]] = []
+    answers = [False, False, True]
+
+    async def repair(series: SeriesId, expected: int, actual: int) -> tuple[int, bool]:
+        asks.append((expected, actual))
+        return 0, answers[len(asks) - 1]
+
+    async with running(tmp_path, head_time=T0 - 60, repair_hole=repair) as h:
+        h.actor.deliver(update(T0 + 120, final=True))  # T0 and T0 + 60 never came
+        await trio.sleep(60 * 5)
+        assert asks == [(T0, T0 + 120)] * 3, "at once, at the next tick, then a minute later; done once answered"
+        assert h.actor.state.pending_holes == []
+        assert h.actor.state.holes_healed == 1
 
 
 async def test_a_hole_the_exchange_answers_without_candles_is_not_asked_for_forever(

@@ -207,6 +207,20 @@ async def test_gap_backfill_fills_a_known_hole(tmp_path: Path) -> None:
         assert env.store.log.count_between(BTC, last - 600, last) == 11
 
 
+async def test_a_hole_repair_says_whether_the_exchange_answered(tmp_path: Path) -> None:
+    """A series actor asks again for a hole only when the exchange could not be asked."""
+    async with history_env(tmp_path, KLINED_ENABLE_MARKET_GAP_BACKFILL="1") as env:
+        sym = env.fake.market.spot["BTCUSDT"]
+        last = M1.last_closed_open(env.fake.now_ms() // 1000)
+        await env.store.append({BTC: [sym.candle_1m(last - 600), sym.candle_1m(last)]})
+        env.fake.rest_faults.unavailable_until_ms = env.fake.now_ms() + 3_600_000
+        assert await env.history.repair_hole(BTC, last - 540, last) == (0, False)
+        assert env.history.progress.view(BTC)["state"] == "failed"
+        env.fake.rest_faults.unavailable_until_ms = 0
+        assert await env.history.repair_hole(BTC, last - 540, last) == (9, True)
+        assert env.history.progress.view(BTC)["state"] == "succeeded"
+
+
 async def test_each_level_alone(tmp_path: Path) -> None:
     async with history_env(tmp_path) as env:
         sym = env.fake.market.spot["BTCUSDT"]
