@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from daemon import __version__, factor_reads
+from daemon import __version__, factor_reads, webui
 from daemon.health import health_views, series_health_view, upstream_health
 from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.metrics import build_registry, render_metrics
@@ -402,6 +402,7 @@ def build_app(services: Services) -> MarketApp:
             Route("/api/draw/delta", draw_delta, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/version", version, methods=["GET"]),
+            *webui.routes(),  # the chart page at "/" and its bundle under /assets
         ],
         middleware=middleware,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error},
