@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,6 +18,14 @@ from daemon.fakex.server import FakeExchangeUrls
 
 BIN = Path(sys.executable).parent
 BTC = "binance:spot:BTC/USDT:1m"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (pin it to restart a daemon at the same address, or point a client
+    at a closed one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @asynccontextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import trio
@@ -12,19 +11,14 @@ from daemon.config import Settings, load_settings
 from daemon.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
+from tests.klined_process import free_port
 
 N = 1000
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def offline_settings(tmp_path: Path, whitelist: list[SeriesId], **env: str) -> Settings:
     """``whitelist`` ingested live from an exchange where nothing listens: every exchange call fails."""
-    port = closed_port()
+    port = free_port()  # closed: nothing listens there
     return load_settings(
         env={
             "KLINED_DATA_DIR": str(tmp_path),
