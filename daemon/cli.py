@@ -21,7 +21,70 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (("run", "run the daemon"), ("check-config", "validate the configuration and exit")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", metavar="FILE", help="TOML config file (KLINED_* environment wins)")
+    _demo_parser(sub)
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 0..65535, got {value}")
+    return value
+
+
+def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="the daemon on a simulated exchange: live candles, a gap healing, factors (no internet needed)",
+        description="Run the daemon against the built-in simulated Binance (BTC, ETH, SOL 1m with history, "
+        "derived timeframes, factors) and cut the exchange now and then so a gap shows and heals. "
+        "KLINED_* variables and config files are ignored.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="HTTP listen address (default 127.0.0.1)")
+    demo.add_argument("--port", type=_port, default=8710, help="HTTP port (default 8710; 0: any free port)")
+    demo.add_argument(
+        "--speed", type=_positive, default=1.0, help="exchange clock speed (default 1; 60: a minute a second)"
+    )
+    demo.add_argument("--data-dir", metavar="DIR", help="keep the data here (default: a temporary directory)")
+    demo.add_argument(
+        "--gap-every", type=_positive, default=10.0, metavar="MINUTES", help="exchange minutes between outages"
+    )
+    demo.add_argument("--no-gaps", action="store_true", help="no forced outages")
+    demo.add_argument("--verbose", action="store_true", help="the daemon's info log lines too (default: warnings)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from daemon.demo import DemoError, DemoOptions, run_demo  # keeps `check-config` free of server imports
+
+    options = DemoOptions(
+        host=args.host,
+        port=args.port,
+        speed=args.speed,
+        data_dir=args.data_dir,
+        gap_every_min=args.gap_every,
+        gaps=not args.no_gaps,
+        verbose=args.verbose,
+    )
+    configure_logging(level="info" if options.verbose else "warning")
+    try:
+        trio.run(run_demo, options)
+    except DemoError as e:
+        print(f"klined demo: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _settings(path: str | None) -> Settings:
@@ -34,6 +97,8 @@ def _settings(path: str | None) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
     settings = _settings(args.config)
     if args.command == "check-config":
         print(f"klined: config ok ({len(settings.whitelist)} whitelisted series, data_dir {settings.data_path})")

@@ -87,6 +87,11 @@ class FakeStreams:
         self.closed_by_limit = 0
         self.refused = 0
         self.pongs = 0
+        self._accepted_event = trio.Event()
+
+    async def wait_accepted(self) -> None:
+        """Return after the next connection is accepted (a demo waits on this for a reconnect, not a timer)."""
+        await self._accepted_event.wait()
 
     async def handle(self, request: WebSocketRequest) -> None:
         """trio-websocket handler: one connection's life."""
@@ -111,6 +116,8 @@ class FakeStreams:
         conn = await request.accept()
         self.connections += 1
         self.accepted += 1
+        self._accepted_event.set()
+        self._accepted_event = trio.Event()
         try:
             await _Connection(self, conn, market, combined, names).run()
         except* ConnectionClosed:  # the client went away: a normal end (trio groups it from the nursery)
