@@ -23,6 +23,7 @@ import attrs
 import lmdb
 import structlog
 
+from daemon.lmdb_gate import ResizeGate
 from daemon.logformat import (
     CANDLE_BODY,
     CANDLE_KEY,
@@ -113,6 +114,7 @@ class EventLog:
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._gate = ResizeGate()
         self._env: Any = lmdb.open(
             str(self.path), map_size=map_size, max_dbs=8, sync=sync, metasync=sync, readahead=False
         )
@@ -124,7 +126,7 @@ class EventLog:
         # In-memory mirrors of the series tables; only updated after a commit succeeds.
         self._series_nums: dict[str, int] = {}
         self._series_names: dict[int, str] = {}
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             for key, value in txn.cursor(self._series):
                 num = SERIES_NUM.unpack(value)[0]
                 self._series_nums[bytes(key).decode()] = num
@@ -163,9 +165,9 @@ class EventLog:
                 # The txn is aborted (context manager); with no txn open the map may grow.
                 new_size = self.map_size * 2
                 log.warning("eventlog_map_grow", path=str(self.path), map_size=new_size)
-                self._env.set_mapsize(new_size)
+                self._gate.resize(self._env, new_size)
             except lmdb.MapResizedError:
-                self._env.set_mapsize(0)  # another process grew it: adopt its size
+                self._gate.resize(self._env, 0)  # another process grew it: adopt its size
             except lmdb.Error as e:
                 raise StoreError(f"event log write failed: {e}") from e
 
@@ -270,7 +272,7 @@ class EventLog:
         num = self._series_nums.get(str(series))
         if num is None:
             return None
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             raw = txn.get(SERIES_NUM.pack(num), db=self._heads)
         return SeriesHead._make(HEAD.unpack(raw)) if raw else None
 
@@ -281,7 +283,7 @@ class EventLog:
     def heads(self) -> dict[str, SeriesHead]:
         """Every stored series' head: what start-up restores, without touching the exchange."""
         out: dict[str, SeriesHead] = {}
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             for key, value in txn.cursor(self._heads):
                 num = SERIES_NUM.unpack(key)[0]
                 out[self._series_names[num]] = SeriesHead._make(HEAD.unpack(value))
@@ -291,7 +293,7 @@ class EventLog:
         num = self._series_nums.get(str(series))
         if num is None or candle_time < 0:
             return None
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             raw = txn.get(CANDLE_KEY.pack(num, candle_time), db=self._candles)
         return unpack_body(raw) if raw else None
 
@@ -302,7 +304,7 @@ class EventLog:
             return []
         bodies: list[bytes] = []
         lowest = CANDLE_KEY.pack(num, 0)
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self._candles)
             # Stand on the series' last key: just before the next series' first, or the very last.
             if cursor.set_range(SERIES_NUM.pack(num + 1)):
@@ -323,7 +325,7 @@ class EventLog:
         num = self._series_nums.get(str(series))
         if num is None or candle_time < 0:
             return None
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self._candles)
             if cursor.set_range(CANDLE_KEY.pack(num, min(candle_time, _MAX_KEY_TIME - 1) + 1)):
                 if not cursor.prev():
@@ -353,7 +355,7 @@ class EventLog:
             return []
         end_key = CANDLE_KEY.pack(num, end)
         bodies: list[bytes] = []
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self._candles)
             if not cursor.set_range(CANDLE_KEY.pack(num, start)):
                 return []
@@ -370,7 +372,7 @@ class EventLog:
             return 0
         end_key = CANDLE_KEY.pack(num, end)
         count = 0
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self._candles)
             if not cursor.set_range(CANDLE_KEY.pack(num, max(start, 0))):
                 return 0
@@ -381,14 +383,14 @@ class EventLog:
         return count
 
     def last_seq(self) -> int:
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             return self._last_seq_in(txn)
 
     def events_since(self, after_seq: int, limit: int | None = None) -> list[LogEvent]:
         """Events with ``seq > after_seq`` in order, at most ``limit``: what projections replay."""
         want = max(after_seq + 1, 1)
         out: list[LogEvent] = []
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self._events)
             # Stand on the run that holds ``want``: the last run whose first seq is <= want.
             found = cursor.set_range(SEQ.pack(want))

@@ -35,6 +35,8 @@ import lmdb
 import orjson
 import structlog
 
+from daemon.lmdb_gate import ResizeGate
+
 log = structlog.get_logger(__name__)
 
 U32: Final = struct.Struct(">I")
@@ -228,6 +230,7 @@ class ProjectionStore:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.wiped = self._wipe_if_unsafe()
+        self._gate = ResizeGate()
         self._env: Any = lmdb.open(
             str(self.path), map_size=map_size, max_dbs=12, sync=False, metasync=False, readahead=False
         )
@@ -280,7 +283,7 @@ class ProjectionStore:
     def grow(self) -> None:
         new_size = int(self._env.info()["map_size"]) * 2
         log.warning("projections_map_grow", path=str(self.path), map_size=new_size)
-        self._env.set_mapsize(new_size)
+        self._gate.resize(self._env, new_size)
 
     def drop_all(self) -> None:
         """Forget every projection output (a changed fingerprint); the overlay version counter survives so
@@ -297,7 +300,7 @@ class ProjectionStore:
     # -- reads (any thread; each its own read transaction) -------------------------------------------
 
     def meta_value(self, key: str) -> bytes | None:
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             raw = txn.get(key.encode(), db=self.meta)
             return None if raw is None else bytes(raw)
 
@@ -310,7 +313,7 @@ class ProjectionStore:
         return U64.unpack(raw)[0] if raw else 0
 
     def series_record(self, sid: str) -> dict[str, Any] | None:
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             raw = txn.get(sid.encode(), db=self.series_db)
             return None if raw is None else _series_record(raw)
 
@@ -318,7 +321,7 @@ class ProjectionStore:
         """Factor events with start_time <= visible_time <= end_time, by time then factor order."""
         out: list[dict[str, Any]] = []
         end = NUM_TIME_RANK.pack(num, end_time, 255) + b"\xff"
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self.fev)
             if cursor.set_range(NUM_TIME.pack(num, max(start_time, 0))):
                 for key, value in cursor:
@@ -330,7 +333,7 @@ class ProjectionStore:
     def head_at(self, num: int, rank: int, candle_time: int) -> dict[str, Any] | None:
         """One factor's head in force at ``candle_time``: the last record written at or before it."""
         prefix = NUM_RANK.pack(num, rank)
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self.heads)
             if cursor.set_range(NUM_RANK_TIME.pack(num, rank, candle_time + 1)):
                 if not cursor.prev():
@@ -344,7 +347,7 @@ class ProjectionStore:
 
     def pointer(self, num: int, instruction_id: str) -> tuple[int, int] | None:
         """(version_id, visible_time) of an instruction's latest version or touch."""
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             raw = txn.get(U32.pack(num) + instruction_id.encode(), db=self.dlast)
             return None if raw is None else VERSION_TIME.unpack(raw[:16])
 
@@ -353,7 +356,7 @@ class ProjectionStore:
         ascending by version_id."""
         picked: list[tuple[int, bytes]] = []
         end = NUM_TIME_VERSION.pack(num, end_time, (1 << 64) - 1)
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self.dv)
             if cursor.set_range(NUM_TIME_VERSION.pack(num, max(start_time, 0), 0)):
                 for key, value in cursor:
@@ -369,7 +372,7 @@ class ProjectionStore:
         """The highest version id of the series visible at or before ``end_time`` (0: none)."""
         best = 0
         end = NUM_TIME_VERSION.pack(num, end_time, (1 << 64) - 1)
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             cursor = txn.cursor(self.dv)
             if cursor.set_range(NUM_TIME_VERSION.pack(num, 0, 0)):
                 for key in cursor.iternext(keys=True, values=False):
@@ -380,7 +383,7 @@ class ProjectionStore:
 
     def statistics(self) -> dict[str, int]:
         stat = self._env.stat()
-        with self._env.begin() as txn:
+        with self._gate.read(self._env) as txn:
             counts = {name: txn.stat(db)["entries"] for name, db in (("events", self.fev), ("versions", self.dv))}
         return {"page_size": int(stat["psize"]), **counts}
 
