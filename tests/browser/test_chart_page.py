@@ -123,6 +123,13 @@ class Page:
             raise AssertionError(f"page: {what} not within {within} s; state {state}") from None
         return state
 
+    async def wait_dom(self, what: str, script: str, within: float = 10) -> list[Any]:
+        """Poll ``script`` (returning a list) until it is not empty."""
+        with trio.fail_after(within):
+            while not (found := await self.call(self.driver.execute_script, script)):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        return list(found)
+
     async def screenshot(self, name: str) -> Path:
         path = self.out / f"{name}.png"
         await self.call(self.driver.save_screenshot, str(path))
@@ -151,8 +158,21 @@ async def test_chart_page_live_gap_restart_and_phone(tmp_path: Path, driver: web
                     "candles rendered", lambda s: s.get("connected") and s.get("candles", 0) >= 300, within=15
                 )
                 await page.wait("overlays drawn", lambda s: s["overlays"]["count"] > 0, within=10)
+                await page.wait(
+                    "forming candle", lambda s: (s["formingTime"] or 0) > (s["lastTime"] or 0), within=5
+                )
+                health = await page.wait_dom(
+                    "health rows", "return [...document.querySelectorAll('#health tbody tr')].map(r => r.className)"
+                )
+                assert "health-green" in health, health
                 await page.screenshot("01-candles")
                 assert contiguous(await page.times())
+                # no internet at run time: every resource the page loaded came from the daemon itself
+                loaded = await page.call(
+                    driver.execute_script, "return performance.getEntriesByType('resource').map(e => e.name)"
+                )
+                assert loaded, "the page loaded nothing?"
+                assert all(name.startswith(url + "/") for name in loaded), loaded
 
                 # 2. a closed candle is on the page within 1 s of the daemon publishing it
                 latencies = await closed_candle_latencies(page, url, count=3)

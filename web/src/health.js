@@ -39,7 +39,8 @@ export class HealthPanel {
     for (const h of this.rows) {
       const tr = document.createElement("tr");
       tr.className = `health-${h.status}`;
-      tr.title = `${h.status}: ${h.status_reason}; ${h.missing_candles} missing`;
+      const pending = h.holes_pending_candles ? `; ${h.holes_pending_candles} in holes awaiting a retry` : "";
+      tr.title = `${h.status}: ${h.status_reason}; ${h.missing_candles} missing${pending}`;
       tr.append(
         cell("", "dot"),
         cell(h.series_id, "sid"),
