@@ -6,7 +6,8 @@
    factor engine + overlay builder alone (no storage).
 2. The live path: 1000 series with history, then minute-close bursts of one candle per series: the time the
    writer's factor stage adds between the append and the publish, p50/p99 over the bursts (target p99
-   < 20 ms). Baseline in the same run: the append of the same burst.
+   < 20 ms). Baselines in the same run: the append of the same burst, and the factor engines + overlay
+   builders alone for the same bursts (no storage, no bookkeeping: the floor of the stage in one process).
 
 Run: ``python bench/projections.py [--candles 1000000] [--series 10] [--live-series 1000] [--bursts 60]``.
 """
@@ -125,6 +126,7 @@ async def live(tmp: Path, n_series: int, history: int, bursts: int) -> None:
             stages.append((t2 - t1) * 1000)
         gc.unfreeze()
         projector.pstore.close()
+    compute = compute_only(data, history, bursts)
     print(f"live: {bursts} minute-close bursts of {n_series} candles (one per series), {history} candles of history")
     print(
         f"  factor+overlay stage: p50 {pct(stages, 0.5):.1f} ms, p99 {pct(stages, 0.99):.1f} ms, "
@@ -134,6 +136,29 @@ async def live(tmp: Path, n_series: int, history: int, bursts: int) -> None:
         f"  baseline append of the same burst: p50 {pct(appends, 0.5):.1f} ms, p99 {pct(appends, 0.99):.1f} ms "
         f"(stage/append p50 = {pct(stages, 0.5) / pct(appends, 0.5):.1f}x)"
     )
+    print(
+        f"  baseline factors+overlays alone, same bursts: p50 {pct(compute, 0.5):.1f} ms, "
+        f"p99 {pct(compute, 0.99):.1f} ms (stage/compute p50 = {pct(stages, 0.5) / pct(compute, 0.5):.1f}x)"
+    )
+
+
+def compute_only(data: dict[SeriesId, list[Candle]], history: int, bursts: int) -> list[float]:
+    """Milliseconds per burst of the factor engines and overlay builders alone, on their own warm states."""
+    states = [(s, FactorEngine(60, DEFAULT_FACTORS), OverlayBuilder()) for s in data]
+    for s, engine, builder in states:
+        for c in data[s][:history]:
+            builder.update(c[0], engine.apply(c), engine.heads())
+    gc.collect()
+    gc.freeze()
+    out: list[float] = []
+    for b in range(bursts):
+        t0 = time.perf_counter()
+        for s, engine, builder in states:
+            c = data[s][history + b]
+            builder.update(c[0], engine.apply(c), engine.heads())
+        out.append((time.perf_counter() - t0) * 1000)
+    gc.unfreeze()
+    return out
 
 
 def main() -> None:
