@@ -94,6 +94,7 @@ class SeriesActor:
         self._throttle_changed = trio.Event()
         self._repair_hole = repair_hole
         self._nursery: trio.Nursery | None = None
+        self._retrying = False  # a _retry_holes run is in progress
         self._failed: BaseException | None = None
         self._failure = trio.Event()
 
@@ -238,23 +239,31 @@ class SeriesActor:
 
     async def _retry_holes(self, boundary_s: int) -> None:
         """Ask the exchange again for the holes it did not answer for; each is done once it answers (what it
-        lacks then stays a recorded hole), or after :data:`HOLE_RETRY_LIMIT` attempts."""
-        for pending in [p for p in self.state.pending_holes if p.retry_at_s <= boundary_s]:
-            hole = pending.hole
-            pending.attempts += 1
-            answered = await self._ask(hole)
-            if answered or pending.attempts >= HOLE_RETRY_LIMIT:
-                self.state.pending_holes.remove(pending)
-                self.state.holes_healed += answered
-                log.info("hole_retried", series_id=str(self.series), answered=answered, attempts=pending.attempts)
-                continue
-            pending.retry_at_s = boundary_s + min(60 * 2 ** (pending.attempts - 1), HOLE_RETRY_MAX_DELAY_S)
+        lacks then stays a recorded hole), or after :data:`HOLE_RETRY_LIMIT` attempts. Runs beside the ticks
+        (a REST call that retries for half a minute must not make them late), one run at a time."""
+        self._retrying = True
+        try:
+            due = [p for p in self.state.pending_holes if p.retry_at_s <= boundary_s]
+            for pending in due:
+                pending.attempts += 1
+                answered = await self._ask(pending.hole)
+                if answered or pending.attempts >= HOLE_RETRY_LIMIT:
+                    self.state.pending_holes.remove(pending)
+                    self.state.holes_healed += answered
+                    log.info("hole_retried", series_id=str(self.series), answered=answered, attempts=pending.attempts)
+                    continue
+                later = boundary_s + min(60 * 2 ** (pending.attempts - 1), HOLE_RETRY_MAX_DELAY_S)
+                for p in due:  # the exchange cannot be asked now: the others wait as long, not asked in vain
+                    p.retry_at_s = later
+                break
+        finally:
+            self._retrying = False
 
     # -- the clock --------------------------------------------------------------------------------
 
     async def _on_tick(self, tick: Tick) -> None:
-        if self.state.pending_holes:
-            await self._retry_holes(tick.boundary_s)
+        if self.state.pending_holes and not self._retrying:
+            self._spawn(functools.partial(self._retry_holes, tick.boundary_s))
         tf = self.series.timeframe
         boundary = tick.boundary_s
         if not tf.is_aligned(boundary):

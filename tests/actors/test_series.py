@@ -3,6 +3,7 @@ periods fetched at tick + grace, holes after a reconnect recorded."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -202,6 +203,31 @@ async def test_a_hole_found_while_the_exchange_is_down_heals_once_it_answers_aga
         h.fetches.clear()
         await trio.sleep(60 * 5)
         assert (T0, T0 + 120) not in h.fetches, "a healed hole is not asked for again"
+
+
+async def test_while_the_exchange_is_down_one_hole_is_asked_per_retry_and_the_ticks_stay_on_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    asks: list[tuple[float, int]] = []
+    down = [True]
+
+    async def repair(series: SeriesId, expected: int, actual: int) -> tuple[int, bool]:
+        asks.append((trio.current_time(), expected))
+        await trio.sleep(40)  # REST retrying with backoff for most of a minute
+        return 0, not down[0]
+
+    async with running(tmp_path, head_time=T0 - 60, repair_hole=repair) as h:
+        h.actor.deliver(update(T0 + 120, final=True))  # T0 and T0 + 60 never came
+        h.actor.deliver(update(T0 + 300, final=True))  # nor T0 + 180 and T0 + 240
+        h.exchange[T0 + 360] = candle(T0 + 360)
+        await trio.sleep(60 * 7)  # the tick of T0 + 420 fills the silent stream's T0 + 360 on time
+        assert h.log.get(BTC, T0 + 360) is not None
+        retries = [t for t, _ in asks[2:]]  # after the two immediate attempts
+        assert all(b - a >= 60 for a, b in itertools.pairwise(retries)), "one hole per retry while it is down"
+        down[0] = False
+        await trio.sleep(60 * 10)
+        assert h.actor.state.pending_holes == []
+        assert h.actor.state.holes_healed == 2
 
 
 async def test_with_gap_backfill_a_hole_is_repaired_again_until_every_source_answered(
