@@ -3,6 +3,8 @@
 import { api } from "./api.js";
 import { TIMEFRAME_NAMES, seriesIdProblem } from "./timeframe.js";
 
+const TOP_REFRESH_MS = 60_000; // a ranking by 24 h volume moves slowly; the daemon caches it 10 s
+
 export class SeriesPicker {
   /** @param {HTMLFormElement} root  @param {(seriesId: string) => void} onPick  @param {(msg: string) => void} onError */
   constructor(root, onPick, onError) {
@@ -36,6 +38,7 @@ export class SeriesPicker {
     }
     this.whitelist.replaceChildren(new Option("whitelist…", ""), ...ids.map((id) => new Option(id, id)));
     this.loadTop(); // the exchange may be unreachable: it must not hold up the chart
+    setInterval(() => this.loadTop(), TOP_REFRESH_MS);
     return ids;
   }
 
@@ -50,7 +53,9 @@ export class SeriesPicker {
       }
     }
     if (options.length === 1) options[0].textContent = "top markets unavailable";
+    const chosen = this.top.value; // a refresh keeps what the user picked
     this.top.replaceChildren(...options);
+    if (options.some((o) => o.value === chosen)) this.top.value = chosen;
   }
 
   /** Reflect the current series in the controls. */
