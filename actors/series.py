@@ -95,6 +95,7 @@ class SeriesActor:
         self._repair_hole = repair_hole
         self._nursery: trio.Nursery | None = None
         self._retrying = False  # a _retry_holes run is in progress
+        self._filling = False  # a tick's _fill is in progress
         self._failed: BaseException | None = None
         self._failure = trio.Event()
 
@@ -152,14 +153,16 @@ class SeriesActor:
             # The writer's queue is full (the disk is stalling): wait for room in a task, never drop a close.
             self._spawn(functools.partial(self._writer.submit, self.series, candles, sent_ms=sent_ms))
 
-    def _spawn(self, fn: Callable[[], Awaitable[object]]) -> None:
+    def _spawn(self, fn: Callable[[], Awaitable[object]]) -> bool:
         """Run ``fn`` in this actor's task tree; an actor going down (crashed, evicted) takes no new work."""
         if self._nursery is None or self._failed is not None:
-            return
+            return False
         try:
             self._nursery.start_soon(fn)
         except RuntimeError:  # the nursery is closing: the actor is stopping
             log.info("actor_stopping_work_dropped", series_id=str(self.series))
+            return False
+        return True
 
     def _record_hole(self, hole: Hole) -> None:
         self.state.holes.append(hole)
@@ -263,7 +266,7 @@ class SeriesActor:
 
     async def _on_tick(self, tick: Tick) -> None:
         if self.state.pending_holes and not self._retrying:
-            self._spawn(functools.partial(self._retry_holes, tick.boundary_s))
+            self._retrying = self._spawn(functools.partial(self._retry_holes, tick.boundary_s))
         tf = self.series.timeframe
         boundary = tick.boundary_s
         if not tf.is_aligned(boundary):
@@ -276,7 +279,17 @@ class SeriesActor:
         if head is not None and head >= last_closed:
             return
         first = last_closed if head is None else tf.next_open(head)
-        await self._fill(first, last_closed)
+        if self._filling:
+            return  # the last tick's fill still waits on the exchange; it, or the next tick, covers this
+        self._filling = self._spawn(functools.partial(self._tick_fill, first, last_closed))
+
+    async def _tick_fill(self, first: int, last: int) -> None:
+        """The tick's fill, beside the ticker: a REST call retrying for half a minute must not make the next
+        ticks late (on a fast demo clock, or a stalled exchange)."""
+        try:
+            await self._fill(first, last)
+        finally:
+            self._filling = False
 
     async def _fill(self, first: int, last: int) -> bool:
         """Ask the exchange for closed periods that did not arrive; keep what it lacks as a hole. False when

@@ -43,23 +43,32 @@ class Harness:
     exchange: dict[int, Candle]
     clock: ExchangeClock
     down: list[bool]  # [True]: every fetch fails as if the exchange were unreachable
+    fetch_times: list[float]  # trio time of each fetch
 
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, *, head_time: int | None = None, fail_fetch: bool = False, repair_hole: RepairHole | None = None
+    tmp_path: Path,
+    *,
+    head_time: int | None = None,
+    fail_fetch: bool = False,
+    repair_hole: RepairHole | None = None,
+    fetch_s: float = 0.0,
 ) -> AsyncIterator[Harness]:
     log = EventLog(tmp_path / "log")
     forming: list[tuple[float, Candle]] = []
     fetches: list[tuple[int, int]] = []
     exchange: dict[int, Candle] = {}
     down = [fail_fetch]
+    fetch_times: list[float] = []
 
     def broadcast(series: SeriesId, c: Candle) -> None:
         forming.append((trio.current_time(), c))
 
     async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
         fetches.append((first, last))
+        fetch_times.append(trio.current_time())
+        await trio.sleep(fetch_s)  # a slow exchange (REST retrying with backoff)
         if down[0]:
             raise OSError("network unreachable")
         return [exchange[t] for t in sorted(exchange) if first <= t <= last]
@@ -79,7 +88,7 @@ async def running(
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(actor.run)
-            yield Harness(actor, log, forming, fetches, exchange, clock, down)
+            yield Harness(actor, log, forming, fetches, exchange, clock, down, fetch_times)
             nursery.cancel_scope.cancel()
     finally:
         log.close()
@@ -134,6 +143,20 @@ async def test_silent_stream_is_filled_from_the_exchange_at_tick_plus_grace(
         await trio.sleep(60)
         assert h.fetches[-1] == (T0 + 60, T0 + 120)
         assert [c.candle_time for c in h.log.range(BTC)] == [T0, T0 + 60, T0 + 120]
+
+
+async def test_a_slow_fill_never_makes_the_next_tick_late(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60, fetch_s=90) as h:
+        for t in (T0, T0 + 60, T0 + 120):
+            h.exchange[t] = candle(t)
+        start = trio.current_time()  # exchange time T0 + 10
+        await trio.sleep(200)
+        # T0's fill starts at its tick (T0 + 63) and takes 90 s; the tick of T0 + 120 finds it running and
+        # leaves its period to the next tick, which comes on time (T0 + 183), not after the slow call.
+        assert h.fetches == [(T0, T0), (T0 + 60, T0 + 120)]
+        assert [round(t - start) for t in h.fetch_times] == [53, 173]
 
 
 async def test_unreachable_exchange_is_reported_not_fatal(
