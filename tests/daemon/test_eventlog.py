@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from daemon.logformat import EventKind
 from protocol.candle import Candle
 from protocol.errors import CandleError
 from protocol.series import SeriesId
+from tests.daemon.concurrent_reads import reading_meanwhile
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:futures:ETH/USDT:5m")
@@ -174,34 +173,19 @@ def test_map_grows_instead_of_failing(tmp_path: Path) -> None:
 def test_map_growth_never_breaks_a_concurrent_read(tmp_path: Path) -> None:
     """Reads run in worker threads while the writer grows the map: each read waits for the resize instead of
     failing (``mdb_txn_begin: Invalid argument``, found by the chaos run as a 500 on /api/market/candles)."""
-    errors: list[BaseException] = []
-    stop = threading.Event()
     with EventLog(tmp_path / "log", map_size=64 * 1024) as log:
         log.append({BTC: [c(0)]})
 
-        def reader() -> None:
-            while not stop.is_set():
-                try:
-                    assert log.range(BTC, None, None, 20)
-                    log.head(BTC)
-                    time.sleep(0.0001)  # pacing, not waiting: the writer needs the GIL back after each put
-                except BaseException as e:  # any failure is the finding
-                    errors.append(e)
-                    return
+        def read() -> None:
+            assert log.range(BTC, None, None, 20)
+            log.head(BTC)
 
-        threads = [threading.Thread(target=reader) for _ in range(2)]
-        for t in threads:
-            t.start()
         grown = 0
-        try:
+        with reading_meanwhile(read, pause_s=0.0001) as errors:
             for b in range(1, 9):
                 size = log.map_size
                 log.append({BTC: [c(60 * (b * 1000 + i)) for i in range(1000)]})
                 grown += log.map_size > size
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
     assert grown >= 4
     assert errors == []
 
