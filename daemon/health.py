@@ -64,15 +64,17 @@ def series_health_view(
 async def health_views(services: Services, now_time: int) -> list[dict[str, Any]]:
     """The health view of every active series (HTTP without ``series_id``, and ``klinectl health``)."""
     heads = await services.store.heads()
-    return [
-        series_health_view(
-            s, now_time, heads.get(str(s)), services.history.progress.view(s), holes_pending(services, s)
-        )
-        for s in services.active_series()
-    ]
+    return [live_health_view(services, s, now_time, heads.get(str(s))) for s in services.active_series()]
 
 
-def holes_pending(services: Services, series: SeriesId) -> int:
+def live_health_view(services: Services, series: SeriesId, now_time: int, head: SeriesHead | None) -> dict[str, Any]:
+    """:func:`series_health_view` with what the running daemon knows: backfill progress and pending holes."""
+    return series_health_view(
+        series, now_time, head, services.history.progress.view(series), _holes_pending(services, series)
+    )
+
+
+def _holes_pending(services: Services, series: SeriesId) -> int:
     """Candles missing in the holes a series actor will ask the exchange for again."""
     actor = services.live.actors.get(series) if services.live is not None else None
     if actor is None:

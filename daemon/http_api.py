@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from daemon import __version__, factor_reads, webui
-from daemon.health import health_views, holes_pending, series_health_view, upstream_health
+from daemon.health import health_views, live_health_view, upstream_health
 from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.metrics import build_registry, render_metrics
 from daemon.top_markets import TopMarketsError
@@ -285,9 +285,7 @@ def build_app(services: Services) -> MarketApp:
         now = services.clock.now_s() if now is None else now
         if "series_id" in request.query_params:
             series = _series_param(request)
-            backfill = services.history.progress.view(series)
-            pending = holes_pending(services, series)
-            return JSONResponse(series_health_view(series, now, await store.head(series), backfill, pending))
+            return JSONResponse(live_health_view(services, series, now, await store.head(series)))
         views = await health_views(services, now)
         return JSONResponse({"now_time": now, "upstream": upstream_health(services), "series": views})
 

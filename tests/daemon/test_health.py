@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from daemon.health import series_health_view
+from actors.series import PendingHole, SeriesState
+from daemon.health import live_health_view, series_health_view
 from daemon.logformat import SeriesHead
 from protocol.series import SeriesId
+from protocol.upstream import Hole
 
 S5 = SeriesId.parse("binance:spot:BTC/USDT:5m")
 
@@ -33,3 +37,20 @@ def test_an_up_to_date_series_with_a_hole_awaiting_the_exchange_is_yellow_until_
     view = series_health_view(S5, 960, head, holes_pending=2)
     assert (view["status"], view["status_reason"]) == ("yellow", "gap_repair_pending")
     assert view["holes_pending_candles"] == 2
+
+
+def test_the_daemon_view_counts_the_candles_of_holes_its_actor_will_ask_for_again() -> None:
+    """The view HTTP and klinectl serve (a stand-in ``Services`` holding only what it reads)."""
+    state = SeriesState(head_time=600, pending_holes=[PendingHole(Hole(0, 300))])
+    services = SimpleNamespace(
+        live=SimpleNamespace(actors={S5: SimpleNamespace(state=state)}),
+        history=SimpleNamespace(progress=SimpleNamespace(view=lambda series: {"state": "idle"})),
+    )
+    view = live_health_view(services, S5, 960, SeriesHead(0, 600, 3))  # type: ignore[arg-type]
+    assert (view["status"], view["status_reason"], view["holes_pending_candles"]) == (
+        "yellow",
+        "gap_repair_pending",
+        1,
+    )
+    services.live = None  # no live ingest: no actors, nothing pending
+    assert live_health_view(services, S5, 960, SeriesHead(0, 600, 3))["status"] == "green"  # type: ignore[arg-type]
