@@ -243,8 +243,8 @@ class SeriesActor:
     async def _retry_holes(self, boundary_s: int) -> None:
         """Ask the exchange again for the holes it did not answer for; each is done once it answers (what it
         lacks then stays a recorded hole), or after :data:`HOLE_RETRY_LIMIT` attempts. Runs beside the ticks
-        (a REST call that retries for half a minute must not make them late), one run at a time."""
-        self._retrying = True
+        (a REST call that retries for half a minute must not make them late), one run at a time: the tick
+        that spawned it set ``_retrying``."""
         try:
             due = [p for p in self.state.pending_holes if p.retry_at_s <= boundary_s]
             for pending in due:

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final, cast
 
@@ -293,9 +293,7 @@ async def run_until_signal(settings: Settings, config_path: str | None = None) -
                     if signum == signal.SIGHUP:
                         reload_whitelist(running, config_path)
                         continue
-                    deadline = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_at_deadline)
-                    deadline.daemon = True
-                    deadline.start()
+                    deadline = start_stop_deadline()
                     running.stop.set()
                     break
     finally:
@@ -303,9 +301,20 @@ async def run_until_signal(settings: Settings, config_path: str | None = None) -
             deadline.cancel()
 
 
-def _exit_at_deadline() -> None:
+def start_stop_deadline(before_exit: Callable[[], object] | None = None) -> threading.Timer:
+    """Arm :data:`SHUTDOWN_DEADLINE_S` for a stop just asked for; cancel the timer once the stop is done.
+    ``before_exit`` runs first if the deadline passes (the demo removes its temporary data directory)."""
+    deadline = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_at_deadline, args=(before_exit,))
+    deadline.daemon = True
+    deadline.start()
+    return deadline
+
+
+def _exit_at_deadline(before_exit: Callable[[], object] | None) -> None:
     """The shutdown deadline passed (a peer holds a socket): leave now; the log is already durable."""
     log.warning("shutdown_forced", deadline_s=SHUTDOWN_DEADLINE_S)
+    if before_exit is not None:
+        before_exit()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(0)

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ import attrs
 import trio
 
 from actors.store import Store
-from daemon.app import SHUTDOWN_DEADLINE_S, Running, serve_daemon
+from daemon.app import Running, serve_daemon, start_stop_deadline
 from daemon.config import Settings
 from daemon.fakex.market import Market
 from daemon.fakex.server import FakeExchange, FakeExchangeUrls, exchange_clock
@@ -292,22 +291,17 @@ class Demo:
     async def _stop_on_signal(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
         async for signum in signals:
             say(f"{signal.Signals(signum).name}: stopping")
-            self.deadline = threading.Timer(SHUTDOWN_DEADLINE_S, self._exit_at_deadline)
-            self.deadline.daemon = True
-            self.deadline.start()
+            # As ``klined run`` does; a temporary data directory is removed first should the deadline pass.
+            self.deadline = start_stop_deadline(self._remove_temporary)
             if self.running is None:
                 scope.cancel()  # still starting: nothing acknowledged to drain, the log closes on the way out
             else:
                 self.running.stop.set()  # the daemon's own ordered stop; the nursery follows when it is done
             return
 
-    def _exit_at_deadline(self) -> None:
-        """A peer held the daemon's stop past its deadline (see daemon.app): leave now, as ``klined run``
-        does, removing a temporary data directory first."""
+    def _remove_temporary(self) -> None:
         if self.temporary:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-        sys.stdout.flush()
-        os._exit(0)
 
 
 def _leaf(error: BaseException) -> BaseException:
