@@ -5,17 +5,17 @@ from __future__ import annotations
 import pickle
 import random
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.candle import Candle
-from protocol.factors.base import Factor, FactorEngine, FactorEvent, Tick
+from protocol.factors.base import FactorEngine, FactorEvent
 from protocol.factors.pen import KEEP_EFFECTIVE, Pen
 from protocol.factors.pivot import Pivot
-from tests.protocol.factors.bars import SMALL, TF, bar, flat
+from tests.protocol.factors.bars import SMALL, TF, ScriptedPivot, bar, flat
 
 
 def major(t: int, price: float, direction: str, visible: int, idx: int) -> dict[str, Any]:
@@ -27,21 +27,6 @@ def major(t: int, price: float, direction: str, visible: int, idx: int) -> dict[
         "window": 1,
         "pivot_idx": idx,
     }
-
-
-class ScriptedPivot(Factor):
-    """Stands in for the pivot factor: emits the given major payloads at their visible times."""
-
-    name = "pivot"
-    version = 1
-    defaults: ClassVar[dict[str, Any]] = {"majors": ()}
-
-    def apply(self, tick: Tick) -> list[FactorEvent]:
-        return [
-            FactorEvent("pivot", "pivot.major", f"major:{p['pivot_time']}:{p['direction']}:1", tick.time, p)
-            for p in self.settings["majors"]
-            if p["visible_time"] == tick.time
-        ]
 
 
 def pen(start: int, end: int, p0: float, p1: float, direction: int, visible: int, i0: int, i1: int) -> FactorEvent:

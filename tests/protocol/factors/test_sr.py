@@ -7,16 +7,16 @@ from __future__ import annotations
 import pickle
 import random
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from protocol.candle import Candle
 from protocol.factors.anchor import Anchor
-from protocol.factors.base import Factor, FactorEngine, FactorEvent, Tick
+from protocol.factors.base import FactorEngine
 from protocol.factors.sr import SupportResistance
 from protocol.factors.zhongshu import Zhongshu
-from tests.protocol.factors.bars import TF, flat
+from tests.protocol.factors.bars import TF, ScriptedPivot, flat
 
 
 def major(idx: int, price: float, direction: str, w: int = 2) -> dict[str, Any]:
@@ -31,27 +31,12 @@ def major(idx: int, price: float, direction: str, w: int = 2) -> dict[str, Any]:
     }
 
 
-class ScriptedPivot(Factor):
-    """Stands in for the pivot factor: emits the given majors (and one minor) at their visible times."""
-
-    name = "pivot"
-    version = 1
-    defaults: ClassVar[dict[str, Any]] = {"majors": ()}
-
-    def apply(self, tick: Tick) -> list[FactorEvent]:
-        out = [
-            FactorEvent("pivot", "pivot.major", f"major:{p['pivot_time']}:{p['direction']}:{p['window']}", tick.time, p)
-            for p in self.settings["majors"]
-            if p["visible_time"] == tick.time
-        ]
-        if out:  # minors ride along and must be ignored
-            out.append(FactorEvent("pivot", "pivot.minor", f"minor:{tick.time}", tick.time, {**out[0].payload}))
-        return out
-
-
 def engine(majors: Sequence[dict[str, Any]], max_bars: int = 1000, **settings: Any) -> FactorEngine:
     return FactorEngine(
-        TF, [ScriptedPivot, SupportResistance], {"pivot": {"majors": list(majors)}, "sr": settings}, max_bars=max_bars
+        TF,
+        [ScriptedPivot, SupportResistance],
+        {"pivot": {"majors": list(majors), "minors": True}, "sr": settings},
+        max_bars=max_bars,
     )
 
 
