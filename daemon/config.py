@@ -76,6 +76,16 @@ class Settings:
     market_ws_max_message_bytes: int = attrs.field(default=65536, metadata=_kind("pos_int"))
     market_ws_queue_frames: int = attrs.field(default=4096, metadata=_kind("pos_int"))
     http_cors_origins: tuple[str, ...] = attrs.field(default=(), metadata=_kind("str_list"))
+    # Beyond SPEC: writes (POST .../ingest/...) need `Authorization: Bearer <token>` when a token is set;
+    # without one they are taken from loopback peers only. `ingest_token_file` suits systemd's LoadCredential=.
+    ingest_token: str = attrs.field(default="", metadata=_kind("str"))
+    ingest_token_file: str = attrs.field(default="", metadata=_kind("str"))
+    # Beyond SPEC: an HTTP/WebSocket connection that has not sent a whole request head this long after it
+    # opened (or after its last answer) is closed: idle peers and header tricklers are cut.
+    http_idle_timeout_s: float = attrs.field(default=75.0, metadata=_kind("pos_float"))
+    # Beyond SPEC: a control-socket peer must send its whole request line within this.
+    control_request_timeout_s: float = attrs.field(default=10.0, metadata=_kind("pos_float"))
+    log_level: str = attrs.field(default="info", metadata=_kind("log_level"))
     # Symbols whose candles are built from their trades (aggTrade) instead of kline streams, e.g.
     # "binance:spot:BTC/USDT": every whitelisted timeframe of it (and the derived ones) comes from one book.
     trade_sources: tuple[str, ...] = attrs.field(default=(), metadata=_kind("symbol_list"))
@@ -243,6 +253,16 @@ def _as_history_source(raw: object, from_env: bool) -> str:
     return value
 
 
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+def _as_log_level(raw: object, from_env: bool) -> str:
+    value = _as_str(raw, from_env).strip().lower()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return value
+
+
 _PARSERS: Final[dict[str, Callable[[object, bool], Any]]] = {
     "str": _as_str,
     "url": _as_url,
@@ -259,6 +279,7 @@ _PARSERS: Final[dict[str, Callable[[object, bool], Any]]] = {
     "timeframe": _as_timeframe,
     "timeframe_list": _as_timeframe_list,
     "history_source": _as_history_source,
+    "log_level": _as_log_level,
 }
 _KIND_OF: Final = {f.name: f.metadata["kind"] for f in attrs.fields(Settings)}
 
@@ -271,7 +292,23 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     values.update(_from_env(os.environ if env is None else env))
     settings = Settings(**values)
     _check_derived(settings)
-    return settings
+    return _with_token_file(settings)
+
+
+def _with_token_file(settings: Settings) -> Settings:
+    """``ingest_token_file`` read into ``ingest_token`` (one token, surrounding whitespace dropped)."""
+    if not settings.ingest_token_file:
+        return settings
+    if settings.ingest_token:
+        raise ConfigError("ingest_token and ingest_token_file are both set: keep one")
+    path = Path(settings.ingest_token_file).expanduser()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"bad value for ingest_token_file: cannot read {path}: {e}") from None
+    if not token:
+        raise ConfigError(f"bad value for ingest_token_file: {path} is empty")
+    return attrs.evolve(settings, ingest_token=token)
 
 
 def _from_file(path: Path) -> dict[str, Any]:

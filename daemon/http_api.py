@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -28,6 +28,7 @@ from daemon.health import health_views, live_health_view, upstream_health
 from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.metrics import build_registry, render_metrics
 from daemon.top_markets import TopMarketsError
+from daemon.write_auth import check_write
 from daemon.ws_endpoint import MarketSocket
 from protocol.candle import Candle, check_candle
 from protocol.codec import CodecError, candle_from_wire, candle_to_wire
@@ -55,9 +56,9 @@ class JSONResponse(Response):
 class ApiError(Exception):
     """An error the client can act on: becomes ``{"code", "detail"}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
 
 def _bad_param(detail: str) -> ApiError:
@@ -158,6 +159,14 @@ def build_app(services: Services) -> MarketApp:
         if not settings.enable_debug_api:
             raise ApiError(404, "not_found", "debug API disabled")
 
+    def require_write(request: Request) -> None:
+        """Called before the body is read: a refused write costs no parsing and learns nothing about the log."""
+        peer = request.client.host if request.client else None
+        refusal = check_write(settings, peer, request.headers)
+        if refusal is not None:
+            log.warning("write_refused", path=request.url.path, peer=peer, code=refusal.code)
+            raise ApiError(refusal.status, refusal.code, refusal.detail, dict(refusal.headers))
+
     # The tail a chart asks for is the same for every chart until the series changes: encoded once.
     tail_cache: OrderedDict[tuple[str, int], tuple[int, bytes]] = OrderedDict()
 
@@ -194,6 +203,7 @@ def build_app(services: Services) -> MarketApp:
         return head.head_time if head else None
 
     async def ingest_closed(request: Request) -> Response:
+        require_write(request)
         body = await _json_body(request)
         series = _body_series(body)
         if "candle" not in body:
@@ -203,7 +213,8 @@ def build_app(services: Services) -> MarketApp:
         return JSONResponse({"ok": True, "series_id": str(series), "candle_time": candle.candle_time})
 
     async def ingest_forming(request: Request) -> Response:
-        require_debug()
+        require_debug()  # a disabled debug write is a missing route, as for any peer
+        require_write(request)
         body = await _json_body(request)
         series = _body_series(body)
         if "candle" not in body:
@@ -213,7 +224,8 @@ def build_app(services: Services) -> MarketApp:
         return JSONResponse({"ok": True, "series_id": str(series), "candle_time": candle.candle_time})
 
     async def ingest_closed_batch(request: Request) -> Response:
-        require_debug()
+        require_debug()  # a disabled debug write is a missing route, as for any peer
+        require_write(request)
         body = await _json_body(request)
         series = _body_series(body)
         raw = body.get("candles")
@@ -361,7 +373,7 @@ def build_app(services: Services) -> MarketApp:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return JSONResponse({"code": exc.code, "detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"code": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -381,7 +393,13 @@ def build_app(services: Services) -> MarketApp:
     middleware = []
     if settings.http_cors_origins:  # a browser chart served from another origin may call the API
         middleware.append(
-            Middleware(CORSMiddleware, allow_origins=list(settings.http_cors_origins), allow_methods=["GET", "POST"])
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.http_cors_origins),
+                allow_methods=["GET", "POST"],
+                # A write's preflight asks for both: JSON is what makes it preflighted, the token what admits it.
+                allow_headers=["Content-Type", "Authorization"],
+            )
         )
     http = Starlette(
         routes=[

@@ -54,7 +54,9 @@ async def test_11_a_candle_that_breaks_spec_is_422_and_nothing_is_stored(
 async def test_11_nan_is_not_json_and_is_422(tmp_path: Path) -> None:
     async with daemon(tmp_path) as d:
         body = orjson.dumps({"series_id": S1, "candle": candle(300)}).replace(b'"close":10.0', b'"close":NaN')
-        r = await d.http.post("/api/market/ingest/candle_closed", content=body)
+        r = await d.http.post(
+            "/api/market/ingest/candle_closed", content=body, headers={"Content-Type": "application/json"}
+        )
         assert (r.status_code, r.json()["code"]) == (422, "bad_request")
         assert d.running.store.log.last_seq() == 0
 
