@@ -1,14 +1,18 @@
 """The operator's control socket (unix, mode 0600, peers of another uid refused via SO_PEERCRED): one JSON
-request line in, JSON lines out.
+request line in, JSON lines out. A peer's failure (garbage, a reset, silence past
+``control_request_timeout_s``) ends its own connection and nothing else.
 
 Requests (``cmd``): ``version``, ``status``, ``series``, ``health``, ``pin``/``unpin`` (``series_id``),
-``backfill`` (``series_id``, ``since``, ``until``), ``backup`` (``path``), ``top_markets`` (``market``,
+``backfill`` (``series_id``, ``since``, ``until``), ``backup`` (the destination file's descriptor passed
+beside the request with SCM_RIGHTS: the client owns the file), ``top_markets`` (``market``,
 ``quote_asset``, ``limit``), ``rebuild``. Answers end with ``{"event": "done", ...}`` or ``{"event": "error",
 "code", "detail"}``; a backfill sends ``{"event": "progress", ...}`` every half second until then.
 """
 
 from __future__ import annotations
 
+import array
+import contextlib
 import functools
 import os
 import socket
@@ -22,7 +26,9 @@ import structlog
 import trio
 
 from daemon import __version__
+from daemon.backup import BackupError, write_backup
 from daemon.health import health_views, upstream_health
+from daemon.top_markets import TopMarketsError
 from protocol.errors import ProtocolError
 from protocol.series import SeriesId
 
@@ -33,6 +39,8 @@ log = structlog.get_logger(__name__)
 
 PROGRESS_EVERY_S: Final = 0.5
 MAX_REQUEST: Final = 64 * 1024
+MAX_FDS: Final = 4  # descriptors taken beside one request; a peer's extra ones are closed
+FD_SIZE: Final = array.array("i").itemsize
 
 
 async def serve_control(
@@ -42,7 +50,7 @@ async def serve_control(
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(str(path))
     os.chmod(path, 0o600)  # operators only: it can start backfills
-    sock.listen(16)
+    sock.listen(128)  # a burst of operators' scripts (or hostile peers) waits in the queue, not refused
     listener = trio.SocketListener(sock)
     log.info("control_socket_listening", path=str(path))
     try:
@@ -67,33 +75,61 @@ def peer_uid(stream: trio.abc.Stream) -> int | None:
     return int(uid)
 
 
-async def _serve_one(services: Services, stream: trio.abc.Stream) -> None:
+async def _serve_one(services: Services, stream: trio.SocketStream) -> None:
+    """One operator connection. Whatever its peer does (garbage, a reset, a half-close, silence) ends this
+    connection only: nothing escapes into the daemon's nursery, and an ordinary disconnect logs no traceback."""
+    fds: list[int] = []
+    try:
+        async with stream:
+            await _converse(services, stream, fds)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+        log.debug("control_peer_gone", error=repr(e))  # the operator pressed Ctrl-C or the peer reset
+    except Exception as e:  # a defect in a handler: that request fails, the daemon carries on
+        log.error("control_request_failed", error=repr(e), exc_info=True)
+    finally:
+        for fd in fds:  # descriptors a peer passed that no handler kept
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+async def _converse(services: Services, stream: trio.SocketStream, fds: list[int]) -> None:
     async def send(obj: dict[str, Any]) -> None:
         await stream.send_all(orjson.dumps(obj) + b"\n")
 
-    async with stream:
-        uid = peer_uid(stream)
-        if uid is not None and uid not in (os.getuid(), 0):
-            log.warning("control_peer_refused", uid=uid)
-            await send({"event": "error", "code": "forbidden", "detail": f"uid {uid} may not control this daemon"})
-            return
-        try:
-            request = await _read_line(stream)
-            await _handle(services, request, send)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return  # the operator pressed Ctrl-C: the backfill keeps running in the daemon
-        except BadControlRequestError as e:
-            await send({"event": "error", "code": "bad_request", "detail": str(e)})
+    uid = peer_uid(stream)
+    if uid is not None and uid not in (os.getuid(), 0):
+        log.warning("control_peer_refused", uid=uid)
+        await send({"event": "error", "code": "forbidden", "detail": f"uid {uid} may not control this daemon"})
+        return
+    try:
+        with trio.fail_after(services.settings.control_request_timeout_s):
+            request = await _read_request(stream.socket, fds)
+    except trio.TooSlowError:
+        log.info("control_request_timeout", limit_s=services.settings.control_request_timeout_s)
+        await send({"event": "error", "code": "timeout", "detail": "no whole request line in time"})
+        return
+    except BadControlRequestError as e:
+        await send({"event": "error", "code": "bad_request", "detail": str(e)})
+        return
+    try:
+        await _handle(services, request, fds, send)
+    except BadControlRequestError as e:
+        await send({"event": "error", "code": "bad_request", "detail": str(e)})
 
 
 class BadControlRequestError(Exception):
     pass
 
 
-async def _read_line(stream: trio.abc.Stream) -> dict[str, Any]:
+async def _read_request(sock: trio.socket.SocketType, fds: list[int]) -> dict[str, Any]:
+    """The request line; descriptors sent beside it (SCM_RIGHTS, e.g. ``klinectl backup``'s file) go to ``fds``."""
     buffer = b""
     while b"\n" not in buffer:
-        chunk = await stream.receive_some(4096)
+        chunk, ancillary, _flags, _addr = await sock.recvmsg(4096, socket.CMSG_SPACE(MAX_FDS * FD_SIZE))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % FD_SIZE
+                fds.extend(array.array("i", data[:usable]))
         if not chunk:
             break
         buffer += chunk
@@ -108,7 +144,7 @@ async def _read_line(stream: trio.abc.Stream) -> dict[str, Any]:
     return request
 
 
-async def _handle(services: Services, request: dict[str, Any], send: Any) -> None:
+async def _handle(services: Services, request: dict[str, Any], fds: list[int], send: Any) -> None:
     cmd = request.get("cmd")
     if cmd == "version":
         await send({"event": "done", "version": __version__})
@@ -128,23 +164,26 @@ async def _handle(services: Services, request: dict[str, Any], send: Any) -> Non
     elif cmd == "backfill":
         await _backfill(services, request, send)
     elif cmd == "backup":
-        target = request.get("path")
-        if not isinstance(target, str) or not target:
-            raise BadControlRequestError("backup needs a path (an empty or new directory)")
-        path = Path(target)
-        if await trio.to_thread.run_sync(lambda: path.exists() and any(path.iterdir())):
-            raise BadControlRequestError(f"{target} is not empty")
-        await trio.to_thread.run_sync(services.store.log.copy_to, path)  # a hot, consistent, compacted copy
-        size = await trio.to_thread.run_sync(lambda: sum(f.stat().st_size for f in path.iterdir()))
-        await send({"event": "done", "path": str(path), "bytes": size})
+        if len(fds) != 1:
+            raise BadControlRequestError("backup needs its destination file passed beside the request (SCM_RIGHTS)")
+        fd = fds.pop()
+        try:
+            summary = await write_backup(services, fd)  # into the client's file: no path the daemon must write
+        except BackupError as e:
+            raise BadControlRequestError(str(e)) from None
+        finally:
+            os.close(fd)
+        await send({"event": "done", **summary})
     elif cmd == "top_markets":
-        data = await services.top_markets.get(
-            "binance",
-            str(request.get("market", "spot")),
-            str(request.get("quote_asset", "USDT")),
-            int(request.get("limit", 20)),
-            False,
-        )
+        limit = request.get("limit", 20)
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise BadControlRequestError("limit must be an integer 1..1000")
+        market, quote = str(request.get("market", "spot")), str(request.get("quote_asset", "USDT"))
+        try:
+            data = await services.top_markets.get("binance", market, quote, limit, False)
+        except TopMarketsError as e:
+            await send({"event": "error", "code": e.code, "detail": e.detail})
+            return
         await send({"event": "done", **data})
     elif cmd == "rebuild":
         await _rebuild(services, request, send)

@@ -416,10 +416,11 @@ class EventLog:
     def series_ids(self) -> list[str]:
         return sorted(self._series_nums)
 
-    def copy_to(self, path: str | os.PathLike[str]) -> None:
-        """A consistent hot copy (mdb_copy with compaction) into an empty directory."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self._env.copy(str(path), compact=True)
+    def copy_into(self, fd: int) -> int:
+        """A consistent hot copy (mdb_copy with compaction) written at ``fd``'s offset; its last seq."""
+        with self._gate.read(self._env) as txn:
+            self._env.copyfd(fd, compact=True, txn=txn)
+            return self._last_seq_in(txn)
 
     def statistics(self) -> dict[str, int]:
         info, stat = self._env.info(), self._env.stat()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -198,7 +199,12 @@ def test_iter_events_chunks_through_everything(elog: EventLog) -> None:
 
 def test_hot_copy_is_a_complete_log(elog: EventLog, tmp_path: Path) -> None:
     elog.append({BTC: [c(60), c(120)]})
-    elog.copy_to(tmp_path / "copy")
+    (tmp_path / "copy").mkdir()
+    fd = os.open(tmp_path / "copy" / "data.mdb", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        assert elog.copy_into(fd) == 2
+    finally:
+        os.close(fd)
     with EventLog(tmp_path / "copy") as copy:
         assert copy.range(BTC) == [c(60), c(120)]
         assert copy.last_seq() == 2

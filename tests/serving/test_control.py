@@ -7,13 +7,14 @@ import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 
 import pytest
 import trio
 
-from daemon import ctl
+from daemon import backup, ctl
 from daemon.eventlog import EventLog
 from tests.serving.harness import S1, daemon
 
@@ -47,17 +48,100 @@ async def test_status_series_pin_unpin_and_they_survive_a_restart(
         assert (await d.http.get("/api/market/whitelist")).json() == {"series_ids": [S2]}
 
 
-async def test_backup_is_a_consistent_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    async with daemon(tmp_path) as d:
+async def test_backup_goes_into_the_clients_file_and_restores(tmp_path: Path) -> None:
+    sock = tmp_path / "klined.sock"
+    async with daemon(tmp_path / "live", KLINED_CONTROL_SOCKET=str(sock), KLINED_WHITELIST=S1) as d:
         for t in (120, 180, 240):
             await d.ingest(t)
-        target = tmp_path / "backup"
-        assert await klinectl("--socket", str(tmp_path / "klined.sock"), "backup", str(target)) == 0
-        assert "backup written" in capsys.readouterr().out
-        assert await klinectl("--socket", str(tmp_path / "klined.sock"), "backup", str(target)) == 1  # not empty
-        assert "not empty" in capsys.readouterr().err
-    with EventLog(target) as copy:
+        assert await klinectl("--socket", str(sock), "pin", S2) == 0
+        target = tmp_path / "klined.backup"
+        answer = await trio.to_thread.run_sync(backup.send_backup, sock, target)
+        assert answer["event"] == "done", answer
+        assert (answer["last_seq"], answer["bytes"]) == (3, target.stat().st_size)
+        with pytest.raises(FileExistsError):  # an existing file is never overwritten
+            await trio.to_thread.run_sync(backup.send_backup, sock, target)
+    with tarfile.open(target) as tar:  # a plain tar: tar -tvf lists it
+        assert tar.getnames() == ["eventlog/data.mdb", "pins.json", "klined-backup.json"]
+    restored = tmp_path / "restored"
+    summary = backup.restore_backup(target, restored)
+    assert (summary["last_seq"], summary["files"]) == (3, ["eventlog/data.mdb", "pins.json"])
+    with EventLog(restored / "eventlog") as copy:
         assert [c.candle_time for c in copy.range(S1)] == [120, 180, 240]
+    with pytest.raises(backup.BackupError, match="already holds an event log"):
+        backup.restore_backup(target, restored)
+    async with daemon(restored, KLINED_WHITELIST=S1) as d:  # the pins came back with the log
+        assert (await d.http.get("/api/market/whitelist")).json() == {"series_ids": [S1, S2]}
+
+
+async def test_restore_refuses_what_is_not_a_klined_backup(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(backup.BackupError, match="not a klined backup"):
+        backup.restore_backup(junk, tmp_path / "data")
+    with tarfile.open(tmp_path / "other.tar", "w") as tar:
+        tar.add(__file__, arcname="eventlog/data.mdb")
+    with pytest.raises(backup.BackupError, match=r"no klined-backup\.json"):
+        backup.restore_backup(tmp_path / "other.tar", tmp_path / "data")
+
+
+async def _ask_with_fds(path: Path, fds: list[int], line: bytes = b'{"cmd": "backup"}\n') -> dict[str, object]:
+    def ask() -> dict[str, object]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path))
+            socket.send_fds(s, [line], fds)
+            reply: dict[str, object] = json.loads(s.makefile("rb").readline())
+            return reply
+
+    return await trio.to_thread.run_sync(ask)
+
+
+async def test_backup_refuses_a_destination_it_cannot_use_and_leaks_no_descriptor(tmp_path: Path) -> None:
+    sock = tmp_path / "klined.sock"
+    full = tmp_path / "full"
+    full.write_bytes(b"precious")
+    read_only = tmp_path / "ro"
+    read_only.touch()
+    async with daemon(tmp_path) as d:
+        await d.ingest(120)
+        before = len(os.listdir("/proc/self/fd"))
+        r, w = os.pipe()
+        cases = {
+            "regular file": [r],
+            "not empty": [os.open(full, os.O_WRONLY)],
+            "not open for writing": [os.open(read_only, os.O_RDONLY)],
+            "passed beside": [],
+        }
+        try:
+            for words, fds in cases.items():
+                reply = await _ask_with_fds(sock, fds)
+                assert (reply["event"], reply["code"]) == ("error", "bad_request"), reply
+                assert words in str(reply["detail"]), reply
+            # descriptors sent with another command are closed too
+            assert (await _ask_with_fds(sock, [w], b'{"cmd": "version"}\n'))["event"] == "done"
+        finally:
+            for fds in cases.values():
+                for fd in fds:
+                    os.close(fd)
+            os.close(w)
+        assert full.read_bytes() == b"precious"
+        assert len(os.listdir("/proc/self/fd")) <= before  # the daemon closed every one it was handed
+
+
+async def test_a_peer_that_vanishes_or_stalls_ends_only_its_own_connection(tmp_path: Path) -> None:
+    """Issue 16's defect: garbage, then close at once without reading, ended the whole daemon."""
+    sock = tmp_path / "klined.sock"
+    async with daemon(tmp_path, KLINED_CONTROL_REQUEST_TIMEOUT_S="0.5") as d:
+        for _ in range(20):
+            stream = await trio.open_unix_socket(str(sock))
+            await stream.send_all(b"\x00\xff garbage {{{\n" * 50)
+            await stream.aclose()
+        silent = await trio.open_unix_socket(str(sock))
+        async with silent:
+            with trio.fail_after(5):
+                reply = json.loads(await silent.receive_some(65536))
+        assert (reply["event"], reply["code"]) == ("error", "timeout")
+        assert (await d.http.get("/api/version")).status_code == 200
+        assert await klinectl("--socket", str(sock), "status") == 0
 
 
 async def test_bad_requests_get_an_error_and_the_daemon_carries_on(tmp_path: Path) -> None:
