@@ -226,8 +226,10 @@ async def serve_daemon(
         config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler of its own
         config.graceful_timeout = 3.0
         # Chart clients and bots keep connections; a short idle cut races their next request on a pooled
-        # connection ("server disconnected without a response"), as nginx's default 75 s avoids.
-        config.keep_alive_timeout = 75.0
+        # connection ("server disconnected without a response"), as nginx's default 75 s avoids. hypercorn's
+        # idle timer also runs from accept until a whole request head arrives, so the same limit cuts a peer
+        # that never sends and one that trickles its header (its task and socket are freed then).
+        config.keep_alive_timeout = settings.http_idle_timeout_s
         # Frames over our limit get a bad_request and the connection stays; far over it, hypercorn closes.
         config.websocket_max_message_size = max(4 * settings.market_ws_max_message_bytes, 1 << 20)
         app = cast(ASGIFramework, build_app(services))  # Starlette is ASGI 3; the types differ only nominally

@@ -4,7 +4,8 @@ into seconds, with faults injected at random (seeded), then the log checked agai
 The fake exchange's clock runs ``SPEED`` times as fast and klined follows it (``dev_clock_speed``). Faults:
 upstream drops, silences and refused reconnects, 429/418 storms, REST pages that repeat, duplicate, swapped
 and late closed candles, malformed payloads, SIGKILL and SIGTERM of klined with a restart, a tiny LMDB map
-that must grow, a slow and a dead subscriber, and a client posting closed candles the whole time.
+that must grow, a slow and a dead subscriber, a client posting closed candles the whole time, and hostile
+peers on every listener (``hostile_peers.py``: garbage, resets, half-closes, silence, trickled headers).
 
 After the run, invariants are checked and printed as a table:
 - every closed period of every whitelisted series (1m and the derived 5m) from the first stored one to the
@@ -14,7 +15,8 @@ After the run, invariants are checked and printed as a table:
   (or, built from trades, to a candle the log corrected later), with a ``gap`` frame exactly where
   consecutive candles are not adjacent, up to the head at the end;
 - every closed candle acknowledged by ``POST /api/market/ingest/candle_closed`` is in the log;
-- the factor projections equal a replay of the log from scratch.
+- the factor projections equal a replay of the log from scratch;
+- every hostile peer was answered or cut (none left open past the daemon's bound).
 
 ``pytest --chaos-long`` runs 24 simulated hours instead of 3.
 """
@@ -44,6 +46,7 @@ from protocol.binance import format_decimal
 from protocol.candle import Candle
 from protocol.series import SeriesId
 from tests.actors.test_projector import outputs
+from tests.chaos.hostile_peers import PEERS, Listener, listeners
 from tests.klined_process import klined
 
 SPEED = 240.0  # exchange seconds per wall second: a 1m period every 0.25 s
@@ -58,6 +61,7 @@ DERIVED: list[str] = []
 ACKED = "binance:spot:ACK/USDT:1m"  # not on the exchange: candles only ever come from the HTTP client
 KINDS = ("drop", "silence", "outage", "429", "418", "repeat_pages", "resend", "swap", "late", "malformed")
 KILLS = ("sigkill", "sigterm")
+HOSTILE_CUT_S = 2.0  # the daemon's http_idle_timeout_s and control_request_timeout_s in this run
 
 
 @attrs.define
@@ -72,6 +76,7 @@ class Run:
     reached_head: int = 0  # series whose subscriber got every candle up to the head at the end
     end_lag: dict[str, tuple[int | None, int]] = attrs.field(factory=dict)  # series: (last received, head)
     sigterm_exits: list[tuple[int, float]] = attrs.field(factory=list)  # (exit code, seconds) per SIGTERM
+    hostile: Counter[str] = attrs.field(factory=Counter)  # "listener/peer: outcome" -> count
 
 
 def wire(c: Candle) -> Candle:
@@ -168,6 +173,23 @@ async def poster(url: str, run: Run, next_t: list[int]) -> None:
             await trio.sleep(0.02)
 
 
+async def hostile(url: str, control: Path, run: Run, rng: random.Random) -> None:
+    """Hostile peers on every listener, a few a second, for the whole life of one klined."""
+    targets = listeners(str(control), int(url.rsplit(":", 1)[1]))
+
+    async def one(listener: Listener, kind: str) -> None:
+        try:
+            outcome = await PEERS[kind](listener, HOSTILE_CUT_S)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, AssertionError):
+            outcome = "daemon gone"  # killed by the run mid-way: not a verdict on the daemon
+        run.hostile[f"{listener.name}/{kind}: {outcome}"] += 1
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            nursery.start_soon(one, rng.choice(targets), rng.choice(list(PEERS)))
+            await trio.sleep(rng.uniform(0.05, 0.4))
+
+
 def inject(fake: FakeExchange, kind: str, rng: random.Random) -> None:
     now = fake.now_ms()
     faults, rest = fake.streams.faults, fake.rest_faults
@@ -225,6 +247,8 @@ async def test_the_log_is_the_exchange_through_faults(tmp_path: Path, request: p
         "KLINED_DEV_CLOCK_SPEED": str(SPEED),
         "KLINED_LMDB_MAP_SIZE_MB": "1",  # tiny: it must grow, under load, several times
         "KLINED_ENABLE_DEBUG_API": "1",  # batch ingest
+        "KLINED_HTTP_IDLE_TIMEOUT_S": str(HOSTILE_CUT_S),
+        "KLINED_CONTROL_REQUEST_TIMEOUT_S": str(HOSTILE_CUT_S),
     }
     wall_s = hours * 3600 / SPEED
     since: dict[str, int | None] = dict.fromkeys([*WHITELIST, *DERIVED])
@@ -242,6 +266,7 @@ async def test_the_log_is_the_exchange_through_faults(tmp_path: Path, request: p
                 clients.start_soon(subscriber, url, since, frames)
                 clients.start_soon(slow_and_dead, url, run)
                 clients.start_soon(poster, url, run, next_t)
+                clients.start_soon(hostile, url, data / "klined.sock", run, random.Random(rng.random()))
                 life = min(deadline, trio.current_time() + rng.uniform(3.0, 9.0))
                 while trio.current_time() < life:
                     await trio.sleep(rng.uniform(0.2, 1.2))
@@ -425,6 +450,8 @@ async def check(data: Path, tmp: Path, market: Market, run: Run, end_s: int) -> 
         await scratch.start()
         same = sum(outputs(resumed, SeriesId.parse(s)) == outputs(scratch, SeriesId.parse(s)) for s in WHITELIST)
         row("projections equal a replay from scratch (series)", len(WHITELIST), len(WHITELIST) - same)
+        left_open = sum(n for key, n in run.hostile.items() if key.endswith(": open"))
+        row("hostile peers answered or cut in time", sum(run.hostile.values()), left_open)
         resumed.pstore.close()
         scratch.pstore.close()
         report["lmdb_map_bytes"] = data_file
@@ -442,6 +469,7 @@ def print_report(hours: int, seed: int, run: Run, report: dict[str, Any]) -> Non
         f"{'invariant':<52} {'checked':>8} {'violations':>10}",
     ]
     lines += [f"{name:<52} {checked:>8} {bad:>10}" for name, checked, bad, _note in report["rows"]]
+    lines += [f"  hostile {key}: {n}" for key, n in sorted(run.hostile.items())]
     lines += [f"  missing: {w}" for w in report.get("missing", [])[:40]]
     lines += [f"  subscriber short of the head: {sid} {pair}" for sid, pair in run.end_lag.items()]
     lines += [f"  wrong: {w}" for w in report.get("wrong", [])]
