@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"klined: config ok ({len(settings.whitelist)} whitelisted series, data_dir {settings.data_path})")
         return 0
-    configure_logging()
+    configure_logging(level=settings.log_level)  # after the settings: a config error is one line on stderr
     from daemon.app import run_until_signal  # keeps `check-config` free of server imports
 
     trio.run(run_until_signal, settings, args.config)

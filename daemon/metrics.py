@@ -1,17 +1,21 @@
 """``GET /metrics``: the daemon's state in Prometheus' text format, through ``prometheus_client``.
 
 One custom collector reads the live counters at scrape time (nothing is double-counted or kept twice):
-ingest, the writer, gaps, the fan-out, projections, per-series lag and the LMDB file.
+ingest, the writer, gaps, the fan-out, projections, per-series lag and the LMDB file. Beside it, the
+standard ``process_*`` and ``python_info`` metrics and ``klined_build_info``.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from daemon import __version__
 
 if TYPE_CHECKING:
     from daemon.app import Services
@@ -104,7 +108,16 @@ class KlinedCollector(Collector):
 def build_registry(services: Services) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KlinedCollector(services))
+    register_process_metrics(registry)
     return registry
+
+
+def register_process_metrics(registry: CollectorRegistry) -> None:
+    """Memory, CPU, descriptors and start time (from /proc), ``python_info``, and what is running."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    build = Gauge("klined_build_info", "klined's version and Python's", ["version", "python"], registry=registry)
+    build.labels(version=__version__, python=platform.python_version()).set(1)
 
 
 def render_metrics(registry: CollectorRegistry) -> bytes:
