@@ -158,9 +158,7 @@ async def test_chart_page_live_gap_restart_and_phone(tmp_path: Path, driver: web
                     "candles rendered", lambda s: s.get("connected") and s.get("candles", 0) >= 300, within=15
                 )
                 await page.wait("overlays drawn", lambda s: s["overlays"]["count"] > 0, within=10)
-                await page.wait(
-                    "forming candle", lambda s: (s["formingTime"] or 0) > (s["lastTime"] or 0), within=5
-                )
+                await page.wait("forming candle", lambda s: (s["formingTime"] or 0) > (s["lastTime"] or 0), within=5)
                 health = await page.wait_dom(
                     "health rows", "return [...document.querySelectorAll('#health tbody tr')].map(r => r.className)"
                 )
