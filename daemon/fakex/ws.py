@@ -94,7 +94,16 @@ class FakeStreams:
         await self._accepted_event.wait()
 
     async def handle(self, request: WebSocketRequest) -> None:
-        """trio-websocket handler: one connection's life."""
+        """trio-websocket handler: one connection's life. Whatever its peer does ends this connection only (an
+        escaping error would end trio-websocket's server, and every other connection with it)."""
+        try:
+            await self._handle(request)
+        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away (trio groups it from the nursery): a normal end
+        except* Exception as group:  # a defect: this connection fails, the exchange goes on
+            log.exception("fakex_ws_connection_failed", error=repr(group.exceptions[0]))
+
+    async def _handle(self, request: WebSocketRequest) -> None:
         if self.now_ms() < self.faults.refuse_until_ms:
             self.refused += 1
             await request.reject(503, body=b'{"code":-1,"msg":"service unavailable"}')
@@ -120,8 +129,6 @@ class FakeStreams:
         self._accepted_event = trio.Event()
         try:
             await _Connection(self, conn, market, combined, names).run()
-        except* ConnectionClosed:  # the client went away: a normal end (trio groups it from the nursery)
-            pass
         finally:
             self.connections -= 1
 
