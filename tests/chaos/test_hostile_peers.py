@@ -27,6 +27,7 @@ from tests.klined_process import BIN, klined
 CUT_S = 2.0  # http_idle_timeout_s and control_request_timeout_s of the daemon under test
 RSS_GROWTH_MB = 150  # 200 peers at once are ~200 tasks and sockets: well under this, and freed after
 HISTORY = 3000  # stored candles: a whole answer (tail, catchup) takes many writes
+CROWD = 200  # hostile peers at once
 
 
 def rss_mb(pid: int) -> float:
@@ -119,7 +120,7 @@ async def run_matrix(listener_name: str, tmp_path: Path) -> list[tuple[str, str,
                         assert outcome != "open", f"{listener.name}/{kind}: not cut within {CUT_S + 5} s"
                     await checks.all_well(f"{listener.name}/{kind}")
                     rows.append((listener.name, kind, outcome))
-                counts = await crowd(listener, CUT_S)
+                counts = await crowd(listener, CUT_S, CROWD)
                 await checks.all_well(f"{listener.name}/200 at once")
                 assert not any(k.endswith(":open") for k in counts), counts
                 rows.append((listener.name, "200 at once", ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))))
@@ -127,6 +128,10 @@ async def run_matrix(listener_name: str, tmp_path: Path) -> list[tuple[str, str,
                 nursery.cancel_scope.cancel()
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[text.index("Traceback") - 2000 : text.index("Traceback") + 3000]
+    after_ready = text[text.index('"daemon_ready"') :].splitlines()[1:]
+    peers = len(PEERS) + CROWD
+    assert len(after_ready) <= peers + 20, "more than a log line per hostile peer"
+    rows.append((listener_name, "log lines", f"{len(after_ready)} after ready, for {peers} hostile peers"))
     return rows
 
 
