@@ -33,6 +33,7 @@ from daemon.eventlog import EventLog
 from daemon.history.exchange import CcxtSource
 from daemon.history.service import History
 from daemon.http_api import build_app
+from daemon.listen import http_listener_bind
 from daemon.live import Deriver, LiveIngest
 from daemon.pins import RuntimePins
 from daemon.projection_store import ProjectionStore
@@ -221,7 +222,9 @@ async def serve_daemon(
 
             await nursery.start(run_live)
         config = HypercornConfig()
-        config.bind = [f"{settings.http_host}:{settings.http_port}"]
+        config.bind = [
+            http_listener_bind(settings.http_host, settings.http_port, send_timeout_s=settings.http_send_timeout_s)
+        ]
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler of its own
         config.graceful_timeout = 3.0

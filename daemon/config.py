@@ -83,6 +83,9 @@ class Settings:
     # Beyond SPEC: an HTTP/WebSocket connection that has not sent a whole request head this long after it
     # opened (or after its last answer) is closed: idle peers and header tricklers are cut.
     http_idle_timeout_s: float = attrs.field(default=75.0, metadata=_kind("pos_float"))
+    # Beyond SPEC: an HTTP/WebSocket peer that acknowledges none of the data sent to it this long (it stopped
+    # reading, or vanished) is cut, as nginx's send_timeout; a slow reader that makes progress is not.
+    http_send_timeout_s: float = attrs.field(default=60.0, metadata=_kind("pos_float"))
     # Beyond SPEC: a control-socket peer must send its whole request line within this.
     control_request_timeout_s: float = attrs.field(default=10.0, metadata=_kind("pos_float"))
     log_level: str = attrs.field(default="info", metadata=_kind("log_level"))

@@ -119,12 +119,7 @@ async def reset_mid_request(listener: Listener, cut_s: float) -> str:
 
 async def reset_mid_answer(listener: Listener, cut_s: float) -> str:
     stream = await listener.connect()
-    if listener.name == "ws_market":  # a catchup of thousands of frames, one by one
-        ws = await open_market_socket(stream, listener.port)
-        body = f'{{"type":"subscribe","series_id":"{ETH}","since":0,"supports_batch":false}}'
-        await stream.send_all(ws.send(TextMessage(data=body)))
-    else:
-        await stream.send_all(listener.request)
+    await _send_request(stream, listener)
     with trio.fail_after(10):
         first = await stream.receive_some(512)  # the answer has begun
     assert first, f"{listener.name}: no answer to a whole request"
@@ -164,6 +159,34 @@ async def trickles(listener: Listener, cut_s: float) -> str:
         return "open"
 
 
+async def stops_reading(listener: Listener, cut_s: float) -> str:
+    """Asks for an answer that never ends (or is large), then reads nothing: its window closes. The daemon
+    must cut it (``http_send_timeout_s``) rather than hold its connection and the answer's bytes forever."""
+    sock = trio.socket.socket(socket.AF_UNIX if listener.unix_path else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a window that fills at once
+    await sock.connect(listener.unix_path or ("127.0.0.1", listener.port))
+    async with trio.SocketStream(sock) as stream:
+        await _send_request(stream, listener)
+        await trio.sleep(cut_s + 3)  # reading nothing, as a dead or hostile client
+        try:
+            with trio.move_on_after(10):  # a live connection streams (SSE, catchup) or idles: no end
+                while await stream.receive_some(65536):
+                    pass
+                return "closed"
+        except trio.BrokenResourceError:
+            return "reset"
+        return "open"
+
+
+async def _send_request(stream: trio.SocketStream, listener: Listener) -> None:
+    if listener.name == "ws_market":  # a catchup of thousands of frames, one by one
+        ws = await open_market_socket(stream, listener.port)
+        body = f'{{"type":"subscribe","series_id":"{ETH}","since":0,"supports_batch":false}}'
+        await stream.send_all(ws.send(TextMessage(data=body)))
+    else:
+        await stream.send_all(listener.request)
+
+
 Peer = Callable[[Listener, float], Awaitable[str]]
 PEERS: Final[dict[str, Peer]] = {
     "garbage_then_close": garbage_then_close,
@@ -172,8 +195,20 @@ PEERS: Final[dict[str, Peer]] = {
     "half_close_after_partial": half_close_after_partial,
     "never_sends": never_sends,
     "trickles": trickles,
+    "stops_reading": stops_reading,
 }
-MUST_BE_CUT: Final = frozenset({"half_close_after_partial", "never_sends", "trickles"})
+MUST_BE_CUT: Final = frozenset({"half_close_after_partial", "never_sends", "trickles", "stops_reading"})
+
+
+def must_be_cut(listener: str, kind: str) -> bool:
+    """Whether the daemon must end this peer's connection within the test's bound.
+
+    A peer that stops reading is cut once data it does not acknowledge has waited ``http_send_timeout_s``.
+    The SSE stream sends ~40 bytes a second of pings once its first event is out, so a stopped reader's window
+    takes minutes to close; until then the kernel acknowledges for it and holding it costs a few KB. The
+    same listening socket, and so the same cut, is shown on ``/ws/market`` and the HTTP route.
+    """
+    return kind in MUST_BE_CUT and not (listener == "sse" and kind == "stops_reading")
 
 
 async def crowd(listener: Listener, cut_s: float, count: int = 200) -> dict[str, int]:
