@@ -27,6 +27,7 @@ from daemon import __version__, factor_reads, webui
 from daemon.health import health_views, live_health_view, upstream_health
 from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.metrics import build_registry, render_metrics
+from daemon.request_body import CLOSE, BodyRefusedError, drain_body, read_body
 from daemon.top_markets import TopMarketsError
 from daemon.write_auth import check_write
 from daemon.ws_endpoint import MarketSocket
@@ -111,9 +112,9 @@ def _bool_param(request: Request, name: str) -> bool:
     raise _bad_param(f"invalid {name}: expected a boolean, got {raw!r}")
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise _bad_param("invalid json") from None
     if not isinstance(body, dict):
@@ -159,13 +160,22 @@ def build_app(services: Services) -> MarketApp:
         if not settings.enable_debug_api:
             raise ApiError(404, "not_found", "debug API disabled")
 
-    def require_write(request: Request) -> None:
-        """Called before the body is read: a refused write costs no parsing and learns nothing about the log."""
+    async def write_body(request: Request) -> dict[str, Any]:
+        """A write's JSON object, once the peer may write (checked before any byte of the body is parsed)."""
         peer = request.client.host if request.client else None
         refusal = check_write(settings, peer, request.headers)
+        within_s = settings.http_idle_timeout_s
         if refusal is not None:
             log.warning("write_refused", path=request.url.path, peer=peer, code=refusal.code)
-            raise ApiError(refusal.status, refusal.code, refusal.detail, dict(refusal.headers))
+            headers = dict(refusal.headers)
+            if not await drain_body(request, within_s=within_s):
+                headers.update(CLOSE)
+            raise ApiError(refusal.status, refusal.code, refusal.detail, headers)
+        try:
+            raw = await read_body(request, within_s=within_s)
+        except BodyRefusedError as e:
+            raise ApiError(e.status, e.code, e.detail, CLOSE) from None
+        return _json_object(raw)
 
     # The tail a chart asks for is the same for every chart until the series changes: encoded once.
     tail_cache: OrderedDict[tuple[str, int], tuple[int, bytes]] = OrderedDict()
@@ -203,8 +213,7 @@ def build_app(services: Services) -> MarketApp:
         return head.head_time if head else None
 
     async def ingest_closed(request: Request) -> Response:
-        require_write(request)
-        body = await _json_body(request)
+        body = await write_body(request)
         series = _body_series(body)
         if "candle" not in body:
             raise _bad_param("missing candle")
@@ -214,8 +223,7 @@ def build_app(services: Services) -> MarketApp:
 
     async def ingest_forming(request: Request) -> Response:
         require_debug()  # a disabled debug write is a missing route, as for any peer
-        require_write(request)
-        body = await _json_body(request)
+        body = await write_body(request)
         series = _body_series(body)
         if "candle" not in body:
             raise _bad_param("missing candle")
@@ -225,8 +233,7 @@ def build_app(services: Services) -> MarketApp:
 
     async def ingest_closed_batch(request: Request) -> Response:
         require_debug()  # a disabled debug write is a missing route, as for any peer
-        require_write(request)
-        body = await _json_body(request)
+        body = await write_body(request)
         series = _body_series(body)
         raw = body.get("candles")
         if not isinstance(raw, list) or not raw:

@@ -14,9 +14,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import trio
+import trio.testing
 
 from daemon.config import Settings
 from daemon.http_api import build_app
+from daemon.request_body import MAX_WRITE_BODY
 from daemon.write_auth import check_write, is_loopback
 from tests.serving.harness import S1, Daemon, candle, daemon
 
@@ -240,3 +243,72 @@ async def test_a_disabled_debug_write_is_404_before_any_key_is_asked(tmp_path: P
     async with daemon(tmp_path, KLINED_ENABLE_DEBUG_API="0", KLINED_INGEST_TOKEN=TOKEN) as d:
         for path in (FORMING, BATCH):
             assert_refused(await post(d.http, path), 404, "not_found")
+
+
+# -- the body of a write: drained before a refusal, bounded in size and time ---------------------------------
+
+
+async def raw_exchange(d: Daemon, head: bytes, rest: bytes) -> bytes:
+    """Send ``head``, let the daemon act on it, then ``rest``; everything it answers until it closes."""
+    port = int(d.running.http_url.rsplit(":", 1)[1])
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(head)
+        await trio.testing.wait_all_tasks_blocked()  # the daemon has the head alone: it could answer now
+        await stream.send_all(rest)
+        answer = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    return answer
+
+
+async def test_a_refused_write_keeps_the_connection_for_the_next_request(tmp_path: Path) -> None:
+    """The refusal waits for the body it refuses: the request after it, on the same connection, is answered.
+    Answered early, the refusal left a pooled connection that hypercorn had to close under the client."""
+    body = orjson.dumps(BODIES[CLOSED](120))
+    head = f"POST {CLOSED} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+    after = b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    async with daemon(tmp_path) as d:
+        answer = await raw_exchange(d, head.encode(), body + after)
+    assert answer.startswith(b"HTTP/1.1 415 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 2, answer
+    assert b"HTTP/1.1 200 " in answer, answer
+
+
+async def test_a_pooled_client_survives_many_refused_writes(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as d:
+        for i in range(50):
+            r = await d.http.post(CLOSED, content=orjson.dumps(BODIES[CLOSED](60 * (i + 1))))  # no content type
+            assert_refused(r, 415, "unsupported_media_type")
+        assert (await post(d.http, CLOSED)).status_code == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_body_over_the_limit_is_refused_and_the_connection_closed(tmp_path: Path, chunked: bool) -> None:
+    big = b'{"series_id": "' + b"x" * MAX_WRITE_BODY + b'"}'
+
+    async def stream_it() -> AsyncIterator[bytes]:
+        for i in range(0, len(big), 1 << 20):
+            yield big[i : i + (1 << 20)]
+
+    async with daemon(tmp_path) as d:
+        content: Any = stream_it() if chunked else big
+        try:
+            r = await d.http.post(CLOSED, content=content, headers={"Content-Type": "application/json"})
+        except httpx.WriteError:
+            pass  # the daemon answered and closed before all of it was sent: also a refusal
+        else:
+            assert_refused(r, 413, "payload_too_large")
+            assert r.headers["connection"] == "close"
+        assert (await post(d.http, CLOSED)).status_code == 200  # on a new connection
+        assert d.running.store.log.last_seq() == 1
+
+
+async def test_a_body_that_never_arrives_is_cut_after_the_idle_timeout(tmp_path: Path) -> None:
+    head = f"POST {CLOSED} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+    async with daemon(tmp_path, KLINED_HTTP_IDLE_TIMEOUT_S="0.5") as d:
+        answer = await raw_exchange(d, head.encode(), b'{"series_id": ')  # and nothing more
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b'"request_timeout"' in answer
+        assert b"connection: close" in answer.lower()
+        assert (await post(d.http, CLOSED)).status_code == 200
