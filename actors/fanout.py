@@ -25,9 +25,9 @@ import structlog
 import trio
 
 from actors.store import Store
-from daemon.eventlog import AppendResult
 from protocol.candle import Candle
 from protocol.forming import FormingThrottle
+from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
 from protocol.timeframes import Timeframe
 from protocol.ws_market import Run, error_frame, forming_frame, gate, render, system_frame
@@ -340,8 +340,8 @@ class Hub:
 
     async def publish_stage(self, result: AppendResult) -> None:
         """The writer's last stage: what the append changed, after it is durable."""
-        for sid, candles in result.changed.items():
-            self.publish(SeriesId.parse(sid), candles)
+        for series, candles in result.changed.items():
+            self.publish(series, candles)
 
     def publish(self, series: SeriesId, candles: Sequence[Candle]) -> None:
         subs = self._subs.get(series)

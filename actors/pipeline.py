@@ -19,8 +19,9 @@ import attrs
 import structlog
 import trio
 
-from daemon.eventlog import AppendResult, StoreError
+from actors.ports import StoreError
 from protocol.candle import Candle, check_candle
+from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
 
 log = structlog.get_logger(__name__)

@@ -1,7 +1,7 @@
 """Per-series projection work: apply closed candles, rewind and replay from the log's index, snapshots.
 
 Everything here runs under the projector's lock, on the event loop or in one worker thread at a time, inside
-one :class:`ProjectionTxn` (see ``actors.projector`` for the life cycle around it).
+one :class:`ProjectionWrite` (see ``actors.projector`` for the life cycle around it).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from daemon.eventlog import EventLog
-from daemon.logformat import EventKind, LogEvent
-from daemon.projection_store import ProjectionTxn
+from actors.ports import CandleLog, ProjectionWrite
 from protocol.candle import Candle
 from protocol.factors.base import Factor, FactorEngine, FactorEvent
+from protocol.logrecords import EventKind, LogEvent
 from protocol.overlays import MOVING, InstructionChange, OverlayBuilder
 from protocol.series import SeriesId
 
@@ -57,7 +56,7 @@ class SeriesReplayer:
 
     def __init__(
         self,
-        eventlog: EventLog,
+        eventlog: CandleLog,
         classes: Sequence[type[Factor]],
         settings: Mapping[str, Mapping[str, Any]],
         stats: ProjectorStats,
@@ -70,7 +69,7 @@ class SeriesReplayer:
         self.mem: dict[str, SeriesState] = {}
 
     def apply_events(
-        self, w: ProjectionTxn, sid: str, events: Iterable[LogEvent], notes: list[tuple[str, str]]
+        self, w: ProjectionWrite, sid: str, events: Iterable[LogEvent], notes: list[tuple[str, str]]
     ) -> None:
         state = self.load(w, sid)
         for e in events:
@@ -87,7 +86,7 @@ class SeriesReplayer:
                 self.replay_from(w, state, t, at_seq=e.seq)
         self.save_record(w, state)
 
-    def load(self, w: ProjectionTxn, sid: str, *, restore: bool = True) -> SeriesState:
+    def load(self, w: ProjectionWrite, sid: str, *, restore: bool = True) -> SeriesState:
         state = self.mem.pop(sid, None)
         if state is not None:
             self.mem[sid] = state  # to the end: ``mem`` is in least-recently-used order
@@ -108,7 +107,7 @@ class SeriesReplayer:
         self.mem[sid] = state
         return state
 
-    def evict(self, w: ProjectionTxn, keep: int) -> int:
+    def evict(self, w: ProjectionWrite, keep: int) -> int:
         """Drop the least recently used series beyond ``keep`` from memory, snapshotted first so that their
         next candle reloads them without a replay. Returns how many were dropped."""
         dropped = 0
@@ -139,7 +138,7 @@ class SeriesReplayer:
 
     def replay_from(
         self,
-        w: ProjectionTxn,
+        w: ProjectionWrite,
         state: SeriesState,
         start: int | None,
         *,
@@ -213,7 +212,7 @@ class SeriesReplayer:
 
     def tick(
         self,
-        w: ProjectionTxn,
+        w: ProjectionWrite,
         state: SeriesState,
         candle: Candle,
         emitted: set[str] | None = None,
@@ -258,7 +257,7 @@ class SeriesReplayer:
 
     def store_change(
         self,
-        w: ProjectionTxn,
+        w: ProjectionWrite,
         state: SeriesState,
         change: InstructionChange,
         emitted: set[str] | None,
@@ -272,13 +271,13 @@ class SeriesReplayer:
             return
         state.max_version = w.put_version(num, iid, change.kind, change.visible_time, encoded)
 
-    def snapshot(self, w: ProjectionTxn, state: SeriesState) -> None:
+    def snapshot(self, w: ProjectionWrite, state: SeriesState) -> None:
         assert state.last_time is not None
         blob = pickle.dumps((state.engine, state.builder, state.heads), protocol=pickle.HIGHEST_PROTOCOL)
         w.put_snapshot(state.num, state.last_time, blob)
         state.since_snapshot = 0
 
-    def save_record(self, w: ProjectionTxn, state: SeriesState) -> None:
+    def save_record(self, w: ProjectionWrite, state: SeriesState) -> None:
         w.put_series(
             state.sid,
             {

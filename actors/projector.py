@@ -19,17 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
-import lmdb
 import orjson
 import structlog
 import trio
 
+from actors.ports import CandleLog, ProjectionStorage, ProjectionWrite
 from actors.projection_replay import ProjectorStats, SeriesReplayer
-from daemon.eventlog import AppendResult, EventLog
-from daemon.logformat import EventKind, LogEvent
-from daemon.projection_store import ProjectionStore, ProjectionTxn
 from protocol.factors.base import Factor, fingerprint, resolve_order
 from protocol.factors.registry import DEFAULT_FACTORS
+from protocol.logrecords import AppendResult, EventKind, LogEvent
 from protocol.overlays import OverlayBuilder
 from protocol.series import SeriesId
 
@@ -53,8 +51,8 @@ class Projector:
 
     def __init__(
         self,
-        eventlog: EventLog,
-        pstore: ProjectionStore,
+        eventlog: CandleLog,
+        pstore: ProjectionStorage,
         *,
         settings: Mapping[str, Mapping[str, Any]] | None = None,
         classes: Sequence[type[Factor]] = DEFAULT_FACTORS,
@@ -263,7 +261,7 @@ class Projector:
                     state = self.replay.load(w, sid, restore=False)
                     self.replay.replay_from(w, state, None, progress=advance)
                     self.replay.save_record(w, state)
-            except lmdb.MapFullError:
+            except self.pstore.full_error:
                 self.pstore.grow()
             except BaseException:
                 self.replay.mem.pop(sid, None)
@@ -288,7 +286,7 @@ class Projector:
                         touched.append(sid)
                         try:
                             self.replay.apply_events(w, sid, evs, notes)
-                        except lmdb.MapFullError:
+                        except self.pstore.full_error:
                             raise
                         except Exception as e:  # a factor bug: that series stops, the others go on
                             self._fail(w, sid, e)
@@ -297,14 +295,14 @@ class Projector:
             except BaseException as e:
                 for sid in touched:  # the transaction is gone: in-memory state reloads from what is stored
                     self.replay.mem.pop(sid, None)
-                if not isinstance(e, lmdb.MapFullError):
+                if not isinstance(e, self.pstore.full_error):
                     raise
                 notes.clear()
                 self.pstore.grow()
             else:
                 return notes
 
-    def _fail(self, w: ProjectionTxn, sid: str, error: Exception) -> None:
+    def _fail(self, w: ProjectionWrite, sid: str, error: Exception) -> None:
         self.stats.failures += 1
         self.failed[sid] = repr(error)
         self.replay.mem.pop(sid, None)
@@ -326,7 +324,8 @@ def _result_events(result: AppendResult) -> list[LogEvent]:
     replaced = {(e.series_id, e.candle[0]): e for e in result.corrections}
     out: list[LogEvent] = []
     seq = result.first_seq
-    for sid, candles in result.changed.items():
+    for series, candles in result.changed.items():
+        sid = str(series)
         for c in candles:
             corrected = replaced.get((sid, c[0])) if replaced else None
             out.append(corrected or LogEvent(seq, EventKind.CANDLE_CLOSED, sid, c))

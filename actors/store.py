@@ -17,9 +17,9 @@ from typing import TypeVar
 
 import trio
 
-from daemon.eventlog import AppendResult, EventLog
-from daemon.logformat import LogEvent, SeriesHead
+from actors.ports import CandleLog
 from protocol.candle import Candle
+from protocol.logrecords import AppendResult, LogEvent, SeriesHead
 from protocol.series import SeriesId
 
 T = TypeVar("T")
@@ -27,9 +27,9 @@ INLINE_MAX_CANDLES = 2_000  # up to this, an append is a few ms on the loop; bey
 
 
 class Store:
-    """Async access to one :class:`EventLog`; owns nothing else."""
+    """Async access to one :class:`CandleLog`; owns nothing else."""
 
-    def __init__(self, log: EventLog, *, max_readers: int = 4) -> None:
+    def __init__(self, log: CandleLog, *, max_readers: int = 4) -> None:
         self.log = log
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(max_readers)
@@ -49,7 +49,8 @@ class Store:
             result = await trio.to_thread.run_sync(self.log.append, batch, limiter=self._write_limiter)
         self._batches += 1
         self._events += result.appended + result.corrected
-        for sid in result.changed:
+        for series in result.changed:
+            sid = str(series)
             self._versions[sid] = self._versions.get(sid, 0) + 1
         self._appended.set()
         self._appended = trio.Event()

@@ -25,10 +25,10 @@ import trio
 
 from actors.store import Store
 from daemon.config import load_settings
-from daemon.eventlog import EventLog
 from daemon.fakex.server import FakeExchange
 from daemon.history.exchange import CcxtSource
 from daemon.history.service import History
+from daemon.storage.eventlog import EventLog
 from protocol.series import SeriesId
 from protocol.timeframes import TIMEFRAMES
 

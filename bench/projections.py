@@ -25,8 +25,8 @@ import trio
 
 from actors.projector import Projector
 from daemon.app import GC_THRESHOLDS
-from daemon.eventlog import EventLog
-from daemon.projection_store import ProjectionStore
+from daemon.storage.eventlog import EventLog
+from daemon.storage.projection_store import ProjectionStore
 from protocol.candle import Candle
 from protocol.factors.base import FactorEngine
 from protocol.factors.registry import DEFAULT_FACTORS

@@ -23,11 +23,11 @@ from typing import Any
 from actors.projection_replay import ProjectorStats, SeriesReplayer
 from bench.projections import pct, series_ids, walk
 from daemon.app import GC_THRESHOLDS
-from daemon.logformat import EventKind, LogEvent
-from daemon.projection_store import ProjectionStore
+from daemon.storage.projection_store import ProjectionStore
 from protocol.candle import Candle
 from protocol.factors.base import resolve_order
 from protocol.factors.registry import DEFAULT_FACTORS
+from protocol.logrecords import EventKind, LogEvent
 
 Op = tuple[str, tuple[Any, ...]]
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemon.eventlog import EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
 

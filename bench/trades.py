@@ -32,7 +32,7 @@ from actors.clock import ExchangeClock
 from actors.pipeline import ClosedCandleWriter
 from actors.store import Store
 from actors.trade_series import TradeSeriesActor
-from daemon.eventlog import EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.binance import AggTrade, agg_trade_event, parse_stream_message
 from protocol.candle import Candle
 from protocol.series import SeriesId

@@ -29,15 +29,16 @@ from actors.store import Store
 from daemon import __version__
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.control import serve_control
-from daemon.eventlog import EventLog
+from daemon.factor_reads import ProjectionReader
 from daemon.history.exchange import CcxtSource
 from daemon.history.service import History
 from daemon.http_api import build_app
 from daemon.listen import http_listener_bind
 from daemon.live import Deriver, LiveIngest
 from daemon.pins import RuntimePins
-from daemon.projection_store import ProjectionStore
 from daemon.sdnotify import Notifier
+from daemon.storage.eventlog import EventLog
+from daemon.storage.projection_store import ProjectionStore
 from daemon.top_markets import TopMarkets
 from protocol.series import SeriesId
 from protocol.timeframes import parse_timeframe
@@ -64,14 +65,13 @@ class Running:
 
 
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
+async def open_eventlog(settings: Settings) -> AsyncIterator[EventLog]:
     started = time.perf_counter()
     eventlog = await trio.to_thread.run_sync(
         functools.partial(EventLog, settings.eventlog_path, map_size=settings.lmdb_map_size_mb << 20)
     )
     try:
-        store = Store(eventlog)
-        heads = await store.heads()
+        heads = await trio.to_thread.run_sync(eventlog.heads)
         log.info(
             "eventlog_opened",
             path=str(settings.eventlog_path),
@@ -79,7 +79,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
             last_seq=eventlog.last_seq(),
             elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        yield store
+        yield eventlog
     finally:
         eventlog.close()
         log.info("eventlog_closed", path=str(settings.eventlog_path))
@@ -99,6 +99,8 @@ class Services:
     """The long-lived parts every front (HTTP, WebSocket, live ingest) shares."""
 
     settings: Settings
+    eventlog: EventLog  # the storage itself, for what only the daemon does with it (backup, statistics)
+    projections: ProjectionStore
     store: Store
     clock: ExchangeClock
     hub: Hub
@@ -110,6 +112,10 @@ class Services:
     pins: RuntimePins
     projector: Projector
     started_at: float = attrs.field(factory=time.time)
+
+    def projection_reader(self) -> ProjectionReader:
+        """The factor read models' view: the stores themselves, and the projector's failed series."""
+        return ProjectionReader(self.eventlog, self.projections, self.projector.classes, self.projector.failed)
 
     def whitelist(self) -> list[SeriesId]:
         """The effective whitelist: the config's, with the operator's run-time pins and unpins."""
@@ -126,7 +132,8 @@ class Services:
             live.apply_whitelist(self.whitelist(), lambda s: self.hub.holders(live.upstream_series, s))
 
 
-def build_services(settings: Settings, store: Store, pstore: ProjectionStore) -> Services:
+def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionStore) -> Services:
+    store = Store(eventlog)
     clock = ExchangeClock(speed=settings.dev_clock_speed)
     hub = Hub(
         store,
@@ -180,7 +187,7 @@ def build_services(settings: Settings, store: Store, pstore: ProjectionStore) ->
         live.whitelist = pins.effective(settings.whitelist_series)
         live.trade_symbols.update(pins.trade_symbols)
         live.on_listed = pins.listed
-    return Services(settings, store, clock, hub, writer, deriver, live, top, history, pins, projector)
+    return Services(settings, eventlog, pstore, store, clock, hub, writer, deriver, live, top, history, pins, projector)
 
 
 async def serve_daemon(
@@ -194,8 +201,9 @@ async def serve_daemon(
     stop = trio.Event()
     notifier = notifier or Notifier()
     live_scope = trio.CancelScope()
-    async with open_store(settings) as store, open_projections(settings) as pstore, trio.open_nursery() as nursery:
-        services = build_services(settings, store, pstore)
+    async with open_eventlog(settings) as eventlog, open_projections(settings) as pstore, trio.open_nursery() as nursery:
+        services = build_services(settings, eventlog, pstore)
+        store = services.store
         projector = services.projector
         await nursery.start(services.hub.run)
         if projector.needs_rebuild():

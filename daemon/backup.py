@@ -55,7 +55,7 @@ async def write_backup(services: Services, fd: int) -> dict[str, Any]:
     """Write the archive into ``fd`` (an empty regular file open for writing); a summary for the client."""
     _check_destination(fd)
     pins = services.pins.path
-    return await trio.to_thread.run_sync(lambda: _write_archive(fd, services.store.log.copy_into, pins))
+    return await trio.to_thread.run_sync(lambda: _write_archive(fd, services.eventlog.copy_into, pins))
 
 
 def _check_destination(fd: int) -> None:
@@ -248,7 +248,7 @@ def _chown_like(path: Path, owner: os.stat_result) -> None:
 
 
 def _verify(log_dir: Path) -> int:
-    from daemon.eventlog import EventLog  # the offline restore path only
+    from daemon.storage.eventlog import EventLog  # the offline restore path only
 
     try:
         with EventLog(log_dir) as restored:

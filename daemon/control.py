@@ -201,7 +201,7 @@ def _series(request: dict[str, Any]) -> SeriesId:
 async def _status(services: Services) -> dict[str, Any]:
     live = services.live
     sup = live.supervisor.statistics() if live else {}
-    log_stats = services.store.log.statistics()
+    log_stats = services.eventlog.statistics()
     data_file = services.settings.eventlog_path / "data.mdb"
     size = await trio.to_thread.run_sync(lambda: data_file.stat().st_size if data_file.exists() else 0)
     return {

@@ -4,9 +4,14 @@ projection store. Blocking reads (each its own LMDB read transaction): callers r
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from actors.projector import Projector
+import attrs
+
+from daemon.storage.eventlog import EventLog
+from daemon.storage.projection_store import ProjectionStore
+from protocol.factors.base import Factor
 from protocol.factors.catalog import factor_catalog
 from protocol.overlays import MOVING
 from protocol.series import SeriesId
@@ -42,43 +47,54 @@ class OutOfSyncError(Exception):
         self.which = which
 
 
+@attrs.frozen
+class ProjectionReader:
+    """What the read models read: the log, the projection store, the factors in order, and the series whose
+    projection failed (the projector's own live mapping, read not copied)."""
+
+    log: EventLog
+    pstore: ProjectionStore
+    classes: Sequence[type[Factor]]
+    failed: Mapping[str, str]
+
+
 def catalog() -> dict[str, Any]:
     return factor_catalog()
 
 
-def _aligned(projector: Projector, series: SeriesId, at_time: int | None) -> tuple[int, dict[str, Any]] | None:
+def _aligned(reader: ProjectionReader, series: SeriesId, at_time: int | None) -> tuple[int, dict[str, Any]] | None:
     """The latest stored candle at or before ``at_time`` (the head without one), and the series' projection
     record once it is checked that the projections have reached that candle."""
     if at_time is None:
-        head = projector.log.head(series)
+        head = reader.log.head(series)
         aligned = head.head_time if head else None
     else:
-        candle = projector.log.at_or_before(series, at_time)
+        candle = reader.log.at_or_before(series, at_time)
         aligned = candle[0] if candle else None
     if aligned is None:
         return None
-    if str(series) in projector.failed:
+    if str(series) in reader.failed:
         raise OutOfSyncError("factor")
-    record = projector.pstore.series_record(str(series))
+    record = reader.pstore.series_record(str(series))
     if record is None or record.get("last_time") is None or record["last_time"] < aligned:
         raise OutOfSyncError("factor")
-    if _pending_for(projector, str(series)):
+    if _pending_for(reader, str(series)):
         raise OutOfSyncError("factor")  # e.g. a backfilled or corrected candle behind the head, not yet applied
-    if projector.pstore.checkpoint("overlay") < projector.pstore.checkpoint("factor"):
+    if reader.pstore.checkpoint("overlay") < reader.pstore.checkpoint("factor"):
         raise OutOfSyncError("overlay")
     return aligned, record
 
 
-def _pending_for(projector: Projector, sid: str) -> bool:
+def _pending_for(reader: ProjectionReader, sid: str) -> bool:
     """Whether the log holds an event of ``sid`` the projections have not applied yet."""
-    checkpoint = projector.pstore.checkpoint()
-    if checkpoint >= projector.log.last_seq():
+    checkpoint = reader.pstore.checkpoint()
+    if checkpoint >= reader.log.last_seq():
         return False
-    return any(e.series_id == sid for e in projector.log.events_since(checkpoint, PENDING_SCAN))
+    return any(e.series_id == sid for e in reader.log.events_since(checkpoint, PENDING_SCAN))
 
 
-def slices(projector: Projector, series: SeriesId, at_time: int | None, window: int) -> dict[str, Any]:
-    found = _aligned(projector, series, at_time)
+def slices(reader: ProjectionReader, series: SeriesId, at_time: int | None, window: int) -> dict[str, Any]:
+    found = _aligned(reader, series, at_time)
     sid = str(series)
     if found is None:
         return {
@@ -97,7 +113,7 @@ def slices(projector: Projector, series: SeriesId, at_time: int | None, window: 
     }
     heads: dict[str, dict[str, Any]] = {}
     start = aligned - (window - 1) * series.timeframe.seconds
-    for ev in projector.pstore.events_between(num, start, aligned):
+    for ev in reader.pstore.events_between(num, start, aligned):
         where = _HISTORY.get(ev["kind"])
         if where is None:
             continue
@@ -105,17 +121,17 @@ def slices(projector: Projector, series: SeriesId, at_time: int | None, window: 
         history[factor][key].append(ev["payload"])
         if ev["kind"] == "anchor.switch" and ev["payload"].get("new_anchor"):
             history["anchor"]["anchors"].append(ev["payload"]["new_anchor"])
-    for rank, cls in enumerate(projector.classes):
-        head = projector.pstore.head_at(num, rank, aligned)
+    for rank, cls in enumerate(reader.classes):
+        head = reader.pstore.head_at(num, rank, aligned)
         if head is not None:
             heads[cls.name] = head
     alive = heads.get("zhongshu", {}).get("alive")
     if alive:  # stored without the fields that move every candle: the zone extends to the aligned candle
         heads["zhongshu"]["alive"] = [{**z, "end_time": aligned, "visible_time": aligned} for z in alive]
-    epoch = projector.pstore.epoch()
+    epoch = reader.pstore.epoch()
     snapshots: dict[str, Any] = {}
     present: list[str] = []
-    for cls in projector.classes:
+    for cls in reader.classes:
         name = cls.name
         head = heads.get(name) or {}
         hist = history.get(name, {})
@@ -141,7 +157,7 @@ def slices(projector: Projector, series: SeriesId, at_time: int | None, window: 
     }
 
 
-def _moved_to(projector: Projector, num: int, version: dict[str, Any], aligned: int) -> dict[str, Any]:
+def _moved_to(reader: ProjectionReader, num: int, version: dict[str, Any], aligned: int) -> dict[str, Any]:
     """An alive zone's box as of ``aligned``: it reaches that candle, and its version is the pointer's when the
     pointer (moved once per candle) is visible by then."""
     definition = version["definition"]
@@ -150,7 +166,7 @@ def _moved_to(projector: Projector, num: int, version: dict[str, Any], aligned: 
     points = definition["points"]
     moved = {**definition, "points": [*points[:-1], {**points[-1], "time": aligned}]}
     version_id = version["version_id"]
-    pointer = projector.pstore.pointer(num, version["instruction_id"])
+    pointer = reader.pstore.pointer(num, version["instruction_id"])
     if pointer is not None and pointer[0] > version_id and pointer[1] <= aligned:
         version_id = pointer[0]
     return {
@@ -164,9 +180,9 @@ def _moved_to(projector: Projector, num: int, version: dict[str, Any], aligned: 
 
 
 def draw_delta(
-    projector: Projector, series: SeriesId, cursor_version: int, window: int, at_time: int | None
+    reader: ProjectionReader, series: SeriesId, cursor_version: int, window: int, at_time: int | None
 ) -> dict[str, Any]:
-    found = _aligned(projector, series, at_time)
+    found = _aligned(reader, series, at_time)
     sid = str(series)
     if found is None:
         return {
@@ -183,10 +199,10 @@ def draw_delta(
     num = int(record["num"])
     start = aligned - (window - 1) * series.timeframe.seconds
     latest: dict[str, dict[str, Any]] = {}
-    for version in projector.pstore.versions_between(num, start, aligned, 0):
+    for version in reader.pstore.versions_between(num, start, aligned, 0):
         latest[version["instruction_id"]] = version  # ascending version ids: the last one wins
     for iid in MOVING & latest.keys():
-        latest[iid] = _moved_to(projector, num, latest[iid], aligned)
+        latest[iid] = _moved_to(reader, num, latest[iid], aligned)
     active = sorted(iid for iid, v in latest.items() if v["definition"] is not None)
     patch = sorted(
         (v for v in latest.values() if v["version_id"] > cursor_version and v["definition"] is not None),
@@ -194,7 +210,7 @@ def draw_delta(
     )
     # At the head the record knows the newest version; further back, the versions visible by then are read.
     at_head = aligned >= record["last_time"]
-    top = int(record["max_version"]) if at_head else projector.pstore.max_version(num, aligned)
+    top = int(record["max_version"]) if at_head else reader.pstore.max_version(num, aligned)
     return {
         "schema_version": SCHEMA_VERSION,
         "series_id": sid,

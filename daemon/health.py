@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from daemon.logformat import SeriesHead
+from protocol.logrecords import SeriesHead
 from protocol.series import SeriesId
 
 if TYPE_CHECKING:

@@ -23,10 +23,10 @@ from actors.store import Store
 from actors.supervisor import Supervisor
 from actors.trade_series import TradeSeriesActor
 from daemon.config import Settings
-from daemon.eventlog import AppendResult
 from protocol.aggregate import aggregate_bucket
 from protocol.binance import AggTrade, KlineUpdate
 from protocol.candle import Candle
+from protocol.logrecords import AppendResult
 from protocol.series import Market, SeriesId
 from protocol.timeframes import Timeframe, can_derive, parse_timeframe
 
@@ -109,8 +109,7 @@ class Deriver:
 
     async def __call__(self, result: AppendResult) -> None:
         batch: dict[SeriesId, list[Candle]] = {}
-        for sid, candles in result.changed.items():
-            series = SeriesId.parse(sid)
+        for series, candles in result.changed.items():
             if series not in self._bases or series.timeframe != self.base:
                 continue
             for target in self._targets:
@@ -128,8 +127,8 @@ class Deriver:
             if self._project is not None:
                 await self._project(written)
             if self._publish is not None:
-                for sid, changed in written.changed.items():
-                    self._publish(SeriesId.parse(sid), changed)
+                for series, changed in written.changed.items():
+                    self._publish(series, changed)
 
 
 def _no_forming_broadcast(series: SeriesId, candle: Candle) -> None:

@@ -86,7 +86,7 @@ class KlinedCollector(Collector):
             if head is not None:
                 lag.add_metric([str(series)], max(0, series.timeframe.last_closed_open(now) - head.head_time))
         yield lag
-        stats = s.store.log.statistics()
+        stats = s.eventlog.statistics()
         proj = s.projector
         yield gauge(
             "klined_projection_lag_events",

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import trio
 
-from daemon.eventlog import EventLog
 from daemon.fakex.server import FakeExchange
+from daemon.storage.eventlog import EventLog
 from tests.klined_process import BIN, BTC, klined
 
 ETH = "binance:spot:ETH/USDT:1m"

@@ -16,9 +16,9 @@ import trio
 from trio_websocket import wrap_client_stream
 
 from actors.projector import Projector
-from daemon.eventlog import EventLog
 from daemon.fakex.server import FakeExchange
-from daemon.projection_store import ProjectionStore
+from daemon.storage.eventlog import EventLog
+from daemon.storage.projection_store import ProjectionStore
 from protocol.series import SeriesId
 from tests.actors.test_projector import outputs
 from tests.klined_process import BIN, klined

@@ -18,8 +18,8 @@ import trio
 from actors.supervisor import CapacityError
 from daemon.app import Running, serve_daemon
 from daemon.config import load_settings
-from daemon.eventlog import EventLog
 from daemon.fakex.server import FakeExchange, exchange_clock
+from daemon.storage.eventlog import EventLog
 from protocol.series import SeriesId
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")

@@ -8,7 +8,7 @@ import trio
 
 from daemon.app import Running, serve_daemon
 from daemon.config import Settings, load_settings
-from daemon.eventlog import EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
 from tests.klined_process import free_port

@@ -26,13 +26,13 @@ import trio
 
 from actors.store import Store
 from daemon.config import Settings
-from daemon.eventlog import AppendResult
 from daemon.history.exchange import CcxtSource, HistoryError
 from daemon.history.freqtrade import ReadStats, data_file, read_candles
 from daemon.history.progress import Progress, ProgressTracker
 from protocol.aggregate import aggregate
 from protocol.candle import Candle
 from protocol.coverage import count_missing, missing_ranges, tail_window_start
+from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
 from protocol.timeframes import Timeframe
 

@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
-from daemon.eventlog import AppendResult, EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
+from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from actors.fanout import Hub
 from actors.store import Store
-from daemon.eventlog import EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
 

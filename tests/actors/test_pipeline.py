@@ -10,9 +10,10 @@ import trio
 import trio.testing
 
 from actors.pipeline import ClosedCandleWriter
-from daemon.eventlog import AppendResult, EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.errors import CandleError
+from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
 from tests.actors.sinks import InlineSink
 
@@ -104,7 +105,7 @@ async def test_stages_run_in_fixed_order_and_publish_sees_durable_data(elog: Eve
             if name == "publish":
                 # Committed before publish: a new read transaction already sees every candle.
                 assert elog.range(BTC) == [c(60), c(120)]
-                assert result.changed == {str(BTC): [c(60), c(120)]}
+                assert result.changed == {BTC: [c(60), c(120)]}
 
         return run
 

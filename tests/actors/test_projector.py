@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from actors.projection_replay import SNAPSHOT_EVERY
 from actors.projector import Projector
 from daemon import factor_reads
-from daemon.eventlog import EventLog
-from daemon.projection_store import ProjectionStore
+from daemon.storage.eventlog import EventLog
+from daemon.storage.projection_store import ProjectionStore
 from protocol.candle import Candle
 from protocol.factors.registry import DEFAULT_FACTORS
 from protocol.series import SeriesId
@@ -44,6 +44,13 @@ def open_projector(path: Path, log: EventLog, **kw: Any) -> Projector:
     return Projector(log, ProjectionStore(path / "proj"), settings=kw.pop("settings", SMALL), **kw)
 
 
+def reader(p: Projector) -> factor_reads.ProjectionReader:
+    """What the daemon hands the read models for this projector."""
+    assert isinstance(p.log, EventLog)
+    assert isinstance(p.pstore, ProjectionStore)
+    return factor_reads.ProjectionReader(p.log, p.pstore, p.classes, p.failed)
+
+
 def drain(p: Projector) -> None:
     """Apply everything after the checkpoint (what ``sync`` does, without the lock)."""
     while events := p.log.events_since(p.pstore.checkpoint(), 37):  # odd chunks: boundaries anywhere
@@ -56,8 +63,8 @@ def outputs(p: Projector, series: SeriesId) -> dict[str, Any]:
     assert num is not None
     head = p.log.head(series)
     assert head is not None
-    body = factor_reads.slices(p, series, None, factor_reads.MAX_WINDOW)
-    delta = factor_reads.draw_delta(p, series, 0, factor_reads.MAX_WINDOW, None)
+    body = factor_reads.slices(reader(p), series, None, factor_reads.MAX_WINDOW)
+    delta = factor_reads.draw_delta(reader(p), series, 0, factor_reads.MAX_WINDOW, None)
     patch = {v["instruction_id"]: v["definition"] for v in delta["instruction_catalog_patch"]}
     assert sorted(patch) == delta["active_ids"]
     return {
@@ -73,7 +80,7 @@ async def test_thirteen_price_example_through_the_log(tmp_path: Path) -> None:
         p = open_projector(tmp_path, log)
         await p.sync()
         assert p.checkpoint() == log.last_seq() == 13
-        body = factor_reads.slices(p, BTC, None, 2000)
+        body = factor_reads.slices(reader(p), BTC, None, 2000)
         assert body["at_time"] == 780
         assert body["candle_id"] == f"{BTC}:780"
         pens = body["snapshots"]["pen"]["history"]["confirmed"]
@@ -86,13 +93,13 @@ async def test_thirteen_price_example_through_the_log(tmp_path: Path) -> None:
         assert (head["extending"]["start_time"], head["extending"]["end_time"]) == (540, 660)
         assert (head["candidate"]["start_time"], head["candidate"]["end_time"]) == (660, 780)
         # A slice in the past sees only what was visible then.
-        past = factor_reads.slices(p, BTC, 600, 2000)
+        past = factor_reads.slices(reader(p), BTC, 600, 2000)
         assert [x["end_time"] for x in past["snapshots"]["pen"]["history"]["confirmed"]] == [300]
         assert past["at_time"] == 600
-        delta = factor_reads.draw_delta(p, BTC, 0, 2000, None)
+        delta = factor_reads.draw_delta(reader(p), BTC, 0, 2000, None)
         assert "pen.confirmed" in delta["active_ids"]
         assert delta["active_ids"] == sorted(delta["active_ids"])
-        again = factor_reads.draw_delta(p, BTC, delta["next_cursor"]["version_id"], 2000, None)
+        again = factor_reads.draw_delta(reader(p), BTC, delta["next_cursor"]["version_id"], 2000, None)
         assert again["instruction_catalog_patch"] == []
         assert again["next_cursor"] == delta["next_cursor"]
         assert again["active_ids"] == delta["active_ids"]
@@ -103,15 +110,15 @@ async def test_a_read_ahead_of_the_projection_is_409_until_it_catches_up(tmp_pat
         p = open_projector(tmp_path, log)
         log.append({BTC: walk(50, 1)})
         with pytest.raises(factor_reads.OutOfSyncError, match="ledger_out_of_sync:factor"):
-            factor_reads.slices(p, BTC, None, 100)
+            factor_reads.slices(reader(p), BTC, None, 100)
         await p.sync()
-        assert factor_reads.slices(p, BTC, None, 100)["at_time"] == 60 * 50
+        assert factor_reads.slices(reader(p), BTC, None, 100)["at_time"] == 60 * 50
         # A backfilled candle behind the head: stored, not yet applied -> 409 again.
         log.append({ETH: walk(5, 2)})
         with pytest.raises(factor_reads.OutOfSyncError):
-            factor_reads.draw_delta(p, ETH, 0, 100, None)
+            factor_reads.draw_delta(reader(p), ETH, 0, 100, None)
         await p.sync()
-        factor_reads.draw_delta(p, ETH, 0, 100, None)
+        factor_reads.draw_delta(reader(p), ETH, 0, 100, None)
 
 
 def scratch(tmp_path: Path, final: dict[SeriesId, list[Candle]]) -> dict[SeriesId, dict[str, Any]]:
@@ -277,7 +284,7 @@ async def test_a_failing_factor_stops_only_its_series(tmp_path: Path) -> None:
         assert p.projected_time(ETH) == 600
         assert p.checkpoint() == log.last_seq()
         with pytest.raises(factor_reads.OutOfSyncError):
-            factor_reads.slices(p, BTC, None, 10)
+            factor_reads.slices(reader(p), BTC, None, 10)
         p.pstore.close()
 
 

@@ -16,7 +16,7 @@ import trio.testing
 from actors.clock import ExchangeClock, trio_wall_ms
 from actors.pipeline import ClosedCandleWriter
 from actors.series import RepairHole, SeriesActor
-from daemon.eventlog import EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.binance import KlineUpdate
 from protocol.candle import Candle
 from protocol.series import SeriesId

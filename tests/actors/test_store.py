@@ -8,8 +8,9 @@ from pathlib import Path
 import trio
 
 from actors.store import INLINE_MAX_CANDLES, Store
-from daemon.eventlog import AppendResult, EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
+from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")

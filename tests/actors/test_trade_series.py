@@ -11,7 +11,7 @@ import trio.testing
 from actors.clock import ExchangeClock, trio_wall_ms
 from actors.pipeline import ClosedCandleWriter
 from actors.trade_series import FetchClosed, TradeSeriesActor
-from daemon.eventlog import EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.binance import AggTrade
 from protocol.candle import Candle
 from protocol.series import SeriesId

@@ -37,13 +37,13 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from actors.projector import Projector
-from daemon.eventlog import EventLog
 from daemon.fakex.market import Market
 from daemon.fakex.server import FakeExchange, exchange_clock
-from daemon.logformat import EventKind
-from daemon.projection_store import ProjectionStore
+from daemon.storage.eventlog import EventLog
+from daemon.storage.projection_store import ProjectionStore
 from protocol.binance import format_decimal
 from protocol.candle import Candle
+from protocol.logrecords import EventKind
 from protocol.series import SeriesId
 from tests.actors.test_projector import outputs
 from tests.chaos.hostile_peers import PEERS, Listener, listeners, must_be_cut

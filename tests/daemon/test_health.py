@@ -6,7 +6,7 @@ import pytest
 
 from actors.series import PendingHole, SeriesState
 from daemon.health import live_health_view, series_health_view
-from daemon.logformat import SeriesHead
+from protocol.logrecords import SeriesHead
 from protocol.series import SeriesId
 from protocol.upstream import Hole
 

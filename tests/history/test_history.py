@@ -17,12 +17,12 @@ import trio
 
 from actors.store import Store
 from daemon.config import load_settings
-from daemon.eventlog import EventLog
 from daemon.fakex.server import FakeExchange
 from daemon.history.exchange import CcxtSource
 from daemon.history.freqtrade import data_file, read_candles
 from daemon.history.service import History
 from daemon.live import Deriver
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
 from protocol.timeframes import TIMEFRAMES

@@ -1,4 +1,4 @@
-"""protocol/ is the sans-IO core: it must not import I/O, concurrency or clock modules."""
+"""protocol/ (every module, subpackages included) is the sans-IO core: no I/O, concurrency or clock modules."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ FORBIDDEN = {
 }
 
 
-@pytest.mark.parametrize("path", sorted(PROTOCOL.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(PROTOCOL.rglob("*.py")), ids=lambda p: str(p.relative_to(PROTOCOL)))
 def test_protocol_module_is_pure(path: Path) -> None:
     imported: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -44,4 +44,4 @@ def test_protocol_module_is_pure(path: Path) -> None:
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
-    assert imported & FORBIDDEN == set(), f"{path.name} imports {sorted(imported & FORBIDDEN)}"
+    assert imported & FORBIDDEN == set(), f"{path} imports {sorted(imported & FORBIDDEN)}"

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from daemon import backup, ctl
-from daemon.eventlog import EventLog
+from daemon.storage.eventlog import EventLog
 from tests.serving.harness import S1, daemon
 
 S2 = "binance:spot:ETH/USDT:1m"

@@ -35,7 +35,7 @@ import lmdb
 import orjson
 import structlog
 
-from daemon.lmdb_gate import ResizeGate
+from daemon.storage.lmdb_gate import ResizeGate
 
 log = structlog.get_logger(__name__)
 
@@ -225,6 +225,8 @@ class ProjectionTxn:
 
 class ProjectionStore:
     """The projections' LMDB environment. Writes happen on one thread at a time (the projector's lock)."""
+
+    full_error: type[Exception] = lmdb.MapFullError
 
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE) -> None:
         self.path = Path(path)

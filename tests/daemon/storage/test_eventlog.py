@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.eventlog import EventLog
-from daemon.logformat import EventKind
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.errors import CandleError
+from protocol.logrecords import EventKind
 from protocol.series import SeriesId
-from tests.daemon.concurrent_reads import reading_meanwhile
+from tests.daemon.storage.concurrent_reads import reading_meanwhile
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:futures:ETH/USDT:5m")
@@ -88,7 +88,7 @@ def test_duplicates_and_disorder_inside_one_batch(elog: EventLog) -> None:
     assert (r.appended, r.corrected, r.unchanged) == (3, 1, 1)
     assert [x.candle_time for x in elog.range(BTC)] == [60, 120, 180]
     assert elog.get(BTC, 60) == c(60, close=12.0)
-    assert r.changed[str(BTC)] == [c(180), c(60), c(120), c(60, close=12.0)]
+    assert r.changed[BTC] == [c(180), c(60), c(120), c(60, close=12.0)]
 
 
 def test_invalid_candle_rejects_the_whole_batch(elog: EventLog) -> None:
@@ -267,7 +267,7 @@ def test_log_matches_a_dict_model(tmp_path_factory: pytest.TempPathFactory, batc
 
 def test_events_since_at_every_offset_across_runs(elog: EventLog) -> None:
     """Events are stored in runs of up to RUN_MAX; reads start inside, at and across run boundaries."""
-    from daemon.logformat import RUN_MAX
+    from protocol.logrecords import RUN_MAX
 
     elog.append({BTC: [c(60 * i) for i in range(1, RUN_MAX * 2 + 300)]})  # three runs
     elog.append({BTC: [c(60, close=5.0), c(60 * 5000), c(120, close=6.0)], ETH: [c(300)]})  # mixed kinds

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.eventlog import EventLog
-from tests.daemon import crash_writer as writer
+from daemon.storage.eventlog import EventLog
+from tests.daemon.storage import crash_writer as writer
 
 ROUNDS = 6
 
@@ -21,7 +21,7 @@ def test_sigkill_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
     for round_no in range(ROUNDS):
         stderr_path = tmp_path / f"writer-{round_no}.err"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.daemon.crash_writer", str(log_dir)],
+            [sys.executable, "-m", "tests.daemon.storage.crash_writer", str(log_dir)],
             stdout=subprocess.PIPE,
             stderr=stderr_path.open("w"),
             text=True,

@@ -19,18 +19,22 @@ from itertools import repeat, starmap
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-import attrs
 import lmdb
 import structlog
 
-from daemon.lmdb_gate import ResizeGate
-from daemon.logformat import (
+from actors.ports import StoreError
+from daemon.storage.lmdb_gate import ResizeGate
+from daemon.storage.validate import check_candles, check_packed, raise_invalid
+from protocol.candle import Candle
+from protocol.errors import CandleError
+from protocol.logrecords import (
     CANDLE_BODY,
     CANDLE_KEY,
     HEAD,
     RUN_MAX,
     SEQ,
     SERIES_NUM,
+    AppendResult,
     EventKind,
     LogEvent,
     SeriesHead,
@@ -40,9 +44,6 @@ from daemon.logformat import (
     unpack_bodies,
     unpack_body,
 )
-from daemon.validate import check_candles, check_packed, raise_invalid
-from protocol.candle import Candle
-from protocol.errors import CandleError
 from protocol.series import SeriesId
 
 log = structlog.get_logger(__name__)
@@ -51,26 +52,6 @@ DEFAULT_MAP_SIZE: Final = 1 << 30
 _MAX_KEY_TIME: Final = (1 << 64) - 1
 _CLOSED: Final = EventKind.CANDLE_CLOSED
 _CORRECTED: Final = EventKind.CANDLE_CORRECTED
-
-
-class StoreError(RuntimeError):
-    """The log could not complete a write (an LMDB error other than a full map); nothing was written."""
-
-
-@attrs.frozen
-class AppendResult:
-    """What one batch changed. Identical re-appends write nothing and are only counted."""
-
-    first_seq: int | None
-    last_seq: int | None
-    appended: int
-    corrected: int
-    unchanged: int
-    # Per series, the candles whose events this batch wrote, in seq order: what the pipeline publishes.
-    changed: dict[str, list[Candle]]
-    # Corrections in full (with the replaced candle): what projections rewind on.
-    corrections: list[LogEvent]
-    heads: dict[str, SeriesHead]
 
 
 class _RunWriter:
@@ -171,12 +152,9 @@ class EventLog:
             except lmdb.Error as e:
                 raise StoreError(f"event log write failed: {e}") from e
 
-    def append_series(self, series: SeriesId, candles: Sequence[Candle]) -> AppendResult:
-        return self.append({series: candles})
-
     def _append_once(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
         new_series: dict[str, int] = {}
-        changed: dict[str, list[Candle]] = {}
+        changed: dict[SeriesId, list[Candle]] = {}
         corrections: list[LogEvent] = []
         heads: dict[str, SeriesHead] = {}
         appended = unchanged = 0
@@ -206,7 +184,7 @@ class EventLog:
                         raise RuntimeError(f"index append wrote {added} of {len(keys)} rows")
                     runs.add_many(_CLOSED, num, bodies)
                     appended += len(bodies)
-                    changed[sid] = list(candles)
+                    changed[series] = list(candles)
                     first = times[0] if head is None else head.first_time
                     head = SeriesHead(first, times[-1], len(bodies) + (head.candle_count if head else 0))
                 else:
@@ -231,7 +209,7 @@ class EventLog:
                         ix_cursor.put(key, body)
                         written.append(c)
                     if written:
-                        changed[sid] = written
+                        changed[series] = written
                     head = SeriesHead(first, last, count)
                 txn.put(SERIES_NUM.pack(num), HEAD.pack(*head), db=self._heads)
                 heads[sid] = head

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import lmdb
 
-from daemon.projection_store import ProjectionStore
-from tests.daemon.concurrent_reads import reading_meanwhile
+from daemon.storage.projection_store import ProjectionStore
+from tests.daemon.storage.concurrent_reads import reading_meanwhile
 
 
 def test_map_growth_never_breaks_a_concurrent_read(tmp_path: Path) -> None:

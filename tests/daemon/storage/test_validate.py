@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.logformat import CANDLE_BODY
-from daemon.validate import VECTOR_MIN, check_candles, check_packed
+from daemon.storage.validate import VECTOR_MIN, check_candles, check_packed
 from protocol.candle import Candle
 from protocol.errors import CandleError
+from protocol.logrecords import CANDLE_BODY
 from protocol.series import SeriesId
 
 SERIES = [SeriesId.parse(f"binance:spot:BTC/USDT:{tf}") for tf in ("1m", "5m", "1w", "1M", "3d")]

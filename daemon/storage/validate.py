@@ -22,7 +22,7 @@ from protocol.series import SeriesId
 from protocol.timeframes import Timeframe
 
 VECTOR_MIN: Final = 64
-# The layout of daemon.logformat.CANDLE_BODY (">Qddddd?"), unaligned.
+# The layout of protocol.logrecords.CANDLE_BODY (">Qddddd?"), unaligned.
 BODY_DTYPE: Final = np.dtype(
     [("t", ">u8"), ("o", ">f8"), ("h", ">f8"), ("l", ">f8"), ("c", ">f8"), ("v", ">f8"), ("s", "?")]
 )

@@ -14,7 +14,10 @@ import struct
 from enum import IntEnum
 from typing import Final, NamedTuple
 
+import attrs
+
 from protocol.candle import Candle
+from protocol.series import SeriesId
 
 
 class EventKind(IntEnum):
@@ -58,6 +61,22 @@ class LogEvent(NamedTuple):
     series_id: str
     candle: Candle
     previous: Candle | None = None
+
+
+@attrs.frozen
+class AppendResult:
+    """What one batch changed. Identical re-appends write nothing and are only counted."""
+
+    first_seq: int | None
+    last_seq: int | None
+    appended: int
+    corrected: int
+    unchanged: int
+    # Per series, the candles whose events this batch wrote, in seq order: what the pipeline publishes.
+    changed: dict[SeriesId, list[Candle]]
+    # Corrections in full (with the replaced candle): what projections rewind on.
+    corrections: list[LogEvent]
+    heads: dict[str, SeriesHead]
 
 
 def pack_body(c: Candle) -> bytes:

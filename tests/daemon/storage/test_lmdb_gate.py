@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lmdb
 
-from daemon.lmdb_gate import ResizeGate
+from daemon.storage.lmdb_gate import ResizeGate
 
 
 def test_a_resize_waits_for_the_open_read_and_holds_new_ones_back(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 
 import structlog
 
-from daemon.eventlog import EventLog
+from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
 
