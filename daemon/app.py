@@ -32,7 +32,7 @@ from daemon.control import serve_control
 from daemon.factor_reads import ProjectionReader
 from daemon.history.exchange import CcxtSource
 from daemon.history.service import History
-from daemon.http_api import build_app
+from daemon.http.app import build_app
 from daemon.listen import http_listener_bind
 from daemon.live import Deriver, LiveIngest
 from daemon.pins import RuntimePins

@@ -8,7 +8,7 @@ standard ``process_*`` and ``python_info`` metrics and ``klined_build_info``.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector, generate_latest
@@ -18,7 +18,11 @@ from prometheus_client.registry import Collector
 from daemon import __version__
 
 if TYPE_CHECKING:
+    from actors.fanout import Hub
+    from actors.projector import Projector
     from daemon.app import Services
+    from daemon.history.service import History
+    from daemon.live import LiveIngest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -29,80 +33,105 @@ class KlinedCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.services
-        hub, writer, history = s.hub, s.writer.stats, s.history
-
-        def counter(name: str, text: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(name, text, value=value)
-
-        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, text, value=value)
-
-        yield counter("klined_closed_candles_appended", "closed candles appended by the writer", writer.written_events)
-        yield counter("klined_writer_flushes", "write transactions of the closed-candle writer", writer.flushes)
-        yield counter(
-            "klined_writer_duplicates_dropped", "closed candles merged away before an append", writer.duplicates_dropped
-        )
-        yield counter("klined_writer_append_failures", "appends that failed and were retried", writer.append_failures)
-        yield gauge("klined_writer_queue_depth", "closed candles waiting for the writer", s.writer.queue_depth())
-        yield gauge("klined_ws_connections", "open /ws/market connections", hub.connection_count)
-        yield gauge("klined_ws_subscribers", "subscriptions over all connections", hub.stats.subscriptions)
-        yield gauge("klined_ws_outbox_depth_max", "frames queued for the slowest connection", hub.max_outbox_depth())
-        yield counter("klined_ws_slow_consumer_drops", "connections closed as slow consumers", hub.stats.slow_consumers)
-        yield counter("klined_ws_publishes", "durable publishes fanned out", hub.stats.publishes)
-        yield counter(
-            "klined_gaps_healed_candles", "candles sent to subscribers by healing a hole", hub.stats.healed_candles
-        )
-        yield counter("klined_gaps_repaired", "gap backfills that filled their hole completely", history.gaps_repaired)
-        yield counter(
-            "klined_history_candles_repaired", "candles appended by repairs of the past", history.candles_repaired
-        )
-        live = s.live
-        if live is not None:
-            labels = ["market"]
-            messages = CounterMetricFamily("klined_upstream_messages", "upstream WebSocket messages", labels=labels)
-            malformed = CounterMetricFamily(
-                "klined_upstream_malformed", "malformed upstream payloads skipped", labels=labels
-            )
-            reconnects = CounterMetricFamily("klined_upstream_reconnects", "upstream reconnections", labels=labels)
-            connected = GaugeMetricFamily("klined_upstream_connected", "open upstream connections", labels=labels)
-            for market, ingest in live.ingest.items():
-                messages.add_metric([market], ingest.stats.messages)
-                malformed.add_metric([market], ingest.stats.malformed)
-                reconnects.add_metric([market], ingest.stats.reconnects)
-                connected.add_metric([market], sum(1 for c in ingest.connections.values() if c.connected))
-            yield from (messages, malformed, reconnects, connected)
-            yield gauge("klined_series_actors", "running series actors", len(live.actors))
-            yield counter("klined_series_crashes", "series actor crashes", live.supervisor.statistics()["crashes"])
-            yield gauge(
-                "klined_gaps_detected",
-                "holes the actors know of",
-                sum(len(a.state.holes) for a in live.actors.values()),
-            )
-        lag = GaugeMetricFamily("klined_series_lag_seconds", "latest closed period minus head", labels=["series_id"])
-        heads = s.store.log.heads()
-        now = s.clock.now_s()
-        for series in s.active_series():
-            head = heads.get(str(series))
-            if head is not None:
-                lag.add_metric([str(series)], max(0, series.timeframe.last_closed_open(now) - head.head_time))
-        yield lag
+        yield from _writer_metrics(s)
+        yield from _fanout_metrics(s.hub)
+        yield from _repair_metrics(s.history)
+        if s.live is not None:
+            yield from _live_metrics(s.live)
+        yield _lag_metric(s)
         stats = s.eventlog.statistics()
-        proj = s.projector
-        yield gauge(
-            "klined_projection_lag_events",
-            "log events not yet through factors and overlays",
-            max(0, stats["last_seq"] - proj.checkpoint()),
-        )
-        yield counter("klined_projection_candles_applied", "closed candles applied to projections", proj.stats.applied)
-        yield counter("klined_projection_rewinds", "rewinds on corrections and backfills", proj.stats.rewinds)
-        yield counter("klined_projection_rebuilds", "rebuilds from the log", proj.stats.rebuilds)
-        yield gauge("klined_projection_failed_series", "series whose projections stopped on an error", len(proj.failed))
-        yield gauge(
-            "klined_projection_series_in_memory", "series whose factor state is in memory", len(proj.replay.mem)
-        )
-        yield gauge("klined_lmdb_bytes", "size of the LMDB data file in use", stats["last_pgno"] * stats["page_size"])
-        yield gauge("klined_lmdb_map_bytes", "LMDB map size", stats["map_size"])
-        yield counter("klined_lmdb_events", "events in the log (the last seq)", stats["last_seq"])
+        yield from _projection_metrics(s.projector, stats["last_seq"])
+        yield from _lmdb_metrics(stats)
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, text, value=value)
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, value=value)
+
+
+def _writer_metrics(s: Services) -> Iterator[Metric]:
+    writer = s.writer.stats
+    yield _counter("klined_closed_candles_appended", "closed candles appended by the writer", writer.written_events)
+    yield _counter("klined_writer_flushes", "write transactions of the closed-candle writer", writer.flushes)
+    yield _counter(
+        "klined_writer_duplicates_dropped", "closed candles merged away before an append", writer.duplicates_dropped
+    )
+    yield _counter("klined_writer_append_failures", "appends that failed and were retried", writer.append_failures)
+    yield _gauge("klined_writer_queue_depth", "closed candles waiting for the writer", s.writer.queue_depth())
+
+
+def _fanout_metrics(hub: Hub) -> Iterator[Metric]:
+    yield _gauge("klined_ws_connections", "open /ws/market connections", hub.connection_count)
+    yield _gauge("klined_ws_subscribers", "subscriptions over all connections", hub.stats.subscriptions)
+    yield _gauge("klined_ws_outbox_depth_max", "frames queued for the slowest connection", hub.max_outbox_depth())
+    yield _counter("klined_ws_slow_consumer_drops", "connections closed as slow consumers", hub.stats.slow_consumers)
+    yield _counter("klined_ws_publishes", "durable publishes fanned out", hub.stats.publishes)
+    yield _counter(
+        "klined_gaps_healed_candles", "candles sent to subscribers by healing a hole", hub.stats.healed_candles
+    )
+
+
+def _repair_metrics(history: History) -> Iterator[Metric]:
+    yield _counter("klined_gaps_repaired", "gap backfills that filled their hole completely", history.gaps_repaired)
+    yield _counter(
+        "klined_history_candles_repaired", "candles appended by repairs of the past", history.candles_repaired
+    )
+
+
+def _live_metrics(live: LiveIngest) -> Iterator[Metric]:
+    """Upstream connections per market, and the series actors (only with live ingest)."""
+    labels = ["market"]
+    messages = CounterMetricFamily("klined_upstream_messages", "upstream WebSocket messages", labels=labels)
+    malformed = CounterMetricFamily("klined_upstream_malformed", "malformed upstream payloads skipped", labels=labels)
+    reconnects = CounterMetricFamily("klined_upstream_reconnects", "upstream reconnections", labels=labels)
+    connected = GaugeMetricFamily("klined_upstream_connected", "open upstream connections", labels=labels)
+    for market, ingest in live.ingest.items():
+        messages.add_metric([market], ingest.stats.messages)
+        malformed.add_metric([market], ingest.stats.malformed)
+        reconnects.add_metric([market], ingest.stats.reconnects)
+        connected.add_metric([market], sum(1 for c in ingest.connections.values() if c.connected))
+    yield from (messages, malformed, reconnects, connected)
+    yield _gauge("klined_series_actors", "running series actors", len(live.actors))
+    yield _counter("klined_series_crashes", "series actor crashes", live.supervisor.statistics()["crashes"])
+    yield _gauge(
+        "klined_gaps_detected",
+        "holes the actors know of",
+        sum(len(a.state.holes) for a in live.actors.values()),
+    )
+
+
+def _lag_metric(s: Services) -> Metric:
+    """How far each active series' head trails the latest closed period of the exchange clock."""
+    lag = GaugeMetricFamily("klined_series_lag_seconds", "latest closed period minus head", labels=["series_id"])
+    heads = s.store.log.heads()
+    now = s.clock.now_s()
+    for series in s.active_series():
+        head = heads.get(str(series))
+        if head is not None:
+            lag.add_metric([str(series)], max(0, series.timeframe.last_closed_open(now) - head.head_time))
+    return lag
+
+
+def _projection_metrics(proj: Projector, last_seq: int) -> Iterator[Metric]:
+    yield _gauge(
+        "klined_projection_lag_events",
+        "log events not yet through factors and overlays",
+        max(0, last_seq - proj.checkpoint()),
+    )
+    yield _counter("klined_projection_candles_applied", "closed candles applied to projections", proj.stats.applied)
+    yield _counter("klined_projection_rewinds", "rewinds on corrections and backfills", proj.stats.rewinds)
+    yield _counter("klined_projection_rebuilds", "rebuilds from the log", proj.stats.rebuilds)
+    yield _gauge("klined_projection_failed_series", "series whose projections stopped on an error", len(proj.failed))
+    yield _gauge("klined_projection_series_in_memory", "series whose factor state is in memory", len(proj.replay.mem))
+
+
+def _lmdb_metrics(stats: Mapping[str, int]) -> Iterator[Metric]:
+    yield _gauge("klined_lmdb_bytes", "size of the LMDB data file in use", stats["last_pgno"] * stats["page_size"])
+    yield _gauge("klined_lmdb_map_bytes", "LMDB map size", stats["map_size"])
+    yield _counter("klined_lmdb_events", "events in the log (the last seq)", stats["last_seq"])
 
 
 def build_registry(services: Services) -> CollectorRegistry:

@@ -26,7 +26,7 @@ from selenium.webdriver.chrome.service import Service
 from trio_websocket import open_websocket_url
 
 from daemon.fakex.server import FakeExchange, exchange_clock
-from daemon.webui import DIST
+from daemon.http.page import DIST
 from tests.klined_process import BTC, free_port, klined
 
 CHROMIUM = Path("/usr/bin/chromium")

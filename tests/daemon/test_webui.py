@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 from starlette.applications import Starlette
 
-from daemon import webui
+from daemon.http import page
 
 
 def client(dist: Path) -> httpx.AsyncClient:
-    app = Starlette(routes=webui.routes(dist))
+    app = Starlette(routes=page.routes(dist))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://klined")
 
 

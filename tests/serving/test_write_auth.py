@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from daemon.config import Settings
-from daemon.http_api import build_app
+from daemon.http.app import build_app
 from daemon.request_body import MAX_WRITE_BODY
 from daemon.write_auth import check_write, is_loopback
 from tests.serving.harness import S1, Daemon, candle, daemon

@@ -1,5 +1,4 @@
-"""The chart page (issue 10): the bundle ``./dev setup`` builds from ``web/`` into ``daemon/webui/dist``, served
-at ``/``.
+"""The chart page: the bundle ``./dev setup`` builds from ``web/`` into ``daemon/webui/dist``, served at ``/``.
 
 Everything the page needs is in ``dist`` (no CDN, no web fonts), so it works with no internet at run time.
 """
@@ -15,7 +14,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-DIST: Final = Path(__file__).parent / "webui" / "dist"
+# Beside the package, not in it: where ./dev builds it and the package data takes it from.
+DIST: Final = Path(__file__).parent.parent / "webui" / "dist"
 MISSING: Final = "klined's chart page is not built: run ./dev setup (it needs npm), then reload.\n"
 # Asset names are not content-hashed: browsers revalidate (ETag) instead of caching blindly.
 NO_CACHE: Final = {"Cache-Control": "no-cache"}

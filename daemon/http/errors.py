@@ -1,0 +1,55 @@
+"""How the HTTP API answers: JSON bodies, and every failure as ``{"code", "detail"}`` without a stack trace."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ExceptionHandler
+
+log = structlog.get_logger(__name__)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(Exception):
+    """An error the client can act on: becomes ``{"code", "detail"}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"code": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) in the API's shape."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"code": code, "detail": exc.detail}, status_code=exc.status_code)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: logged with the path, answered 500 without a trace of it."""
+    log.error("http_internal_error", path=request.url.path, error=repr(exc))
+    return JSONResponse({"code": "internal_error", "detail": "internal error"}, status_code=500)
+
+
+EXCEPTION_HANDLERS: Final[Mapping[Any, ExceptionHandler]] = {
+    ApiError: api_error,
+    HTTPException: http_error,
+    Exception: internal_error,
+}
