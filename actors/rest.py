@@ -1,17 +1,19 @@
 """Binance REST for the live path: exchange time (clock offset) and closed klines (fills), over httpx.
 
 Paginates 1000 rows a call with a cursor that must advance, retries 429 / 418 / 5xx / timeouts with
-backoff (honouring Retry-After), and returns closed candles only.
+jittered backoff (never sooner than a Retry-After asks), and returns closed candles only.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Final
 
 import httpx
 import structlog
 import trio
 
+from protocol.backoff import Backoff, Jitter, parse_retry_after
 from protocol.candle import Candle, make_candle
 from protocol.errors import ProtocolError
 from protocol.series import SeriesId
@@ -24,6 +26,8 @@ PAGE: Final = 1000
 # ate half a core in bench/ingest.py) and Binance's request-weight budget would not like it either.
 MAX_CONCURRENT: Final = 8
 RETRIES: Final = 5
+RETRY_FIRST_S: Final = 1.0
+RETRY_MAX_S: Final = 60.0
 RETRY_STATUS: Final = frozenset({418, 429, 500, 502, 503, 504})
 
 
@@ -34,10 +38,18 @@ class RestError(Exception):
 class BinanceRest:
     """One market's REST base (``https://api.binance.com`` or ``https://fapi.binance.com``)."""
 
-    def __init__(self, base_url: str, *, futures: bool, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        futures: bool,
+        client: httpx.AsyncClient | None = None,
+        jitter: Jitter = random.random,
+    ) -> None:
         self._prefix = "/fapi/v1" if futures else "/api/v3"
         self._client = client or httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=10.0)
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT)
+        self._jitter = jitter
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -106,7 +118,7 @@ class BinanceRest:
         return out
 
     async def _get(self, path: str, params: dict[str, str | int]) -> object:
-        delay = 1.0
+        backoff = Backoff(first_s=RETRY_FIRST_S, cap_s=RETRY_MAX_S)
         for attempt in range(RETRIES + 1):
             try:
                 async with self._limiter:
@@ -114,17 +126,17 @@ class BinanceRest:
             except httpx.TransportError as e:
                 if attempt == RETRIES:
                     raise RestError(f"{path}: {e!r}") from e
-                log.warning("rest_retry", path=path, error=repr(e), retry_in_s=delay)
+                delay = backoff.next_delay(self._jitter())
+                log.warning("rest_retry", path=path, error=repr(e), retry_in_s=round(delay, 3))
             else:
                 if response.status_code == 200:
                     return response.json()
                 if response.status_code not in RETRY_STATUS or attempt == RETRIES:
                     raise RestError(f"{path}: HTTP {response.status_code} {response.text[:200]}")
-                wait = float(response.headers.get("Retry-After", delay))
-                log.warning("rest_retry", path=path, status=response.status_code, retry_in_s=wait)
-                delay = max(delay, wait)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                delay = backoff.next_delay(self._jitter(), retry_after_s=retry_after)
+                log.warning("rest_retry", path=path, status=response.status_code, retry_in_s=round(delay, 3))
             await trio.sleep(delay)
-            delay = min(delay * 2, 60.0)
         raise RestError(f"{path}: retries exhausted")
 
 

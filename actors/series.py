@@ -7,12 +7,14 @@ A failure there crashes this actor, never the reader. On each tick of its timefr
 a grace period, that the period's closed candle arrived; if not, it asks the exchange (``fetch_closed``,
 REST in production) and appends what the exchange has. What is still missing stays a recorded hole.
 A hole the exchange could not be asked about (it was unreachable) is asked again on later ticks, with
-backoff, until the exchange answers: an outage of REST and the stream together heals once REST is back.
+jittered backoff, until the exchange answers: an outage of REST and the stream together heals once REST is back.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import random
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -22,6 +24,7 @@ import trio
 
 from actors.clock import ExchangeClock, Tick, run_ticker
 from actors.pipeline import ClosedCandleWriter
+from protocol.backoff import Backoff, Jitter
 from protocol.binance import KlineUpdate
 from protocol.candle import Candle
 from protocol.forming import FormingThrottle
@@ -39,8 +42,9 @@ BroadcastForming = Callable[[SeriesId, Candle], None]
 """Hand a forming candle to subscribers; never blocks (the fan-out queues or drops per subscriber)."""
 TICK_GRACE_S: Final = 3.0  # Binance sends the final kline within about a second of the close
 MAX_HOLES_KEPT: Final = 100
-HOLE_RETRY_MAX_DELAY_S: Final = 300  # an unanswered hole is asked again after 1, 2, 4, 5, 5 ... minutes
-HOLE_RETRY_LIMIT: Final = 300  # about a day of asking, then it stays a recorded hole
+HOLE_RETRY_FIRST_S: Final = 60.0
+HOLE_RETRY_MAX_DELAY_S: Final = 300.0  # an unanswered hole is asked again after (jittered) 1, 2, 4, 5, 5 ... minutes
+HOLE_RETRY_LIMIT: Final = 300  # most of a day of asking (a jittered wait averages half of it), then a recorded hole
 
 
 @attrs.define
@@ -81,6 +85,7 @@ class SeriesActor:
         forming_interval_s: float = 0.25,
         grace_s: float = TICK_GRACE_S,
         repair_hole: RepairHole | None = None,
+        jitter: Jitter = random.random,
     ) -> None:
         self.series = series
         self.state = SeriesState(head_time=head_time)
@@ -93,6 +98,8 @@ class SeriesActor:
         self._holes = HoleTracker(series.timeframe, head_time)
         self._throttle_changed = trio.Event()
         self._repair_hole = repair_hole
+        self._hole_backoff = Backoff(first_s=HOLE_RETRY_FIRST_S, cap_s=HOLE_RETRY_MAX_DELAY_S)
+        self._jitter = jitter
         self._nursery: trio.Nursery | None = None
         self._retrying = False  # a _retry_holes run is in progress
         self._filling = False  # a tick's _fill is in progress
@@ -255,7 +262,8 @@ class SeriesActor:
                     self.state.holes_healed += answered
                     log.info("hole_retried", series_id=str(self.series), answered=answered, attempts=pending.attempts)
                     continue
-                later = boundary_s + min(60 * 2 ** (pending.attempts - 1), HOLE_RETRY_MAX_DELAY_S)
+                delay = self._hole_backoff.delay(pending.attempts - 1, self._jitter())
+                later = boundary_s + math.ceil(delay)
                 for p in due:  # the exchange cannot be asked now: the others wait as long, not asked in vain
                     p.retry_at_s = later
                 break

@@ -17,6 +17,7 @@ from actors.clock import ExchangeClock, trio_wall_ms
 from actors.pipeline import ClosedCandleWriter
 from actors.series import RepairHole, SeriesActor
 from daemon.eventlog import EventLog
+from protocol.backoff import Jitter, no_jitter
 from protocol.binance import KlineUpdate
 from protocol.candle import Candle
 from protocol.series import SeriesId
@@ -54,6 +55,7 @@ async def running(
     fail_fetch: bool = False,
     repair_hole: RepairHole | None = None,
     fetch_s: float = 0.0,
+    jitter: Jitter = no_jitter,
 ) -> AsyncIterator[Harness]:
     log = EventLog(tmp_path / "log")
     forming: list[tuple[float, Candle]] = []
@@ -83,6 +85,7 @@ async def running(
         fetch_closed=fetch,
         clock=clock,
         repair_hole=repair_hole,
+        jitter=jitter,  # exact retry times by default; the jitter has its own test
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -226,6 +229,26 @@ async def test_a_hole_found_while_the_exchange_is_down_heals_once_it_answers_aga
         h.fetches.clear()
         await trio.sleep(60 * 5)
         assert (T0, T0 + 120) not in h.fetches, "a healed hole is not asked for again"
+
+
+async def test_jittered_hole_retries_are_never_sooner_than_the_next_tick(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60, fail_fetch=True, jitter=lambda: 0.0) as h:
+        await trio.sleep(170)
+        for t in (T0, T0 + 60, T0 + 120):
+            h.exchange[t] = candle(t, 11.0)
+        h.actor.stream_resumed()
+        h.actor.deliver(update(T0 + 180, final=True))
+        await trio.sleep(1)
+        h.fetches.clear()
+        await trio.sleep(60 * 8)
+        # The smallest draw shortens every wait to the floor: the hole is asked at each tick, no more often.
+        assert len([f for f in h.fetches if f == (T0, T0 + 120)]) == 8
+        h.down[0] = False
+        await trio.sleep(60)
+        assert h.actor.state.pending_holes == []
+        assert h.actor.state.holes_healed == 1
 
 
 async def test_while_the_exchange_is_down_one_hole_is_asked_per_retry_and_the_ticks_stay_on_time(
