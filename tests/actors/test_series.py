@@ -1,4 +1,4 @@
-"""A series actor on MockClock: closed -> writer -> log, forming throttled and never stored, silent
+"""A series actor on MockClock: closed -> writer -> log, forming handed on and never stored, silent
 periods fetched at tick + grace, holes after a reconnect recorded."""
 
 from __future__ import annotations
@@ -109,22 +109,24 @@ async def test_closed_candles_reach_the_log_once_and_in_order(
         assert h.actor.state.head_time == T0 + 120
 
 
-async def test_forming_is_throttled_latest_wins_and_never_stored(
+async def test_forming_goes_to_the_fan_out_as_it_comes_and_is_never_stored(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """The fan-out throttles forming candles (tests/actors/test_fanout.py): the actor hands each one on."""
     async with running(tmp_path) as h:
         start = trio.current_time()
         for i in range(10):  # ten updates within 90 ms
             h.actor.deliver(update(T0, final=False, close=10.0 + i))
             await trio.sleep(0.01)
         await trio.sleep(1)
-        assert [(round(t - start, 3), c.close) for t, c in h.forming] == [(0.0, 10.0), (0.25, 19.0)]
+        assert [(round(t - start, 3), c.close) for t, c in h.forming] == [(i / 100, 10.0 + i) for i in range(10)]
+        assert h.actor.state.forming_sent == 10
         assert h.log.last_seq() == 0, "forming candles are never persisted"
         h.actor.deliver(update(T0, final=True))
         await trio.sleep(1)
         h.actor.deliver(update(T0, final=False, close=30.0))  # late forming of a closed period
         await trio.sleep(1)
-        assert len(h.forming) == 2
+        assert len(h.forming) == 10
 
 
 async def test_silent_stream_is_filled_from_the_exchange_at_tick_plus_grace(
