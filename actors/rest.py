@@ -14,8 +14,9 @@ import structlog
 import trio
 
 from protocol.backoff import Backoff, Jitter, parse_retry_after
+from protocol.binance import parse_exchange_info
 from protocol.candle import Candle, make_candle
-from protocol.errors import ProtocolError
+from protocol.errors import ExchangeInfoError, ProtocolError
 from protocol.series import SeriesId
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,7 @@ class BinanceRest:
         client: httpx.AsyncClient | None = None,
         jitter: Jitter = random.random,
     ) -> None:
+        self._futures = futures
         self._prefix = "/fapi/v1" if futures else "/api/v3"
         self._client = client or httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=10.0)
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT)
@@ -62,20 +64,16 @@ class BinanceRest:
 
     async def trading_symbols(self, quote: str) -> dict[str, str]:
         """Symbols trading now with ``quote`` (``exchangeInfo``): id -> ``BASE/QUOTE``; futures: perpetuals."""
-        data = await self._get("/exchangeInfo", {})
-        rows = data.get("symbols") if isinstance(data, dict) else None
-        if not isinstance(rows, list):
-            raise RestError("unexpected exchangeInfo answer")
-        out: dict[str, str] = {}
-        for row in rows:
-            if not isinstance(row, dict) or row.get("status") != "TRADING" or row.get("quoteAsset") != quote:
-                continue
-            if self._prefix == "/fapi/v1" and row.get("contractType") != "PERPETUAL":
-                continue
-            symbol_id, base = row.get("symbol"), row.get("baseAsset")
-            if isinstance(symbol_id, str) and isinstance(base, str) and base.isalnum() and base.isupper():
-                out[symbol_id] = f"{base}/{quote}"
-        return out
+        try:
+            listings = parse_exchange_info(await self._get("/exchangeInfo", {}), futures=self._futures)
+        except ExchangeInfoError as e:
+            raise RestError(f"unexpected exchangeInfo answer: {e}") from None
+        # Only bases klined can name in a series id (SPEC §1: upper-case letters and digits).
+        return {
+            symbol_id: listing.symbol
+            for symbol_id, listing in listings.items()
+            if listing.quote_asset == quote and listing.base_asset.isalnum() and listing.base_asset.isupper()
+        }
 
     async def closed_klines(self, series: SeriesId, first: int, last: int) -> list[Candle]:
         """Closed candles with ``first <= candle_time <= last`` (open times, UTC seconds).

@@ -100,3 +100,35 @@ async def test_a_refusal_is_not_retried(autojump_clock: trio.testing.MockClock) 
         await rest.server_time_ms()
     assert len(times) == 1
     await rest.aclose()
+
+
+def listing(symbol: str, base: str, quote: str = "USDT", **fields: str) -> dict[str, str]:
+    return {"symbol": symbol, "baseAsset": base, "quoteAsset": quote, "status": "TRADING"} | fields
+
+
+async def test_trading_symbols_in_one_quote_that_a_series_id_can_name() -> None:
+    info = {
+        "symbols": [
+            listing("BTCUSDT", "BTC", contractType="PERPETUAL"),
+            listing("ETHBTC", "ETH", "BTC", contractType="PERPETUAL"),
+            listing("1000SHIBUSDT", "1000SHIB", contractType="PERPETUAL"),
+            listing("BTCUSDT_240628", "BTC", contractType="CURRENT_QUARTER"),
+            listing("LUNAUSDT", "LUNA", status="BREAK", contractType="PERPETUAL"),
+            listing("币安人生USDT", "币安人生", contractType="PERPETUAL"),
+            listing("lowerUSDT", "lower", contractType="PERPETUAL"),
+        ]
+    }
+    answer: list[Answer] = [lambda: httpx.Response(200, json=info)]
+    spot = BinanceRest("http://exchange.test", futures=False, client=scripted(answer, []))
+    assert await spot.trading_symbols("USDT") == {
+        "BTCUSDT": "BTC/USDT",
+        "1000SHIBUSDT": "1000SHIB/USDT",
+        "BTCUSDT_240628": "BTC/USDT",
+    }
+    futures = BinanceRest("http://exchange.test", futures=True, client=scripted(answer, []))
+    assert await futures.trading_symbols("USDT") == {"BTCUSDT": "BTC/USDT", "1000SHIBUSDT": "1000SHIB/USDT"}
+    assert await futures.trading_symbols("BTC") == {"ETHBTC": "ETH/BTC"}
+    odd: list[Answer] = [lambda: httpx.Response(200, json={"code": -1000})]
+    broken = BinanceRest("http://exchange.test", futures=False, client=scripted(odd, []))
+    with pytest.raises(RestError, match="exchangeInfo"):
+        await broken.trading_symbols("USDT")
