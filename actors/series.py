@@ -45,7 +45,7 @@ TICK_GRACE_S: Final = 3.0  # Binance sends the final kline within about a second
 MAX_HOLES_KEPT: Final = 100
 HOLE_RETRY_FIRST_S: Final = 60.0
 HOLE_RETRY_MAX_DELAY_S: Final = 300.0  # an unanswered hole is asked again after (jittered) 1, 2, 4, 5, 5 ... minutes
-HOLE_RETRY_LIMIT: Final = 300  # most of a day of asking (a jittered wait averages half of it), then a recorded hole
+HOLE_RETRY_LIMIT: Final = 300  # asks, then it stays a recorded hole (most of a day: jittered waits average half)
 
 
 @attrs.define
