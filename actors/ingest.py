@@ -22,6 +22,7 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
+from protocol.backoff import Backoff
 from protocol.binance import (
     AggTrade,
     ControlError,
@@ -34,7 +35,6 @@ from protocol.binance import (
 from protocol.series import Market, SeriesId
 from protocol.upstream import (
     PROACTIVE_RECONNECT_S,
-    Backoff,
     ControlMessage,
     StreamPlan,
     coalesce,

@@ -6,11 +6,12 @@ has been quiet for ``linger_s`` (a burst is over), when it holds ``batch_max`` c
 a thousand series is a handful of transactions and is durable within milliseconds, not ``flush_s``.
 A flush de-duplicates (last word per (series, time) wins) and orders each series ascending before the
 append. Nothing reaches a stage after the append before the append has committed; a failing append is
-retried with backoff and its candles are kept, never dropped.
+retried with jittered backoff and its candles are kept, never dropped.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
@@ -20,6 +21,7 @@ import structlog
 import trio
 
 from actors.ports import StoreError
+from protocol.backoff import Backoff, Jitter
 from protocol.candle import Candle, check_candle
 from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
@@ -79,8 +81,10 @@ class ClosedCandleWriter:
         publish: Stage = no_op_stage,
         queue_size: int = 10_000,
         now_ms: Callable[[], int] | None = None,
+        jitter: Jitter = random.random,
     ) -> None:
         self._sink = sink
+        self._jitter = jitter
         self._now_ms = now_ms  # exchange clock: send -> durable latency is measured when given
         self.latencies_ms: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._batch_max = batch_max
@@ -212,15 +216,17 @@ class ClosedCandleWriter:
                 pending.done.set()
 
     async def _append_with_retry(self, batch: dict[SeriesId, list[Candle]]) -> AppendResult:
-        delay = RETRY_FIRST_S
+        backoff = Backoff(first_s=RETRY_FIRST_S, cap_s=RETRY_MAX_S)
         while True:
             try:
                 return await self._sink.append(batch)
             except (OSError, StoreError) as e:  # disk trouble, an LMDB error: keep the batch, try again
                 self.stats.append_failures += 1
-                log.exception("append_failed", error=repr(e), candles=sum(map(len, batch.values())), retry_in_s=delay)
+                delay = backoff.next_delay(self._jitter())
+                log.exception(
+                    "append_failed", error=repr(e), candles=sum(map(len, batch.values())), retry_in_s=round(delay, 3)
+                )
                 await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
 
 
 def _check(series: SeriesId, candles: Sequence[Candle]) -> None:

@@ -1,19 +1,22 @@
 """Binance REST for the live path: exchange time (clock offset) and closed klines (fills), over httpx.
 
 Paginates 1000 rows a call with a cursor that must advance, retries 429 / 418 / 5xx / timeouts with
-backoff (honouring Retry-After), and returns closed candles only.
+jittered backoff (never sooner than a Retry-After asks), and returns closed candles only.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Final
 
 import httpx
 import structlog
 import trio
 
+from protocol.backoff import Backoff, Jitter, parse_retry_after
+from protocol.binance import parse_exchange_info
 from protocol.candle import Candle, make_candle
-from protocol.errors import ProtocolError
+from protocol.errors import ExchangeInfoError, ProtocolError
 from protocol.series import SeriesId
 
 log = structlog.get_logger(__name__)
@@ -24,6 +27,8 @@ PAGE: Final = 1000
 # ate half a core in bench/ingest.py) and Binance's request-weight budget would not like it either.
 MAX_CONCURRENT: Final = 8
 RETRIES: Final = 5
+RETRY_FIRST_S: Final = 1.0
+RETRY_MAX_S: Final = 60.0
 RETRY_STATUS: Final = frozenset({418, 429, 500, 502, 503, 504})
 
 
@@ -34,10 +39,19 @@ class RestError(Exception):
 class BinanceRest:
     """One market's REST base (``https://api.binance.com`` or ``https://fapi.binance.com``)."""
 
-    def __init__(self, base_url: str, *, futures: bool, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        futures: bool,
+        client: httpx.AsyncClient | None = None,
+        jitter: Jitter = random.random,
+    ) -> None:
+        self._futures = futures
         self._prefix = "/fapi/v1" if futures else "/api/v3"
         self._client = client or httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=10.0)
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT)
+        self._jitter = jitter
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -50,20 +64,16 @@ class BinanceRest:
 
     async def trading_symbols(self, quote: str) -> dict[str, str]:
         """Symbols trading now with ``quote`` (``exchangeInfo``): id -> ``BASE/QUOTE``; futures: perpetuals."""
-        data = await self._get("/exchangeInfo", {})
-        rows = data.get("symbols") if isinstance(data, dict) else None
-        if not isinstance(rows, list):
-            raise RestError("unexpected exchangeInfo answer")
-        out: dict[str, str] = {}
-        for row in rows:
-            if not isinstance(row, dict) or row.get("status") != "TRADING" or row.get("quoteAsset") != quote:
-                continue
-            if self._prefix == "/fapi/v1" and row.get("contractType") != "PERPETUAL":
-                continue
-            symbol_id, base = row.get("symbol"), row.get("baseAsset")
-            if isinstance(symbol_id, str) and isinstance(base, str) and base.isalnum() and base.isupper():
-                out[symbol_id] = f"{base}/{quote}"
-        return out
+        try:
+            listings = parse_exchange_info(await self._get("/exchangeInfo", {}), futures=self._futures)
+        except ExchangeInfoError as e:
+            raise RestError(f"unexpected exchangeInfo answer: {e}") from None
+        # Only bases klined can name in a series id (SPEC §1: upper-case letters and digits).
+        return {
+            symbol_id: listing.symbol
+            for symbol_id, listing in listings.items()
+            if listing.quote_asset == quote and listing.base_asset.isalnum() and listing.base_asset.isupper()
+        }
 
     async def closed_klines(self, series: SeriesId, first: int, last: int) -> list[Candle]:
         """Closed candles with ``first <= candle_time <= last`` (open times, UTC seconds).
@@ -106,7 +116,7 @@ class BinanceRest:
         return out
 
     async def _get(self, path: str, params: dict[str, str | int]) -> object:
-        delay = 1.0
+        backoff = Backoff(first_s=RETRY_FIRST_S, cap_s=RETRY_MAX_S)
         for attempt in range(RETRIES + 1):
             try:
                 async with self._limiter:
@@ -114,17 +124,17 @@ class BinanceRest:
             except httpx.TransportError as e:
                 if attempt == RETRIES:
                     raise RestError(f"{path}: {e!r}") from e
-                log.warning("rest_retry", path=path, error=repr(e), retry_in_s=delay)
+                delay = backoff.next_delay(self._jitter())
+                log.warning("rest_retry", path=path, error=repr(e), retry_in_s=round(delay, 3))
             else:
                 if response.status_code == 200:
                     return response.json()
                 if response.status_code not in RETRY_STATUS or attempt == RETRIES:
                     raise RestError(f"{path}: HTTP {response.status_code} {response.text[:200]}")
-                wait = float(response.headers.get("Retry-After", delay))
-                log.warning("rest_retry", path=path, status=response.status_code, retry_in_s=wait)
-                delay = max(delay, wait)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                delay = backoff.next_delay(self._jitter(), retry_after_s=retry_after)
+                log.warning("rest_retry", path=path, status=response.status_code, retry_in_s=round(delay, 3))
             await trio.sleep(delay)
-            delay = min(delay * 2, 60.0)
         raise RestError(f"{path}: retries exhausted")
 
 

@@ -1,18 +1,21 @@
-"""One series actor: owns the series' head cursor, its forming throttle and its clock tick.
+"""One series actor: owns the series' head cursor and its clock tick.
 
 Parsed kline updates arrive through :meth:`SeriesActor.deliver`, called synchronously by the upstream
-reader: a closed candle is handed to the shared writer and a forming one goes through the throttle,
-without a task switch per message (the minute-close burst of a thousand series is a thousand of them).
-A failure there crashes this actor, never the reader. On each tick of its timeframe checks, after
-a grace period, that the period's closed candle arrived; if not, it asks the exchange (``fetch_closed``,
-REST in production) and appends what the exchange has. What is still missing stays a recorded hole.
-A hole the exchange could not be asked about (it was unreachable) is asked again on later ticks, with
-backoff, until the exchange answers: an outage of REST and the stream together heals once REST is back.
+reader: a closed candle is handed to the shared writer and a forming one to the fan-out (which throttles
+every source of forming candles per series), without a task switch per message (the minute-close burst
+of a thousand series is a thousand of them). A failure there crashes this actor, never the reader.
+On each tick of its timeframe checks, after a grace period, that the period's closed candle arrived; if
+not, it asks the exchange (``fetch_closed``, REST in production) and appends what the exchange has. What
+is still missing stays a recorded hole. A hole the exchange could not be asked about (it was unreachable)
+is asked again on later ticks, with jittered backoff, until the exchange answers: an outage of REST and
+the stream together heals once REST is back.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import random
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -22,9 +25,9 @@ import trio
 
 from actors.clock import ExchangeClock, Tick, run_ticker
 from actors.pipeline import ClosedCandleWriter
+from protocol.backoff import Backoff, Jitter
 from protocol.binance import KlineUpdate
 from protocol.candle import Candle
-from protocol.forming import FormingThrottle
 from protocol.series import SeriesId
 from protocol.upstream import Hole, HoleTracker
 
@@ -36,11 +39,13 @@ RepairHole = Callable[[SeriesId, int, int], Awaitable[tuple[int, bool]]]
 """(series, expected_next_time, actual_time) -> (candles filled, whether every source answered) (gap backfill:
 freqtrade, then the exchange)."""
 BroadcastForming = Callable[[SeriesId, Candle], None]
-"""Hand a forming candle to subscribers; never blocks (the fan-out queues or drops per subscriber)."""
+"""Hand a forming candle to subscribers; never blocks (the fan-out throttles it per series, then queues or drops
+it per subscriber)."""
 TICK_GRACE_S: Final = 3.0  # Binance sends the final kline within about a second of the close
 MAX_HOLES_KEPT: Final = 100
-HOLE_RETRY_MAX_DELAY_S: Final = 300  # an unanswered hole is asked again after 1, 2, 4, 5, 5 ... minutes
-HOLE_RETRY_LIMIT: Final = 300  # about a day of asking, then it stays a recorded hole
+HOLE_RETRY_FIRST_S: Final = 60.0
+HOLE_RETRY_MAX_DELAY_S: Final = 300.0  # an unanswered hole is asked again after (jittered) 1, 2, 4, 5, 5 ... minutes
+HOLE_RETRY_LIMIT: Final = 300  # asks, then it stays a recorded hole (most of a day: jittered waits average half)
 
 
 @attrs.define
@@ -59,7 +64,7 @@ class SeriesState:
 
     head_time: int | None
     closed_seen: int = 0
-    forming_sent: int = 0
+    forming_sent: int = 0  # handed to the fan-out, which throttles them
     fills_requested: int = 0
     fills_appended: int = 0
     holes: list[Hole] = attrs.field(factory=list)
@@ -78,9 +83,9 @@ class SeriesActor:
         broadcast_forming: BroadcastForming,
         fetch_closed: FetchClosed,
         clock: ExchangeClock,
-        forming_interval_s: float = 0.25,
         grace_s: float = TICK_GRACE_S,
         repair_hole: RepairHole | None = None,
+        jitter: Jitter = random.random,
     ) -> None:
         self.series = series
         self.state = SeriesState(head_time=head_time)
@@ -89,10 +94,10 @@ class SeriesActor:
         self._fetch = fetch_closed
         self._clock = clock
         self._grace_s = grace_s
-        self._throttle = FormingThrottle(forming_interval_s)
         self._holes = HoleTracker(series.timeframe, head_time)
-        self._throttle_changed = trio.Event()
         self._repair_hole = repair_hole
+        self._hole_backoff = Backoff(first_s=HOLE_RETRY_FIRST_S, cap_s=HOLE_RETRY_MAX_DELAY_S)
+        self._jitter = jitter
         self._nursery: trio.Nursery | None = None
         self._retrying = False  # a _retry_holes run is in progress
         self._filling = False  # a tick's _fill is in progress
@@ -105,7 +110,6 @@ class SeriesActor:
             await nursery.start(
                 functools.partial(run_ticker, lag_ms=round(self._grace_s * 1000)), self._clock, self._on_tick
             )
-            nursery.start_soon(self._flush_forming)
             task_status.started()
             await self._failure.wait()
             assert self._failed is not None
@@ -131,11 +135,8 @@ class SeriesActor:
         head = self.state.head_time
         if head is not None and candle.candle_time <= head:
             return  # a late forming update of a period already closed
-        out = self._throttle.offer(candle, trio.current_time())
-        if out is not None:
-            self._send_forming(out)
-        else:
-            self._throttle_changed.set()
+        self.state.forming_sent += 1
+        self._broadcast(self.series, candle)
 
     def _on_closed(self, candles: list[Candle], *, sent_ms: int | None = None) -> None:
         for c in candles:
@@ -148,7 +149,6 @@ class SeriesActor:
         latest = max(c.candle_time for c in candles)
         if self.state.head_time is None or latest > self.state.head_time:
             self.state.head_time = latest
-        self._throttle.drop_through(latest)
         if not self._writer.submit_nowait(self.series, candles, sent_ms=sent_ms):
             # The writer's queue is full (the disk is stalling): wait for room in a task, never drop a close.
             self._spawn(functools.partial(self._writer.submit, self.series, candles, sent_ms=sent_ms))
@@ -174,22 +174,6 @@ class SeriesActor:
             actual_time=hole.actual_time,
             missing=hole.missing(self.series.timeframe),
         )
-
-    def _send_forming(self, candle: Candle) -> None:
-        self.state.forming_sent += 1
-        self._broadcast(self.series, candle)
-
-    async def _flush_forming(self) -> None:
-        while True:
-            deadline = self._throttle.deadline
-            self._throttle_changed = trio.Event()
-            if deadline is None:
-                await self._throttle_changed.wait()
-                continue
-            await trio.sleep_until(deadline)
-            out = self._throttle.due(trio.current_time())
-            if out is not None and (self.state.head_time is None or out.candle_time > self.state.head_time):
-                self._send_forming(out)
 
     # -- reconnects --------------------------------------------------------------------------------
 
@@ -255,7 +239,8 @@ class SeriesActor:
                     self.state.holes_healed += answered
                     log.info("hole_retried", series_id=str(self.series), answered=answered, attempts=pending.attempts)
                     continue
-                later = boundary_s + min(60 * 2 ** (pending.attempts - 1), HOLE_RETRY_MAX_DELAY_S)
+                delay = self._hole_backoff.delay(pending.attempts - 1, self._jitter())
+                later = boundary_s + math.ceil(delay)
                 for p in due:  # the exchange cannot be asked now: the others wait as long, not asked in vain
                     p.retry_at_s = later
                 break

@@ -5,12 +5,13 @@
   reaches 0;
 - capacity (``max_jobs`` on-demand actors, 0 = unlimited): a new series evicts the longest-idle
   refcount-0 on-demand actor, else it is refused with ``ondemand_ingest_capacity`` and nothing starts;
-- a crashing actor is recorded and restarted with exponential backoff (reset after a healthy run); it
+- a crashing actor is recorded and restarted with jittered exponential backoff (reset after a healthy run); it
   runs in its own task, so one series' crash never touches another.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from typing import Final, Literal
 
@@ -18,6 +19,7 @@ import attrs
 import structlog
 import trio
 
+from protocol.backoff import Backoff, Jitter
 from protocol.series import SeriesId
 
 log = structlog.get_logger(__name__)
@@ -79,8 +81,10 @@ class Supervisor:
         max_jobs: int = 0,
         idle_ttl_s: float = 60.0,
         wall: Callable[[], float] = trio.current_time,
+        jitter: Jitter = random.random,
     ) -> None:
         self._actor_main = actor_main
+        self._jitter = jitter
         self._max_jobs = max_jobs
         self._idle_ttl_s = idle_ttl_s
         self._wall = wall  # what started_at / last_zero_at report (seconds)
@@ -184,7 +188,7 @@ class Supervisor:
         job.scope.cancel()
 
     async def _supervise(self, job: Job) -> None:
-        backoff = BACKOFF_FIRST_S
+        backoff = Backoff(first_s=BACKOFF_FIRST_S, cap_s=BACKOFF_MAX_S, healthy_s=HEALTHY_RUN_S)
         with job.scope:
             while True:
                 started = trio.current_time()
@@ -198,11 +202,10 @@ class Supervisor:
                     job.running = False
                 job.crashes += 1
                 job.last_crash_at, job.last_error = self._wall(), error
-                if trio.current_time() - started >= HEALTHY_RUN_S:
-                    backoff = BACKOFF_FIRST_S
-                log.error("series_crashed", series_id=str(job.series_id), error=error, restart_in_s=backoff)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                backoff.ran(trio.current_time() - started)
+                delay = backoff.next_delay(self._jitter())
+                log.error("series_crashed", series_id=str(job.series_id), error=error, restart_in_s=round(delay, 3))
+                await trio.sleep(delay)
 
     async def _reap_forever(self) -> None:
         while True:

@@ -201,7 +201,11 @@ async def serve_daemon(
     stop = trio.Event()
     notifier = notifier or Notifier()
     live_scope = trio.CancelScope()
-    async with open_eventlog(settings) as eventlog, open_projections(settings) as pstore, trio.open_nursery() as nursery:
+    async with (
+        open_eventlog(settings) as eventlog,
+        open_projections(settings) as pstore,
+        trio.open_nursery() as nursery,
+    ):
         services = build_services(settings, eventlog, pstore)
         store = services.store
         projector = services.projector

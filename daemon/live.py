@@ -307,7 +307,6 @@ class LiveIngest:
             broadcast_forming=self._broadcast_forming,
             fetch_closed=lambda s, first, last: rest.closed_klines(s, first, last),
             clock=self.clock,
-            forming_interval_s=self.settings.market_forming_min_interval_ms / 1000,
             grace_s=self.settings.market_close_grace_s,
             repair_hole=self.repair_hole if self.settings.enable_market_gap_backfill else None,
         )

@@ -2,8 +2,9 @@
 
 exchangeInfo (which symbols trade, their assets) is cached an hour and the 24 h tickers ten seconds, per
 market, so any number of clients and streams cost the exchange one ticker call per market every 10 s. A
-forced refresh bypasses both caches but is allowed once per 10 s per market. The parsing and ranking are
-pure functions; ``TopMarkets`` owns the caches and the HTTP client.
+forced refresh bypasses both caches but is allowed once per 10 s per market. exchangeInfo is parsed by
+``protocol.binance``; the tickers' parsing and the ranking are pure functions here; ``TopMarkets`` owns the
+caches and the HTTP client.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import structlog
 import trio
 
 from actors.clock import WallClock, system_wall_ms
+from protocol.binance import Listing, parse_exchange_info
+from protocol.errors import ExchangeInfoError
 
 log = structlog.get_logger(__name__)
 
@@ -47,13 +50,6 @@ class TopMarketsError(Exception):
 
 
 @attrs.frozen
-class Listing:
-    symbol_id: str
-    base_asset: str
-    quote_asset: str
-
-
-@attrs.frozen
 class Ticker:
     symbol_id: str
     last_price: float
@@ -71,22 +67,6 @@ class TopMarketsStatistics:
 
 
 # -- pure core ---------------------------------------------------------------------------------------------
-
-
-def parse_listings(market: str, info: object) -> dict[str, Listing]:
-    """Tradable symbols of an exchangeInfo answer; futures keep perpetual contracts only."""
-    if not isinstance(info, dict) or not isinstance(info.get("symbols"), list):
-        raise TypeError("exchangeInfo without a symbols list")
-    out: dict[str, Listing] = {}
-    for s in info["symbols"]:
-        if not isinstance(s, dict) or s.get("status") != "TRADING":
-            continue
-        if market == "futures" and s.get("contractType") != "PERPETUAL":
-            continue
-        symbol_id, base, quote = s.get("symbol"), s.get("baseAsset"), s.get("quoteAsset")
-        if isinstance(symbol_id, str) and isinstance(base, str) and isinstance(quote, str):
-            out[symbol_id] = Listing(symbol_id, base, quote)
-    return out
 
 
 def parse_tickers(rows: object) -> dict[str, Ticker]:
@@ -127,7 +107,7 @@ def rank(
         {
             "exchange": exchange,
             "market": market,
-            "symbol": f"{listing.base_asset}/{listing.quote_asset}",
+            "symbol": listing.symbol,
             "symbol_id": listing.symbol_id,
             "base_asset": listing.base_asset,
             "quote_asset": listing.quote_asset,
@@ -276,8 +256,8 @@ class TopMarkets:
         if force or cache.listings is None or now - cache.listings_at >= EXCHANGE_INFO_TTL_S:
             info = await self._fetch(market, info_path)
             try:
-                cache.listings = parse_listings(market, info)
-            except TypeError as e:
+                cache.listings = parse_exchange_info(info, futures=market == "futures")
+            except ExchangeInfoError as e:
                 raise self._upstream(market, info_path, f"unexpected answer: {e}") from None
             cache.listings_at = self._now()
             cached = False

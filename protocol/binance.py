@@ -1,6 +1,7 @@
-"""Binance market-stream messages (kline streams, spot and USD-M futures) parsed into typed results.
+"""Binance payloads parsed into typed results: market-stream messages (kline and aggTrade streams, spot
+and USD-M futures) and the REST ``exchangeInfo`` listing.
 
-Nothing raises on bad input: every message becomes a :data:`StreamMessage`, malformed ones a
+Nothing in a stream raises on bad input: every message becomes a :data:`StreamMessage`, malformed ones a
 :class:`MalformedPayload` whose reason names what is wrong (the ingest logs and counts it, then moves on).
 """
 
@@ -14,7 +15,7 @@ import attrs
 import orjson
 
 from protocol.candle import Candle, check_candle
-from protocol.errors import ProtocolError
+from protocol.errors import ExchangeInfoError, ProtocolError
 from protocol.series import Market, SeriesId
 from protocol.timeframes import TIMEFRAMES, Timeframe
 
@@ -252,6 +253,38 @@ def _dec(obj: Mapping[str, Any], name: str) -> float:
     if not math.isfinite(number) or not value.strip().lstrip("+-").replace(".", "", 1).isdigit():
         raise _MalformedError(f"kline field {name!r} is not a finite decimal: {value!r}")
     return number
+
+
+@attrs.frozen
+class Listing:
+    """A symbol the exchange trades now (one row of ``exchangeInfo``)."""
+
+    symbol_id: str  # the exchange's id, e.g. ``BTCUSDT``
+    base_asset: str
+    quote_asset: str
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.base_asset}/{self.quote_asset}"
+
+
+def parse_exchange_info(info: object, *, futures: bool) -> dict[str, Listing]:
+    """The symbols trading now in an ``exchangeInfo`` answer, by symbol id; futures keep perpetual contracts
+    only. A malformed row is skipped (one odd symbol must not hide the rest); an answer without a list of
+    symbols raises :class:`~protocol.errors.ExchangeInfoError`."""
+    rows = info.get("symbols") if isinstance(info, dict) else None
+    if not isinstance(rows, list):
+        raise ExchangeInfoError("exchangeInfo without a symbols list")
+    out: dict[str, Listing] = {}
+    for row in rows:
+        if not isinstance(row, dict) or row.get("status") != "TRADING":
+            continue
+        if futures and row.get("contractType") != "PERPETUAL":
+            continue
+        symbol_id, base, quote = row.get("symbol"), row.get("baseAsset"), row.get("quoteAsset")
+        if isinstance(symbol_id, str) and isinstance(base, str) and isinstance(quote, str):
+            out[symbol_id] = Listing(symbol_id, base, quote)
+    return out
 
 
 def format_decimal(value: float, places: int = 8) -> str:

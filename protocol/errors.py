@@ -17,3 +17,7 @@ class TimeframeError(ProtocolError):
 
 class CandleError(ProtocolError):
     """A candle breaks an invariant of SPEC §1 (finite, ordered OHLC, volume >= 0, aligned time)."""
+
+
+class ExchangeInfoError(ProtocolError):
+    """An ``exchangeInfo`` answer that is not a listing of symbols."""

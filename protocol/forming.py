@@ -1,6 +1,8 @@
 """Forming-candle throttle (SPEC §1: at most one broadcast per series per ``min_interval``, latest wins).
 
-Sans-IO: the caller passes the time and sleeps until :attr:`FormingThrottle.deadline` itself.
+Sans-IO: the caller passes the time and sleeps until :attr:`FormingThrottle.deadline` itself. The fan-out
+hub is its one user, where every source of forming candles meets; a held candle whose period has closed
+meanwhile is stopped there by each subscriber's cursor.
 """
 
 from __future__ import annotations
@@ -38,8 +40,3 @@ class FormingThrottle:
             return None
         candle, self.pending, self.last_sent_at = self.pending, None, now
         return candle
-
-    def drop_through(self, closed_time: int) -> None:
-        """A closed candle at ``closed_time`` makes a held forming candle of that period (or older) stale."""
-        if self.pending is not None and self.pending.candle_time <= closed_time:
-            self.pending = None

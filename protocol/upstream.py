@@ -1,6 +1,5 @@
 """Sans-IO rules of the upstream (Binance) stream connections: what to send, when, and what was missed.
 
-- :class:`Backoff`: exponential reconnect delays with full jitter (the random draw is an argument).
 - :class:`TokenBucket`: Binance's limit on incoming control messages per connection (spot 5/s,
   futures 10/s); asks how long to wait, given the time.
 - :class:`StreamPlan`: which stream lives on which connection (at most 1024 each) and the batched
@@ -26,24 +25,6 @@ CONTROL_SAFETY: Final = 0.8
 # Binance cuts every connection at 24 h; reconnect on our terms a little before.
 PROACTIVE_RECONNECT_S: Final = 23 * 3600 + 50 * 60
 _EPSILON: Final = 1e-9  # waiting exactly delay() can leave 0.999... tokens in floating point
-
-
-@attrs.define
-class Backoff:
-    """Reconnect delays: ``min(cap, first * 2**n)`` scaled by a jitter draw in [0, 1) (full jitter)."""
-
-    first_s: float = 1.0
-    cap_s: float = 60.0
-    attempt: int = 0
-
-    def next_delay(self, draw: float) -> float:
-        ceiling = min(self.cap_s, self.first_s * 2.0**self.attempt)
-        self.attempt += 1
-        # Never 0: a drawn 0 would reconnect in a hot loop.
-        return max(self.first_s / 10, ceiling * draw)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @attrs.define

@@ -1,13 +1,14 @@
 """Exchange history through ccxt: sync ``ccxt.binance`` in a worker thread, 1000 candles a call.
 
 The cursor must advance every page or the walk stops (an exchange that repeats a page cannot loop us);
-rate limits, bans and outages are retried with backoff; a cancelled walk returns at once (the thread's
+rate limits, bans and outages are retried with jittered backoff; a cancelled walk returns at once (the thread's
 one request in flight is abandoned, never awaited).
 """
 
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import structlog
 import trio
 
+from protocol.backoff import Backoff, Jitter
 from protocol.candle import Candle, make_candle
 from protocol.errors import ProtocolError
 from protocol.series import Market, SeriesId
@@ -24,6 +26,7 @@ log = structlog.get_logger(__name__)
 PAGE: Final = 1000
 RETRIES: Final = 6
 RETRY_FIRST_S: Final = 1.0
+RETRY_MAX_S: Final = 60.0
 BINANCE_HOSTS: Final = {"spot": "api.binance.com", "futures": "fapi.binance.com"}
 
 
@@ -56,11 +59,13 @@ class CcxtSource:
         *,
         make: Callable[[Market, str], Any] = binance_exchange,
         retry_first_s: float = RETRY_FIRST_S,
+        jitter: Jitter = random.random,
     ) -> None:
         self._urls: dict[Market, str] = {"spot": spot_rest_url, "futures": futures_rest_url}
         self._make = make
         self._clients: dict[Market, Any] = {}
         self._retry_first_s = retry_first_s
+        self._jitter = jitter
         self.calls = 0  # REST calls made (pages), for the benchmark and the progress view
 
     def _client(self, market: Market) -> Any:
@@ -101,7 +106,7 @@ class CcxtSource:
         import ccxt
 
         retryable = (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.ExchangeNotAvailable, ccxt.NetworkError)
-        delay = self._retry_first_s
+        backoff = Backoff(first_s=self._retry_first_s, cap_s=RETRY_MAX_S)
         for attempt in range(RETRIES):
             self.calls += 1
             client = self._client(market)
@@ -113,9 +118,9 @@ class CcxtSource:
             except retryable as e:
                 if attempt == RETRIES - 1:
                     raise HistoryError(f"{symbol} {timeframe}: {type(e).__name__}: {e}") from e
-                log.warning("history_retry", symbol=symbol, error=type(e).__name__, retry_in_s=delay)
+                delay = backoff.next_delay(self._jitter())
+                log.warning("history_retry", symbol=symbol, error=type(e).__name__, retry_in_s=round(delay, 3))
                 await trio.sleep(delay)
-                delay = min(delay * 2, 60.0)
             except ccxt.BaseError as e:
                 raise HistoryError(f"{symbol} {timeframe}: {type(e).__name__}: {e}") from e
             else:

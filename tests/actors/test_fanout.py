@@ -1,10 +1,14 @@
 """The fan-out hub on a real event log: any interleaving of a subscriber's catchup with live publishes
-gives it the log's candles after ``since``, each once, ascending, with a ``gap`` exactly at each hole."""
+gives it the log's candles after ``since``, each once, ascending, with a ``gap`` exactly at each hole; and
+forming candles, from any source, are throttled here per series."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import trio
@@ -12,9 +16,13 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.clock import ExchangeClock, trio_wall_ms
 from actors.fanout import Hub
+from actors.pipeline import ClosedCandleWriter
+from actors.series import SeriesActor
 from actors.store import Store
 from daemon.storage.eventlog import EventLog
+from protocol.binance import KlineUpdate
 from protocol.candle import Candle
 from protocol.series import SeriesId
 
@@ -92,3 +100,105 @@ async def _drive(
         frames = [orjson.loads(f) for f in client.drain_nowait()]
         nursery.cancel_scope.cancel()
     return frames
+
+
+S2 = SeriesId.parse("binance:spot:ETH/USDT:1m")
+Received = tuple[float, dict[str, Any]]
+
+
+def forming(minute: int, close: float) -> Candle:
+    return Candle(60 * minute, 10.0, max(10.0, close) + 1, min(10.0, close) - 1, close, 2.0)
+
+
+@asynccontextmanager
+async def subscribed(tmp_path: Path, *series: SeriesId) -> AsyncIterator[tuple[Hub, Store, list[Received]]]:
+    """A running hub with one client subscribed to ``series``; what the client receives, with trio times."""
+    received: list[Received] = []
+    with EventLog(tmp_path / "log") as log:
+        store = Store(log)
+        hub = Hub(store, now_s=lambda: 10**9, forming_interval_s=0.25)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            client = hub.connect()
+            client.nursery = nursery
+            for s in series:
+                await hub.subscribe(client, s, None, False)
+
+            async def read() -> None:
+                while (frame := await client.next_frame()) is not None:
+                    received.append((trio.current_time(), orjson.loads(frame)))
+
+            nursery.start_soon(read)
+            yield hub, store, received
+            nursery.cancel_scope.cancel()
+
+
+def formings(received: list[Received], series: SeriesId, start: float) -> list[tuple[float, float]]:
+    return [
+        (round(t - start, 3), f["candle"]["close"])
+        for t, f in received
+        if f["type"] == "candle_forming" and f["series_id"] == str(series)
+    ]
+
+
+async def test_forming_is_throttled_per_series_latest_wins(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with subscribed(tmp_path, S, S2) as (hub, _, received):
+        start = trio.current_time()
+        for i in range(10):  # ten updates within 90 ms
+            hub.publish_forming(S, forming(5, 10.0 + i))
+            if i == 5:
+                hub.publish_forming(S2, forming(5, 99.0))  # another series has its own window
+            await trio.sleep(0.01)
+        await trio.sleep(1)
+        assert formings(received, S, start) == [(0.0, 10.0), (0.25, 19.0)]
+        assert formings(received, S2, start) == [(0.05, 99.0)]
+        hub.publish_forming(S, forming(5, 20.0))  # the window is long over: at once
+        await trio.sleep(0.01)
+        assert formings(received, S, start)[-1] == (1.1, 20.0)
+
+
+async def test_a_held_forming_candle_of_a_period_closed_meanwhile_is_not_sent(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with subscribed(tmp_path, S) as (hub, store, received):
+        start = trio.current_time()
+        hub.publish_forming(S, forming(5, 11.0))
+        await trio.sleep(0.1)
+        hub.publish_forming(S, forming(5, 12.0))  # held until 0.25
+        await trio.sleep(0.05)
+        await hub.publish_stage(await store.append({S: [forming(5, 13.0)]}))  # the period closes
+        await trio.sleep(1)
+        assert [f["type"] for _, f in received] == ["candle_forming", "candle_closed"]
+        hub.publish_forming(S, forming(6, 14.0))  # the next period's forming still goes
+        await trio.sleep(0.01)
+        assert formings(received, S, start)[-1][1] == 14.0
+
+
+async def test_kline_forming_candles_reach_subscribers_throttled(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The kline path end to end: the series actor hands every update on, the hub throttles them."""
+    t0 = 1_700_000_040
+
+    async def no_fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        return []
+
+    async with subscribed(tmp_path, S) as (hub, store, received):
+        writer = ClosedCandleWriter(store)
+        clock = ExchangeClock(wall=trio_wall_ms(t0 * 1000 + 10_000))
+        actor = SeriesActor(
+            S, head_time=None, writer=writer, broadcast_forming=hub.publish_forming, fetch_closed=no_fetch, clock=clock
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            start = trio.current_time()
+            for i in range(10):  # ten updates within 90 ms
+                c = Candle(t0, 10.0, 30.0, 1.0, 10.0 + i, 2.0)
+                actor.deliver(KlineUpdate(S, c, False, t0 * 1000 + 1, (t0 + 60) * 1000 - 1, 1, 1.0))
+                await trio.sleep(0.01)
+            await trio.sleep(1)
+            assert formings(received, S, start) == [(0.0, 10.0), (0.25, 19.0)]
+            nursery.cancel_scope.cancel()

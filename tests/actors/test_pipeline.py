@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import trio.testing
 
 from actors.pipeline import ClosedCandleWriter
 from daemon.storage.eventlog import EventLog
+from protocol.backoff import no_jitter
 from protocol.candle import Candle
 from protocol.errors import CandleError
 from protocol.logrecords import AppendResult
@@ -140,7 +142,7 @@ async def test_failed_appends_are_retried_with_backoff_and_lose_nothing(
     async def publish(result: AppendResult) -> None:
         published.append(result)
 
-    writer = ClosedCandleWriter(sink, flush_s=0.5, publish=publish)
+    writer = ClosedCandleWriter(sink, flush_s=0.5, publish=publish, jitter=no_jitter)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await writer.submit(BTC, [c(60), c(120)])
@@ -151,6 +153,21 @@ async def test_failed_appends_are_retried_with_backoff_and_lose_nothing(
     assert len(published) == 1
     assert published[0].appended == 2
     assert writer.stats.append_failures == 3
+
+
+async def test_jittered_append_retries_stay_within_the_backoff(
+    elog: EventLog, autojump_clock: trio.testing.MockClock
+) -> None:
+    sink = InlineSink(elog, failures=6)
+    writer = ClosedCandleWriter(sink, flush_s=0.5, jitter=random.Random(5).random)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.write(BTC, [c(60)])
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(t for t, _ in sink.calls)]
+    assert len(gaps) == 6
+    assert all(0.05 <= gap <= min(30.0, 0.5 * 2**n) for n, gap in enumerate(gaps))
+    assert elog.get(BTC, 60) == c(60)
 
 
 async def test_invalid_candle_is_refused_at_submit(elog: EventLog) -> None:

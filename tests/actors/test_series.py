@@ -1,4 +1,4 @@
-"""A series actor on MockClock: closed -> writer -> log, forming throttled and never stored, silent
+"""A series actor on MockClock: closed -> writer -> log, forming handed on and never stored, silent
 periods fetched at tick + grace, holes after a reconnect recorded."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from actors.clock import ExchangeClock, trio_wall_ms
 from actors.pipeline import ClosedCandleWriter
 from actors.series import RepairHole, SeriesActor
 from daemon.storage.eventlog import EventLog
+from protocol.backoff import Jitter, no_jitter
 from protocol.binance import KlineUpdate
 from protocol.candle import Candle
 from protocol.series import SeriesId
@@ -54,6 +55,7 @@ async def running(
     fail_fetch: bool = False,
     repair_hole: RepairHole | None = None,
     fetch_s: float = 0.0,
+    jitter: Jitter = no_jitter,
 ) -> AsyncIterator[Harness]:
     log = EventLog(tmp_path / "log")
     forming: list[tuple[float, Candle]] = []
@@ -83,6 +85,7 @@ async def running(
         fetch_closed=fetch,
         clock=clock,
         repair_hole=repair_hole,
+        jitter=jitter,  # exact retry times by default; the jitter has its own test
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -106,22 +109,24 @@ async def test_closed_candles_reach_the_log_once_and_in_order(
         assert h.actor.state.head_time == T0 + 120
 
 
-async def test_forming_is_throttled_latest_wins_and_never_stored(
+async def test_forming_goes_to_the_fan_out_as_it_comes_and_is_never_stored(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """The fan-out throttles forming candles (tests/actors/test_fanout.py): the actor hands each one on."""
     async with running(tmp_path) as h:
         start = trio.current_time()
         for i in range(10):  # ten updates within 90 ms
             h.actor.deliver(update(T0, final=False, close=10.0 + i))
             await trio.sleep(0.01)
         await trio.sleep(1)
-        assert [(round(t - start, 3), c.close) for t, c in h.forming] == [(0.0, 10.0), (0.25, 19.0)]
+        assert [(round(t - start, 3), c.close) for t, c in h.forming] == [(i / 100, 10.0 + i) for i in range(10)]
+        assert h.actor.state.forming_sent == 10
         assert h.log.last_seq() == 0, "forming candles are never persisted"
         h.actor.deliver(update(T0, final=True))
         await trio.sleep(1)
         h.actor.deliver(update(T0, final=False, close=30.0))  # late forming of a closed period
         await trio.sleep(1)
-        assert len(h.forming) == 2
+        assert len(h.forming) == 10
 
 
 async def test_silent_stream_is_filled_from_the_exchange_at_tick_plus_grace(
@@ -226,6 +231,26 @@ async def test_a_hole_found_while_the_exchange_is_down_heals_once_it_answers_aga
         h.fetches.clear()
         await trio.sleep(60 * 5)
         assert (T0, T0 + 120) not in h.fetches, "a healed hole is not asked for again"
+
+
+async def test_jittered_hole_retries_are_never_sooner_than_the_next_tick(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(tmp_path, head_time=T0 - 60, fail_fetch=True, jitter=lambda: 0.0) as h:
+        await trio.sleep(170)
+        for t in (T0, T0 + 60, T0 + 120):
+            h.exchange[t] = candle(t, 11.0)
+        h.actor.stream_resumed()
+        h.actor.deliver(update(T0 + 180, final=True))
+        await trio.sleep(1)
+        h.fetches.clear()
+        await trio.sleep(60 * 8)
+        # The smallest draw shortens every wait to the floor: the hole is asked at each tick, no more often.
+        assert len([f for f in h.fetches if f == (T0, T0 + 120)]) == 8
+        h.down[0] = False
+        await trio.sleep(60)
+        assert h.actor.state.pending_holes == []
+        assert h.actor.state.holes_healed == 1
 
 
 async def test_while_the_exchange_is_down_one_hole_is_asked_per_retry_and_the_ticks_stay_on_time(

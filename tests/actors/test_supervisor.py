@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import trio
 import trio.testing
 
-from actors.supervisor import CapacityError, Supervisor
+from actors.supervisor import HEALTHY_RUN_S, CapacityError, Supervisor
+from protocol.backoff import no_jitter
 from protocol.series import SeriesId
 
 
@@ -39,6 +41,7 @@ class Actors:
 
 
 async def start(nursery: trio.Nursery, actors: Actors, **kw: object) -> Supervisor:
+    kw.setdefault("jitter", no_jitter)  # exact restart delays; the jitter has its own test
     sup = Supervisor(actors.main, **kw)  # type: ignore[arg-type]
     await nursery.start(sup.run)
     return sup
@@ -127,6 +130,39 @@ async def test_crash_restarts_with_backoff_and_isolation(autojump_clock: trio.te
         actors.crash.clear()
         await trio.sleep(60)
         assert A in actors.running  # recovers by itself
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_healthy_run_resets_the_restart_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    runs = iter([0, 0, 0, 0, 30, 0, HEALTHY_RUN_S, 0])  # how long each life lasts before it crashes
+    starts: list[float] = []
+
+    async def main(series: SeriesId) -> None:
+        starts.append(trio.current_time())
+        await trio.sleep(next(runs, 10**6))
+        raise RuntimeError("boom")
+
+    async with trio.open_nursery() as nursery:
+        sup = Supervisor(main, jitter=no_jitter)
+        await nursery.start(sup.run)
+        sup.acquire(A)
+        await trio.sleep(200)
+        lives = [round(b - a, 6) for a, b in itertools.pairwise(starts)]
+        # restart delay = start gap - run: 1, 2, 4, 8; a 30 s run is not healthy (16); a 60 s one is (1 again)
+        assert lives == [1.0, 2.0, 4.0, 8.0, 30 + 16.0, 32.0, HEALTHY_RUN_S + 1.0, 2.0]
+        nursery.cancel_scope.cancel()
+
+
+async def test_restart_delays_are_jittered_within_the_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    actors = Actors()
+    actors.crash.add(A)
+    async with trio.open_nursery() as nursery:
+        sup = await start(nursery, actors, jitter=random.Random(3).random)
+        sup.acquire(A)
+        await trio.sleep(600)
+        gaps = [b - a for a, b in itertools.pairwise(actors.starts[A])]
+        assert all(0.1 <= gap <= min(60.0, 2.0**n) for n, gap in enumerate(gaps))
+        assert any(gap < min(60.0, 2.0**n) * 0.9 for n, gap in enumerate(gaps)), "the draws spread them"
         nursery.cancel_scope.cancel()
 
 

@@ -19,14 +19,13 @@ from daemon.fakex.server import FakeExchange, FakeExchangeUrls
 from daemon.top_markets import (
     PING,
     TICKERS_TTL_S,
-    Listing,
     Ticker,
     TopMarkets,
     TopMarketsError,
-    parse_listings,
     parse_tickers,
     rank,
 )
+from protocol.binance import Listing
 
 FROZEN_MS = 1_717_000_020_000
 DEADLINE_S = 20
@@ -270,25 +269,6 @@ async def test_stream_reports_upstream_errors_and_keeps_going() -> None:
             event, changed = parse_event(await anext(chunks))
             assert event == "top_markets"
             assert changed["items"] != first["items"]
-
-
-def test_listings_keep_trading_symbols_and_perpetual_futures() -> None:
-    def info(**fields: str) -> dict[str, str]:
-        return {"symbol": "BTCUSDT", "baseAsset": "BTC", "quoteAsset": "USDT", "status": "TRADING"} | fields
-
-    payload = {
-        "symbols": [
-            info(contractType="PERPETUAL"),
-            info(symbol="BTCUSDT_240628", contractType="CURRENT_QUARTER"),
-            info(symbol="ETHUSDT", baseAsset="ETH", contractType="PERPETUAL", status="SETTLING"),
-            info(symbol="LUNAUSDT", baseAsset="LUNA", status="BREAK"),
-            {"symbol": 7},
-        ]
-    }
-    assert list(parse_listings("futures", payload)) == ["BTCUSDT"]
-    assert list(parse_listings("spot", payload)) == ["BTCUSDT", "BTCUSDT_240628"]
-    with pytest.raises(TypeError):
-        parse_listings("spot", {"code": -1000})
 
 
 def test_tickers_skip_malformed_rows_and_rank_ties_by_symbol() -> None:

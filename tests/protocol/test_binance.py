@@ -14,13 +14,16 @@ from protocol.binance import (
     ControlError,
     ControlReply,
     KlineUpdate,
+    Listing,
     MalformedPayload,
     ServerShutdown,
     kline_event,
+    parse_exchange_info,
     parse_stream_message,
     stream_name,
 )
 from protocol.candle import Candle
+from protocol.errors import ExchangeInfoError
 from protocol.series import Market, SeriesId
 from protocol.timeframes import TIMEFRAMES
 
@@ -259,3 +262,29 @@ def test_arbitrary_kline_bodies_never_raise(k: dict[str, object]) -> None:
     payload = sample(l="0.0009")
     payload["k"].update(k)
     parse(payload)
+
+
+def test_exchange_info_keeps_trading_symbols_and_perpetual_futures() -> None:
+    def info(**fields: str) -> dict[str, str]:
+        return {"symbol": "BTCUSDT", "baseAsset": "BTC", "quoteAsset": "USDT", "status": "TRADING"} | fields
+
+    payload = {
+        "symbols": [
+            info(contractType="PERPETUAL"),
+            info(symbol="BTCUSDT_240628", contractType="CURRENT_QUARTER"),
+            info(symbol="ETHUSDT", baseAsset="ETH", contractType="PERPETUAL", status="SETTLING"),
+            info(symbol="LUNAUSDT", baseAsset="LUNA", status="BREAK"),
+            {"symbol": 7},
+            "junk",
+        ]
+    }
+    assert list(parse_exchange_info(payload, futures=True)) == ["BTCUSDT"]
+    assert list(parse_exchange_info(payload, futures=False)) == ["BTCUSDT", "BTCUSDT_240628"]
+    assert parse_exchange_info(payload, futures=True)["BTCUSDT"] == Listing("BTCUSDT", "BTC", "USDT")
+    assert Listing("BTCUSDT", "BTC", "USDT").symbol == "BTC/USDT"
+
+
+@pytest.mark.parametrize("answer", [{"code": -1000}, {"symbols": "BTCUSDT"}, [], None])
+def test_an_exchange_info_without_a_symbols_list_raises(answer: object) -> None:
+    with pytest.raises(ExchangeInfoError, match="symbols list"):
+        parse_exchange_info(answer, futures=False)

@@ -27,18 +27,6 @@ def test_first_goes_at_once_then_latest_wins_at_the_deadline() -> None:
     assert th.offer(f(60, 4.0), now=10.6) == f(60, 4.0)
 
 
-def test_a_closed_candle_drops_a_stale_forming_one() -> None:
-    th = FormingThrottle(0.25)
-    th.offer(f(60, 1.0), now=0.0)
-    th.offer(f(60, 2.0), now=0.1)
-    th.drop_through(60)
-    assert th.due(1.0) is None
-    th.offer(f(120, 2.0), now=1.0)
-    th.offer(f(120, 3.0), now=1.1)
-    th.drop_through(60)
-    assert th.due(1.25) == f(120, 3.0)
-
-
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=100))
 def test_never_more_than_one_per_interval(gaps: list[float]) -> None:
     th = FormingThrottle(0.25)

@@ -1,4 +1,4 @@
-"""Sans-IO upstream rules: backoff, the control-message bucket, the stream plan, holes after reconnects."""
+"""Sans-IO upstream rules: the control-message bucket, the stream plan, holes after reconnects."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from protocol.upstream import (
     CONTROL_RATE,
     MAX_PARAMS_PER_MESSAGE,
     MAX_STREAMS_PER_CONNECTION,
-    Backoff,
     ControlMessage,
     Hole,
     HoleTracker,
@@ -24,23 +23,6 @@ from protocol.upstream import (
 )
 
 M1 = TIMEFRAMES["1m"]
-
-
-def test_backoff_grows_to_its_cap_with_jitter_and_resets() -> None:
-    b = Backoff(first_s=1.0, cap_s=60.0)
-    assert [b.next_delay(1.0 - 1e-9) for _ in range(8)] == pytest.approx([1, 2, 4, 8, 16, 32, 60, 60], rel=1e-6)
-    assert b.next_delay(0.5) == 30.0
-    assert b.next_delay(0.0) == 0.1  # never a hot loop
-    b.reset()
-    assert b.next_delay(0.5) == 0.5
-
-
-@given(st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=30))
-def test_backoff_stays_within_bounds(draws: list[float]) -> None:
-    b = Backoff(first_s=1.0, cap_s=60.0)
-    for n, draw in enumerate(draws):
-        delay = b.next_delay(draw)
-        assert 0.1 <= delay <= min(60.0, 2.0**n)
 
 
 def test_token_bucket_paces_control_messages() -> None:
