@@ -152,9 +152,3 @@ def system_frame(series_id: str, event: str, message: str, data: dict[str, Any] 
 
 def error_frame(code: str, message: str, series_id: str | None = None) -> bytes:
     return encode(ErrorMessage(code, message, series_id))
-
-
-def frame_dict(frame: bytes) -> dict[str, Any]:
-    """Decode a frame to a dict (tests and the bench client)."""
-    obj: dict[str, Any] = orjson.loads(frame)
-    return obj
