@@ -114,7 +114,7 @@ class ExchangeClock:
 
 
 @attrs.frozen
-class Tick:
+class ClockTick:
     """A period boundary of exchange time: every period opening before ``boundary_ms`` has closed."""
 
     boundary_ms: int
@@ -132,7 +132,7 @@ class Tick:
 
 async def run_ticker(
     clock: ExchangeClock,
-    on_tick: Callable[[Tick], Awaitable[None]],
+    on_tick: Callable[[ClockTick], Awaitable[None]],
     *,
     period_ms: int = 60_000,
     lag_ms: int = 0,
@@ -158,7 +158,7 @@ async def run_ticker(
         now = clock.now_ms()
         # A tick that fires late (a suspended VPS, a busy loop) catches up every boundary it passed.
         while next_boundary + lag_ms <= now:
-            tick = Tick(next_boundary, now, lag_ms)
+            tick = ClockTick(next_boundary, now, lag_ms)
             if tick.drift_ms > period_ms // 10:
                 log.warning("tick_late", boundary_ms=tick.boundary_ms, drift_ms=tick.drift_ms)
             await on_tick(tick)

@@ -30,7 +30,7 @@ from protocol.forming import FormingThrottle
 from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
 from protocol.timeframes import Timeframe
-from protocol.ws_market import Run, error_frame, forming_frame, gate, render, system_frame
+from protocol.ws_market import CandlesPiece, error_frame, forming_frame, gate, render, system_frame
 
 log = structlog.get_logger(__name__)
 
@@ -68,10 +68,10 @@ class Publish:
     def frames(self, *, batch: bool) -> list[str]:
         if batch and len(self.candles) > 1:
             if self._batch is None:
-                self._batch = _text(render(str(self.series), [Run(self.candles)], batch=True, live=True))
+                self._batch = _text(render(str(self.series), [CandlesPiece(self.candles)], batch=True, live=True))
             return self._batch
         if self._closed is None:
-            self._closed = _text(render(str(self.series), [Run(self.candles)], batch=False, live=True))
+            self._closed = _text(render(str(self.series), [CandlesPiece(self.candles)], batch=False, live=True))
         return self._closed
 
 
@@ -376,7 +376,7 @@ class Hub:
         pieces, sub.last_sent = gate(tf, last, publish.candles, closed_through=closed_through)
         if not pieces:
             return
-        if len(pieces) == 1 and isinstance(pieces[0], Run) and len(pieces[0].candles) == len(publish.candles):
+        if len(pieces) == 1 and isinstance(pieces[0], CandlesPiece) and len(pieces[0].candles) == len(publish.candles):
             frames = publish.frames(batch=sub.batch)
             self.stats.frames_shared += len(frames)
         else:

@@ -25,7 +25,7 @@ REBUILD_READ: Final = 20_000  # candles read from the log per step of a replay
 
 
 @attrs.define
-class SeriesState:
+class SeriesProjection:
     """One series' live projection state (in memory; persisted as snapshots)."""
 
     sid: str
@@ -66,7 +66,7 @@ class SeriesReplayer:
         self.settings = settings
         self.stats = stats
         self.rank = {cls.name: i for i, cls in enumerate(classes)}
-        self.mem: dict[str, SeriesState] = {}
+        self.mem: dict[str, SeriesProjection] = {}
 
     def apply_events(
         self, w: ProjectionWrite, sid: str, events: Iterable[LogEvent], notes: list[tuple[str, str]]
@@ -86,7 +86,7 @@ class SeriesReplayer:
                 self.replay_from(w, state, t, at_seq=e.seq)
         self.save_record(w, state)
 
-    def load(self, w: ProjectionWrite, sid: str, *, restore: bool = True) -> SeriesState:
+    def load(self, w: ProjectionWrite, sid: str, *, restore: bool = True) -> SeriesProjection:
         state = self.mem.pop(sid, None)
         if state is not None:
             self.mem[sid] = state  # to the end: ``mem`` is in least-recently-used order
@@ -119,16 +119,16 @@ class SeriesReplayer:
             dropped += 1
         return dropped
 
-    def fresh(self, sid: str, num: int, tf: int) -> SeriesState:
-        return SeriesState(sid, num, tf, FactorEngine(tf, self.classes, self.settings), OverlayBuilder())
+    def fresh(self, sid: str, num: int, tf: int) -> SeriesProjection:
+        return SeriesProjection(sid, num, tf, FactorEngine(tf, self.classes, self.settings), OverlayBuilder())
 
-    def restore(self, state: SeriesState, snap_time: int, blob: bytes) -> None:
+    def restore(self, state: SeriesProjection, snap_time: int, blob: bytes) -> None:
         engine, builder, heads = pickle.loads(blob)
         state.engine, state.builder, state.heads = engine, builder, heads
         state.last_time = snap_time
         state.since_snapshot = 0
 
-    def silent_feed(self, state: SeriesState, after: int, until: int) -> None:
+    def silent_feed(self, state: SeriesProjection, after: int, until: int) -> None:
         """Advance state over candles whose outputs are already stored (after a snapshot restore)."""
         engine, builder = state.engine, state.builder
         for c in self.log.range(state.sid, after, until, None):
@@ -139,7 +139,7 @@ class SeriesReplayer:
     def replay_from(
         self,
         w: ProjectionWrite,
-        state: SeriesState,
+        state: SeriesProjection,
         start: int | None,
         *,
         at_seq: int = 0,
@@ -213,7 +213,7 @@ class SeriesReplayer:
     def tick(
         self,
         w: ProjectionWrite,
-        state: SeriesState,
+        state: SeriesProjection,
         candle: Candle,
         emitted: set[str] | None = None,
         *,
@@ -258,7 +258,7 @@ class SeriesReplayer:
     def store_change(
         self,
         w: ProjectionWrite,
-        state: SeriesState,
+        state: SeriesProjection,
         change: InstructionChange,
         emitted: set[str] | None,
         compare: bool = False,
@@ -271,13 +271,13 @@ class SeriesReplayer:
             return
         state.max_version = w.put_version(num, iid, change.kind, change.visible_time, encoded)
 
-    def snapshot(self, w: ProjectionWrite, state: SeriesState) -> None:
+    def snapshot(self, w: ProjectionWrite, state: SeriesProjection) -> None:
         assert state.last_time is not None
         blob = pickle.dumps((state.engine, state.builder, state.heads), protocol=pickle.HIGHEST_PROTOCOL)
         w.put_snapshot(state.num, state.last_time, blob)
         state.since_snapshot = 0
 
-    def save_record(self, w: ProjectionWrite, state: SeriesState) -> None:
+    def save_record(self, w: ProjectionWrite, state: SeriesProjection) -> None:
         w.put_series(
             state.sid,
             {

@@ -23,7 +23,7 @@ import attrs
 import structlog
 import trio
 
-from actors.clock import ExchangeClock, Tick, run_ticker
+from actors.clock import ClockTick, ExchangeClock, run_ticker
 from actors.pipeline import ClosedCandleWriter
 from protocol.backoff import Backoff, Jitter
 from protocol.binance import KlineUpdate
@@ -249,7 +249,7 @@ class SeriesActor:
 
     # -- the clock --------------------------------------------------------------------------------
 
-    async def _on_tick(self, tick: Tick) -> None:
+    async def _on_tick(self, tick: ClockTick) -> None:
         if self.state.pending_holes and not self._retrying:
             self._retrying = self._spawn(functools.partial(self._retry_holes, tick.boundary_s))
         tf = self.series.timeframe

@@ -19,7 +19,7 @@ import attrs
 import structlog
 import trio
 
-from actors.clock import ExchangeClock, Tick, run_ticker
+from actors.clock import ClockTick, ExchangeClock, run_ticker
 from actors.pipeline import ClosedCandleWriter
 from protocol.binance import AggTrade
 from protocol.candle import Candle, synthetic_after
@@ -152,7 +152,7 @@ class TradeSeriesActor:
             self.book.rebase(last_close)
         self.repaired.set()
 
-    async def _on_tick(self, tick: Tick) -> None:
+    async def _on_tick(self, tick: ClockTick) -> None:
         if self.book is None:
             return  # waiting for the first trade of a symbol with no known price
         self.state.ticks += 1

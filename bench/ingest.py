@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -63,19 +65,23 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.kill()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", type=int, default=1000)
-    parser.add_argument("--window", type=float, default=60.0, help="measurement window (s), holds one close")
-    args = parser.parse_args()
+@dataclass
+class Measured:
+    ready_s: float  # from starting klined to its daemon_ready line
+    running: int  # series whose ingest job runs when the window opens
+    cpu_share: float  # % of one core over the window
+    rss: float  # MB at the end of the window
+    idle_rss: float  # MB of the same daemon following nothing
+    stats: dict[str, Any]  # the debug ingest_state's counters at the end of the window
 
-    # Put a minute boundary 20 s into the measurement window: the fake's clock is offset accordingly.
-    settle_s = 15.0
+
+def start_fake(n_series: int, boundary_after_s: float) -> tuple[subprocess.Popen[str], str, str]:
+    """The fake exchange with a minute boundary ``boundary_after_s`` from now; returns it, its REST and WS URLs."""
     wall = time.time_ns() // 1_000_000
     boundary = (wall // 60_000 + 2) * 60_000
-    offset_ms = boundary - int(wall + (settle_s + 20) * 1000)
+    offset_ms = boundary - int(wall + boundary_after_s * 1000)
     fake = subprocess.Popen(
-        [sys.executable, "-m", "daemon.fakex", "--generate", str(args.series), "--offset-ms", str(offset_ms)],
+        [sys.executable, "-m", "daemon.fakex", "--generate", str(n_series), "--offset-ms", str(offset_ms)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -83,7 +89,11 @@ def main() -> None:
     assert fake.stdout is not None
     rest_url = fake.stdout.readline().split()[1]
     ws_url = fake.stdout.readline().split()[1]
-    series = [f"binance:spot:S{i:04d}/USDT:1m" for i in range(args.series)]
+    return fake, rest_url, ws_url
+
+
+def measure(n_series: int, window_s: float, settle_s: float, rest_url: str, ws_url: str) -> Measured:
+    series = [f"binance:spot:S{i:04d}/USDT:1m" for i in range(n_series)]
     with tempfile.TemporaryDirectory(prefix="klined-bench-ingest-") as tmp:
         common = {
             "KLINED_HTTP_PORT": "0",
@@ -114,24 +124,26 @@ def main() -> None:
         state = client.get("/api/market/debug/ingest_state").json()
         running = sum(1 for j in state["jobs"] if j["running"])
         cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-        time.sleep(args.window)
+        time.sleep(window_s)
         cpu1, t1 = cpu_seconds(proc.pid), time.perf_counter()
         rss = rss_mb(proc.pid)
         stats = client.get("/api/market/debug/ingest_state").json()["stats"]
         stop(proc)
-    fake.kill()
+    return Measured(ready_s, running, (cpu1 - cpu0) / (t1 - t0) * 100, rss, idle_rss, stats)
 
-    cpu_share = (cpu1 - cpu0) / (t1 - t0) * 100
-    latency = stats["writer"]["send_to_durable_ms"]
-    per_series_kb = (rss - idle_rss) * 1024 / args.series
-    print(f"klined ingest benchmark: {args.series} series, window {args.window:.0f} s with one minute-close burst")
-    print(f"  daemon ready after start ............ {ready_s:.2f} s")
-    print(f"  series running after {settle_s:.0f} s ............ {running}/{args.series}")
-    print(f"  kline messages received ............. {stats['ingest']['spot']['klines']:,}")
-    print(f"  closed candles written .............. {stats['writer']['written_events']:,}")
-    print(f"  CPU, share of one core .............. {cpu_share:.1f} %")
+
+def report(n_series: int, window_s: float, settle_s: float, m: Measured) -> None:
+    latency = m.stats["writer"]["send_to_durable_ms"]
+    per_series_kb = (m.rss - m.idle_rss) * 1024 / n_series
+    print(f"klined ingest benchmark: {n_series} series, window {window_s:.0f} s with one minute-close burst")
+    print(f"  daemon ready after start ............ {m.ready_s:.2f} s")
+    print(f"  series running after {settle_s:.0f} s ............ {m.running}/{n_series}")
+    print(f"  kline messages received ............. {m.stats['ingest']['spot']['klines']:,}")
+    print(f"  closed candles written .............. {m.stats['writer']['written_events']:,}")
+    print(f"  CPU, share of one core .............. {m.cpu_share:.1f} %")
     print(
-        f"  RSS ................................. {rss:.1f} MB (idle daemon {idle_rss:.1f} MB: {rss / idle_rss:.2f}x)"
+        f"  RSS ................................. {m.rss:.1f} MB"
+        f" (idle daemon {m.idle_rss:.1f} MB: {m.rss / m.idle_rss:.2f}x)"
     )
     print(f"  RSS per series ...................... {per_series_kb:.1f} KB")
     print(
@@ -140,10 +152,23 @@ def main() -> None:
     )
     print()
     print("targets:")
-    print(f"  CPU < 15% of a core ........ {'PASS' if cpu_share < 15 else 'FAIL'} ({cpu_share:.1f} %)")
+    print(f"  CPU < 15% of a core ........ {'PASS' if m.cpu_share < 15 else 'FAIL'} ({m.cpu_share:.1f} %)")
     p99 = latency.get("p99")
     print(f"  p99 < 50 ms ................ {'PASS' if p99 is not None and p99 < 50 else 'FAIL'} ({p99} ms)")
-    print(f"  RSS < 150 MB ............... {'PASS' if rss < 150 else 'FAIL'} ({rss:.1f} MB)")
+    print(f"  RSS < 150 MB ............... {'PASS' if m.rss < 150 else 'FAIL'} ({m.rss:.1f} MB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=1000)
+    parser.add_argument("--window", type=float, default=60.0, help="measurement window (s), holds one close")
+    args = parser.parse_args()
+    settle_s = 15.0
+    # Put a minute boundary 20 s into the measurement window: the fake's clock is offset accordingly.
+    fake, rest_url, ws_url = start_fake(args.series, settle_s + 20)
+    measured = measure(args.series, args.window, settle_s, rest_url, ws_url)
+    fake.kill()
+    report(args.series, args.window, settle_s, measured)
 
 
 if __name__ == "__main__":

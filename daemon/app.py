@@ -28,7 +28,7 @@ from actors.projector import Projector
 from actors.store import Store
 from daemon import __version__
 from daemon.config import ConfigError, Settings, load_settings
-from daemon.control import serve_control
+from daemon.control_socket import serve_control
 from daemon.factor_reads import ProjectionReader
 from daemon.history.exchange import CcxtSource
 from daemon.history.service import History

@@ -9,7 +9,7 @@ import trio
 
 from daemon import __version__
 from daemon.config import ConfigError, Settings, load_settings
-from daemon.logs import configure_logging
+from daemon.logging_setup import configure_logging
 
 EXIT_CONFIG = 2
 

@@ -83,7 +83,7 @@ def parse_client_message(data: str | bytes, *, max_bytes: int = MAX_MESSAGE_BYTE
 
 
 @attrs.frozen
-class Run:
+class CandlesPiece:
     """Consecutive candles to send (no hole between them)."""
 
     candles: tuple[Candle, ...]
@@ -95,7 +95,7 @@ class GapPiece:
     actual_time: int
 
 
-Piece = Run | GapPiece
+Piece = CandlesPiece | GapPiece
 
 
 def gate(
@@ -118,13 +118,13 @@ def gate(
             expected = timeframe.next_open(last_sent)
             if t != expected:
                 if run:
-                    pieces.append(Run(tuple(run)))
+                    pieces.append(CandlesPiece(tuple(run)))
                     run = []
                 pieces.append(GapPiece(expected, t))
         run.append(c)
         last_sent = t
     if run:
-        pieces.append(Run(tuple(run)))
+        pieces.append(CandlesPiece(tuple(run)))
     return pieces, last_sent
 
 
@@ -152,9 +152,3 @@ def system_frame(series_id: str, event: str, message: str, data: dict[str, Any] 
 
 def error_frame(code: str, message: str, series_id: str | None = None) -> bytes:
     return encode(ErrorMessage(code, message, series_id))
-
-
-def frame_dict(frame: bytes) -> dict[str, Any]:
-    """Decode a frame to a dict (tests and the bench client)."""
-    obj: dict[str, Any] = orjson.loads(frame)
-    return obj

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Final
 
 import trio
 
@@ -18,6 +19,9 @@ from daemon.fakex.server import FakeExchangeUrls
 
 BIN = Path(sys.executable).parent
 BTC = "binance:spot:BTC/USDT:1m"
+# The bound on any one wait for the real process (started, an answer, a frame, an event): a cold start alone
+# takes seconds on a loaded 2-core machine. A passing run never waits it out; it only ends a stuck one.
+PROCESS_DEADLINE_S: Final = 60.0
 
 
 def free_port() -> int:
@@ -56,7 +60,7 @@ async def klined(
     assert proc.stdout is not None
     buffer = b""
     url = None
-    with trio.fail_after(20):
+    with trio.fail_after(PROCESS_DEADLINE_S):
         while url is None:
             chunk = await proc.stdout.receive_some(65536)
             assert chunk, "klined exited before it was ready"

@@ -7,7 +7,7 @@ import functools
 import trio
 import trio.testing
 
-from actors.clock import ExchangeClock, Tick, run_ticker, trio_wall_ms
+from actors.clock import ClockTick, ExchangeClock, run_ticker, trio_wall_ms
 
 START_MS = 1_700_000_000_000 + 12_345  # not on a minute
 
@@ -38,9 +38,9 @@ async def test_measure_keeps_the_stamp_with_the_shortest_round_trip(
 
 async def test_ticks_land_on_whole_minutes_of_exchange_time(autojump_clock: trio.testing.MockClock) -> None:
     clock = ExchangeClock(wall=trio_wall_ms(START_MS), offset_ms=-2_000)  # exchange 2 s behind us
-    ticks: list[Tick] = []
+    ticks: list[ClockTick] = []
 
-    async def on_tick(tick: Tick) -> None:
+    async def on_tick(tick: ClockTick) -> None:
         ticks.append(tick)
 
     async with trio.open_nursery() as nursery:
@@ -56,9 +56,9 @@ async def test_a_late_tick_catches_up_every_boundary(autojump_clock: trio.testin
     wall = {"jump": 0}
     base = trio_wall_ms(START_MS)
     clock = ExchangeClock(wall=lambda: base() + wall["jump"])
-    ticks: list[Tick] = []
+    ticks: list[ClockTick] = []
 
-    async def on_tick(tick: Tick) -> None:
+    async def on_tick(tick: ClockTick) -> None:
         ticks.append(tick)
         if len(ticks) == 1:
             wall["jump"] = 5 * 60_000  # the machine was suspended for five minutes
@@ -75,9 +75,9 @@ async def test_a_late_tick_catches_up_every_boundary(autojump_clock: trio.testin
 
 async def test_a_new_offset_reaims_a_sleeping_ticker(autojump_clock: trio.testing.MockClock) -> None:
     clock = ExchangeClock(wall=trio_wall_ms(START_MS))
-    ticks: list[Tick] = []
+    ticks: list[ClockTick] = []
 
-    async def on_tick(tick: Tick) -> None:
+    async def on_tick(tick: ClockTick) -> None:
         ticks.append(tick)
 
     async with trio.open_nursery() as nursery:
@@ -93,9 +93,9 @@ async def test_a_new_offset_reaims_a_sleeping_ticker(autojump_clock: trio.testin
 
 async def test_an_exchange_behind_us_re_aims_earlier(autojump_clock: trio.testing.MockClock) -> None:
     clock = ExchangeClock(wall=trio_wall_ms(START_MS))
-    ticks: list[Tick] = []
+    ticks: list[ClockTick] = []
 
-    async def on_tick(tick: Tick) -> None:
+    async def on_tick(tick: ClockTick) -> None:
         ticks.append(tick)
 
     async with trio.open_nursery() as nursery:
@@ -115,9 +115,9 @@ async def test_a_lagged_ticker_fires_after_each_boundary_and_keeps_one_just_pass
 ) -> None:
     start_ms = 1_700_000_040_000 + 1_000  # a second after a boundary: its 3 s-lagged tick is still due
     clock = ExchangeClock(wall=trio_wall_ms(start_ms))
-    ticks: list[Tick] = []
+    ticks: list[ClockTick] = []
 
-    async def on_tick(tick: Tick) -> None:
+    async def on_tick(tick: ClockTick) -> None:
         ticks.append(tick)
 
     async with trio.open_nursery() as nursery:
@@ -153,9 +153,9 @@ async def test_a_fast_clock_runs_and_ticks_speed_times_as_fast(autojump_clock: t
     """A fake exchange at 60x (a minute a second): exchange time and every minute tick follow it."""
     clock = ExchangeClock(wall=trio_wall_ms(START_MS), speed=60)
     begin = clock.now_ms()
-    ticks: list[Tick] = []
+    ticks: list[ClockTick] = []
 
-    async def on_tick(tick: Tick) -> None:
+    async def on_tick(tick: ClockTick) -> None:
         ticks.append(tick)
 
     async with trio.open_nursery() as nursery:

@@ -14,7 +14,7 @@ import trio
 
 from daemon.fakex.server import FakeExchange
 from daemon.storage.eventlog import EventLog
-from tests.klined_process import BIN, BTC, klined
+from tests.klined_process import BIN, BTC, PROCESS_DEADLINE_S, klined
 
 ETH = "binance:spot:ETH/USDT:1m"
 SOL = "binance:spot:SOL/USDT:1m"
@@ -22,6 +22,24 @@ SOL = "binance:spot:SOL/USDT:1m"
 
 def candle(t: int) -> dict[str, object]:
     return {"candle_time": t, "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": float(t % 7)}
+
+
+class Acked:
+    """The candle times the daemon acknowledged, in order, and a wait for there to be ``n`` of them."""
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self._grew = trio.Event()
+
+    def add(self, t: int) -> None:
+        self.times.append(t)
+        self._grew.set()
+        self._grew = trio.Event()
+
+    async def wait_count(self, n: int) -> None:
+        with trio.fail_after(PROCESS_DEADLINE_S):
+            while len(self.times) < n:
+                await self._grew.wait()
 
 
 async def klinectl(*args: str) -> tuple[int, str]:
@@ -33,18 +51,18 @@ async def test_backup_during_ingest_restores_into_a_fresh_directory(tmp_path: Pa
     fake = FakeExchange()
     data, fresh, archive = tmp_path / "data", tmp_path / "fresh", tmp_path / "klined.backup"
     sock = str(data / "klined.sock")
-    acked: list[int] = []
+    acked = Acked()
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(fake.serve)
         async with klined(data, urls, KLINED_ENABLE_DEBUG_API="1") as (_proc, url):
             assert (await klinectl("--socket", sock, "pin", SOL))[0] == 0
-            async with httpx.AsyncClient(base_url=url) as http:
+            async with httpx.AsyncClient(base_url=url, timeout=PROCESS_DEADLINE_S) as http:
                 history = [candle(60 * (i + 1)) for i in range(2000)]
                 r = await http.post(
                     "/api/dev/market/ingest/candles_closed_batch", json={"series_id": ETH, "candles": history}
                 )
                 assert r.status_code == 200, r.text
-                started, stop = trio.Event(), trio.Event()
+                stop = trio.Event()
 
                 async def ingest() -> None:
                     t = 60 * 2001
@@ -53,20 +71,20 @@ async def test_backup_during_ingest_restores_into_a_fresh_directory(tmp_path: Pa
                             "/api/market/ingest/candle_closed", json={"series_id": ETH, "candle": candle(t)}
                         )
                         assert r.status_code == 200, r.text
-                        acked.append(t)
+                        acked.add(t)
                         t += 60
-                        if len(acked) == 20:
-                            started.set()
 
                 async with trio.open_nursery() as writers:
                     writers.start_soon(ingest)
-                    await started.wait()
+                    await acked.wait_count(20)
                     code, out = await klinectl("--socket", sock, "backup", str(archive), "--json")
                     assert code == 0, out
                     answer = json.loads(out[out.index("{") :])
-                    await trio.sleep(0.2)  # candles keep arriving after the copy's snapshot
+                    # Ingest goes on past the copy's snapshot: of two more acknowledged candles, the one in
+                    # flight may predate the snapshot, the next was sent after this answer.
+                    await acked.wait_count(len(acked.times) + 2)
                     stop.set()
-            assert len(acked) > 20
+            assert len(acked.times) > 20
             code, out = await klinectl("--socket", sock, "backup", str(archive))
             assert code != 0, out  # never overwritten
             assert "exists" in out, out
@@ -85,9 +103,9 @@ async def test_backup_during_ingest_restores_into_a_fresh_directory(tmp_path: Pa
             assert ours == theirs
             kept = [c.candle_time for c in restored.range(ETH)]
         assert kept[:2000] == [60 * (i + 1) for i in range(2000)]
-        assert set(kept[2000:]) <= set(acked)
+        assert set(kept[2000:]) <= set(acked.times)
         async with klined(fresh, urls, KLINED_ENABLE_DEBUG_API="1") as (_proc, url):
-            async with httpx.AsyncClient(base_url=url) as http:
+            async with httpx.AsyncClient(base_url=url, timeout=PROCESS_DEADLINE_S) as http:
                 body = (
                     await http.get("/api/market/candles", params={"series_id": ETH, "since": 0, "limit": 5000})
                 ).json()
@@ -104,7 +122,7 @@ async def test_backup_during_ingest_restores_into_a_fresh_directory(tmp_path: Pa
 
 async def _projected(http: httpx.AsyncClient, head: int) -> dict[str, Any]:
     """The factor slices once the projections' rebuild in the background reached ``head``."""
-    with trio.fail_after(30):
+    with trio.fail_after(PROCESS_DEADLINE_S):
         while True:
             r = await http.get("/api/factor/slices", params={"series_id": ETH})
             if r.status_code == 200 and r.json().get("at_time") == head:

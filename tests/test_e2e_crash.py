@@ -13,18 +13,20 @@ from pathlib import Path
 
 import httpx
 import trio
-from trio_websocket import wrap_client_stream
+from trio_websocket import open_websocket_url, wrap_client_stream
 
 from actors.projector import Projector
-from daemon.fakex.server import FakeExchange
+from daemon.fakex.server import FakeExchange, exchange_clock
 from daemon.storage.eventlog import EventLog
 from daemon.storage.projection_store import ProjectionStore
+from protocol.codec import candle_to_wire
 from protocol.series import SeriesId
 from tests.actors.test_projector import outputs
-from tests.klined_process import BIN, klined
+from tests.klined_process import BIN, PROCESS_DEADLINE_S, klined
 
 ETH = "binance:spot:ETH/USDT:1m"
 BTC = "binance:spot:BTC/USDT:1m"
+TRADE_CLOCK_SPEED = 10.0  # exchange seconds per wall second: a 1m period closes every 6 s
 
 
 def candle(t: int) -> dict[str, object]:
@@ -43,7 +45,7 @@ async def test_sigkill_mid_ingest_loses_and_duplicates_nothing_acknowledged(tmp_
             )
             assert json.loads(status.stdout)["whitelist"] == [BTC]
             enough = trio.Event()
-            async with httpx.AsyncClient(base_url=url) as http:
+            async with httpx.AsyncClient(base_url=url, timeout=PROCESS_DEADLINE_S) as http:
 
                 async def writer(k: int) -> None:
                     for i in range(k, 100_000, 4):
@@ -62,10 +64,14 @@ async def test_sigkill_mid_ingest_loses_and_duplicates_nothing_acknowledged(tmp_
                 async with trio.open_nursery() as writers:
                     for k in range(4):
                         writers.start_soon(writer, k)
-                    await enough.wait()
+                    with trio.fail_after(PROCESS_DEADLINE_S):
+                        await enough.wait()
                     proc.kill()  # SIGKILL: no flush, no goodbye
         assert proc.returncode == -signal.SIGKILL
-        async with klined(data, urls) as (proc, url), httpx.AsyncClient(base_url=url) as http:
+        async with (
+            klined(data, urls) as (proc, url),
+            httpx.AsyncClient(base_url=url, timeout=PROCESS_DEADLINE_S) as http,
+        ):
             body = (await http.get("/api/market/candles", params={"series_id": ETH, "since": 0, "limit": 5000})).json()
             stored = [c["candle_time"] for c in body["candles"]]
             assert set(acked) <= set(stored), "an acknowledged candle was lost"
@@ -111,7 +117,7 @@ async def test_sighup_reloads_the_whitelist_and_sigterm_exits_0_within_5s(tmp_pa
     async def until(event: str) -> dict[str, object]:
         nonlocal buffer
         assert proc.stdout is not None
-        with trio.fail_after(20):
+        with trio.fail_after(PROCESS_DEADLINE_S):
             while True:
                 for line in lines:
                     if line.get("event") == event:
@@ -124,7 +130,7 @@ async def test_sighup_reloads_the_whitelist_and_sigterm_exits_0_within_5s(tmp_pa
                 lines.extend(json.loads(x) for x in complete if x.startswith(b"{"))
 
     url = str((await until("daemon_ready"))["http_url"])
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=PROCESS_DEADLINE_S) as http:
         assert (await http.get("/api/market/whitelist")).json() == {"series_ids": [BTC]}
         config.write_text(f'data_dir = "{tmp_path / "data"}"\nhttp_port = 0\nwhitelist = ["{ETH}"]\n')
         proc.send_signal(signal.SIGHUP)
@@ -139,32 +145,37 @@ async def test_sighup_reloads_the_whitelist_and_sigterm_exits_0_within_5s(tmp_pa
 
 
 async def test_a_trade_built_candle_that_was_published_survives_sigkill(tmp_path: Path) -> None:
-    from trio_websocket import open_websocket_url
-
-    from tests.test_live_ingest import fake_before_boundary
-
-    fake, boundary = fake_before_boundary()
+    """The trade actor publishes a tick's candles only once they are durable: killed right after the first
+    one arrives, the log holds it and the restarted daemon serves it. The exchange clock runs fast, so a
+    period closes seconds after klined is up, however long its start took."""
+    fake = FakeExchange(now_ms=exchange_clock(speed=TRADE_CLOCK_SPEED))
+    env = {"KLINED_TRADE_SOURCES": "binance:spot:BTC/USDT", "KLINED_DEV_CLOCK_SPEED": str(TRADE_CLOCK_SPEED)}
     data = tmp_path / "data"
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(fake.serve)
-        with trio.fail_after(40):
-            async with klined(data, urls, KLINED_TRADE_SOURCES="binance:spot:BTC/USDT") as (proc, url):
-                ws_url = url.replace("http://", "ws://") + "/ws/market"
-                async with open_websocket_url(ws_url) as ws:
-                    await ws.send_message(json.dumps({"type": "subscribe", "series_id": BTC, "since": None}))
-                    while True:
-                        frame = json.loads(await ws.get_message())
-                        if frame["type"] == "candle_closed" and frame["candle"]["candle_time"] == boundary - 60:
-                            break
-                    proc.kill()  # right after the tick's batch was published: it must be durable already
-            async with (
-                klined(data, urls, KLINED_TRADE_SOURCES="binance:spot:BTC/USDT") as (proc, url),
-                httpx.AsyncClient(base_url=url) as http,
-            ):
-                body = (await http.get("/api/market/candles", params={"series_id": BTC, "limit": 5})).json()
+        async with (
+            klined(data, urls, **env) as (proc, url),
+            open_websocket_url(url.replace("http://", "ws://") + "/ws/market") as ws,
+        ):
+            await ws.send_message(json.dumps({"type": "subscribe", "series_id": BTC, "since": None}))
+            with trio.fail_after(PROCESS_DEADLINE_S):
+                while (frame := json.loads(await ws.get_message()))["type"] != "candle_closed":
+                    pass  # forming candles, as trades arrive
+            proc.kill()  # right after the tick's batch was published: it must be durable already
+        # The first candle's period was running when the trade actor started, so it is the exchange's own
+        # kline: the restarted daemon's audit of its last periods keeps it as it is.
+        published = frame["candle"]
+        with EventLog(data / "eventlog") as log:
+            logged = log.range(BTC, published["candle_time"] - 1, published["candle_time"])
+        assert [candle_to_wire(c) for c in logged] == [published]
+        async with (
+            klined(data, urls, **env) as (proc, url),
+            httpx.AsyncClient(base_url=url, timeout=PROCESS_DEADLINE_S) as http,
+        ):
+            body = (await http.get("/api/market/candles", params={"series_id": BTC, "since": 0, "limit": 5000})).json()
         nursery.cancel_scope.cancel()
     stored = {c["candle_time"]: c for c in body["candles"]}
-    assert stored[boundary - 60] == frame["candle"]
+    assert stored[published["candle_time"]] == published
 
 
 async def test_sigterm_exits_in_time_even_with_a_subscriber_that_stopped_reading(tmp_path: Path) -> None:
@@ -182,7 +193,7 @@ async def test_sigterm_exits_in_time_even_with_a_subscriber_that_stopped_reading
             async with trio.open_nursery() as ws_nursery:
                 ws = await wrap_client_stream(ws_nursery, trio.SocketStream(sock), host, "/ws/market")
                 await ws.send_message(json.dumps({"type": "subscribe", "series_id": ETH, "since": None}))
-                async with httpx.AsyncClient(base_url=url) as http:
+                async with httpx.AsyncClient(base_url=url, timeout=PROCESS_DEADLINE_S) as http:
                     for k in range(6):  # publish far more than the socket buffers hold; never read any of it
                         candles = [candle(60 * (k * 2000 + i + 1)) for i in range(2000)]
                         body = {"series_id": ETH, "candles": candles, "publish_ws": True}

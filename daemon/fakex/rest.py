@@ -71,13 +71,36 @@ def kline_row(symbol: Symbol, tf: Timeframe, candle: Candle) -> list[object]:
 def build_rest_app(
     market: Market, now_ms: Callable[[], int], faults: RestFaults, stats: RestStats | None = None
 ) -> Starlette:
-    stats = stats or RestStats()
+    api = _RestApi(market, now_ms, faults, stats or RestStats())
+    routes = []
+    for prefix in ("/api/v3", "/fapi/v1"):
+        routes += [
+            Route(f"{prefix}/klines", api.klines),
+            Route(f"{prefix}/time", api.server_time),
+            Route(f"{prefix}/ping", api.ping),
+            Route(f"{prefix}/exchangeInfo", api.exchange_info),
+            Route(f"{prefix}/ticker/24hr", api.ticker_24hr),
+        ]
+    return Starlette(routes=routes)
 
-    def market_of(request: Request) -> str:
-        return "futures" if request.url.path.startswith("/fapi/") else "spot"
 
-    def fault(request: Request) -> JSON | None:
-        if now_ms() < faults.unavailable_until_ms:
+def _market_of(request: Request) -> str:
+    return "futures" if request.url.path.startswith("/fapi/") else "spot"
+
+
+@attrs.frozen
+class _RestApi:
+    """The endpoints, over one market and one exchange clock; ``faults`` is read and spent per request."""
+
+    market: Market
+    now_ms: Callable[[], int]
+    faults: RestFaults
+    stats: RestStats
+
+    def fault(self, request: Request) -> JSON | None:
+        """The injected failure this request gets, if any."""
+        faults = self.faults
+        if self.now_ms() < faults.unavailable_until_ms:
             return _error(503, -1001, "Service unavailable.")
         if faults.count and request.url.path.startswith(faults.path_prefix):
             faults.count -= 1
@@ -96,13 +119,13 @@ def build_rest_app(
             return _error(faults.status, -1001, "Internal error; unable to process your request. Please try again.")
         return None
 
-    async def klines(request: Request) -> Response:
-        stats.klines_requests += 1
-        if (bad := fault(request)) is not None:
+    async def klines(self, request: Request) -> Response:
+        self.stats.klines_requests += 1
+        if (bad := self.fault(request)) is not None:
             return bad
-        kind = market_of(request)
+        kind = _market_of(request)
         q = request.query_params
-        symbol = market.symbols(kind).get(q.get("symbol", ""))
+        symbol = self.market.symbols(kind).get(q.get("symbol", ""))
         if symbol is None:
             return _error(400, -1121, "Invalid symbol.")
         tf = TIMEFRAMES.get(q.get("interval", ""))
@@ -116,64 +139,69 @@ def build_rest_app(
             return _error(400, -1100, "Illegal characters found in a parameter.")
         if not 1 <= limit <= MAX_LIMIT[kind]:
             return _error(400, -1130, f"Invalid data sent for a parameter: limit must be 1..{MAX_LIMIT[kind]}.")
-        now_s = now_ms() // 1000
-        current = tf.floor(now_s)
-        last = current if end is None else min(current, tf.floor(end))
-        first_allowed = (
-            tf.floor(symbol.listed_at)
-            if tf.floor(symbol.listed_at) == symbol.listed_at
-            else tf.next_open(symbol.listed_at)
-        )
-        if start is None or faults.repeat_pages:
-            first = last
-            for _ in range(limit - 1):
-                if first <= first_allowed:
-                    break
-                first = tf.prev_open(first)
-        else:
-            first = max(tf.floor(start) if tf.floor(start) == start else tf.next_open(start), first_allowed)
+        if self.faults.repeat_pages:
+            start = None  # every page is the latest one, whatever the client asked for
+        current = tf.floor(self.now_ms() // 1000)
         rows: list[list[object]] = []
-        t = first
-        while t <= last and len(rows) < limit:
-            candle = symbol.forming(tf, now_ms()) if t == current else symbol.candle(tf, t)
+        for t in _kline_opens(symbol, tf, start, end, limit, current):
+            candle = symbol.forming(tf, self.now_ms()) if t == current else symbol.candle(tf, t)
             rows.append(kline_row(symbol, tf, candle))
-            t = tf.next_open(t)
         return JSON(rows, headers={"X-MBX-USED-WEIGHT-1M": "2"})
 
-    async def server_time(request: Request) -> Response:
-        if (bad := fault(request)) is not None:
+    async def server_time(self, request: Request) -> Response:
+        if (bad := self.fault(request)) is not None:
             return bad
-        return JSON({"serverTime": now_ms()})
+        return JSON({"serverTime": self.now_ms()})
 
-    async def ping(request: Request) -> Response:
+    async def ping(self, request: Request) -> Response:
         return JSON({})
 
-    async def exchange_info(request: Request) -> Response:
-        if (bad := fault(request)) is not None:
+    async def exchange_info(self, request: Request) -> Response:
+        if (bad := self.fault(request)) is not None:
             return bad
-        kind = market_of(request)
-        symbols = [_symbol_info(s, kind) for s in market.symbols(kind).values()]
+        kind = _market_of(request)
+        symbols = [_symbol_info(s, kind) for s in self.market.symbols(kind).values()]
         return JSON(
-            {"timezone": "UTC", "serverTime": now_ms(), "rateLimits": [], "exchangeFilters": [], "symbols": symbols}
+            {
+                "timezone": "UTC",
+                "serverTime": self.now_ms(),
+                "rateLimits": [],
+                "exchangeFilters": [],
+                "symbols": symbols,
+            }
         )
 
-    async def ticker_24hr(request: Request) -> Response:
-        if (bad := fault(request)) is not None:
+    async def ticker_24hr(self, request: Request) -> Response:
+        if (bad := self.fault(request)) is not None:
             return bad
-        kind = market_of(request)
-        now = now_ms()
-        return JSON([_ticker(s, now) for s in market.symbols(kind).values()])
+        kind = _market_of(request)
+        now = self.now_ms()
+        return JSON([_ticker(s, now) for s in self.market.symbols(kind).values()])
 
-    routes = []
-    for prefix in ("/api/v3", "/fapi/v1"):
-        routes += [
-            Route(f"{prefix}/klines", klines),
-            Route(f"{prefix}/time", server_time),
-            Route(f"{prefix}/ping", ping),
-            Route(f"{prefix}/exchangeInfo", exchange_info),
-            Route(f"{prefix}/ticker/24hr", ticker_24hr),
-        ]
-    return Starlette(routes=routes)
+
+def _kline_opens(
+    symbol: Symbol, tf: Timeframe, start: int | None, end: int | None, limit: int, current: int
+) -> list[int]:
+    """The open times a klines request answers, as Binance picks them: from ``start`` (rounded up to an open,
+    not before the listing) or, without one, the ``limit`` latest; never past ``end`` or the forming period."""
+    last = current if end is None else min(current, tf.floor(end))
+    first_allowed = (
+        tf.floor(symbol.listed_at) if tf.floor(symbol.listed_at) == symbol.listed_at else tf.next_open(symbol.listed_at)
+    )
+    if start is None:
+        first = last
+        for _ in range(limit - 1):
+            if first <= first_allowed:
+                break
+            first = tf.prev_open(first)
+    else:
+        first = max(tf.floor(start) if tf.floor(start) == start else tf.next_open(start), first_allowed)
+    opens: list[int] = []
+    t = first
+    while t <= last and len(opens) < limit:
+        opens.append(t)
+        t = tf.next_open(t)
+    return opens
 
 
 def _symbol_info(s: Symbol, kind: str) -> dict[str, object]:

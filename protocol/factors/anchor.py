@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from protocol.factors.base import Factor, FactorContext, FactorEvent, Tick
+from protocol.factors.base import Factor, FactorContext, FactorEvent, FactorTick
 
 
 def _ref(kind: str, pen: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,7 +47,7 @@ class Anchor(Factor):
         self._cand_price = 0.0
         self._cand_time: int | None = None
 
-    def apply(self, tick: Tick) -> list[FactorEvent]:
+    def apply(self, tick: FactorTick) -> list[FactorEvent]:
         candle = tick.candle
         t = candle[0]
         base = self._base

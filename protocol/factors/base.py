@@ -97,7 +97,7 @@ class Bars:
 
 
 @attrs.define(slots=True)
-class Tick:
+class FactorTick:
     """One closed candle going through the factors; ``emitted`` holds what earlier factors produced."""
 
     candle: Candle
@@ -138,7 +138,7 @@ class Factor(ABC):
         self.settings: dict[str, Any] = {**self.defaults, **settings}
 
     @abstractmethod
-    def apply(self, tick: Tick) -> list[FactorEvent]:
+    def apply(self, tick: FactorTick) -> list[FactorEvent]:
         """Advance by one closed candle (already in ``ctx.bars``); return the events visible at it."""
 
     def head(self) -> dict[str, Any]:
@@ -204,7 +204,7 @@ class FactorEngine:
         last = self.ctx.bars.last_time
         if last is not None and candle[0] <= last:
             raise ValueError(f"candle {candle[0]} is not after the last applied {last}")
-        tick = Tick(candle, self.ctx.bars.append(candle))
+        tick = FactorTick(candle, self.ctx.bars.append(candle))
         out: list[FactorEvent] = []
         for factor in self.order:
             events = factor.apply(tick)

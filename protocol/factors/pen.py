@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from protocol.factors.base import Factor, FactorContext, FactorEvent, Tick
+from protocol.factors.base import Factor, FactorContext, FactorEvent, FactorTick
 
 KEEP_EFFECTIVE: Final = 8  # effective pivots kept; the rules and the head only look at the last three
 
@@ -38,7 +38,7 @@ class Pen(Factor):
         self._cand_idx = -1
         self._cand_time = 0
 
-    def apply(self, tick: Tick) -> list[FactorEvent]:
+    def apply(self, tick: FactorTick) -> list[FactorEvent]:
         pivots = tick.emitted.get("pivot")
         out: list[FactorEvent] = []
         if pivots:
@@ -94,7 +94,7 @@ class Pen(Factor):
             self.confirmed_count += 1
         return True
 
-    def _advance(self, tick: Tick) -> None:
+    def _advance(self, tick: FactorTick) -> None:
         """Extend the head's running extremes by the tick's candle (O(1))."""
         candle = tick.candle
         if self._up:

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from protocol.factors.base import Factor, FactorContext, FactorEvent, Tick
+from protocol.factors.base import Factor, FactorContext, FactorEvent, FactorTick
 
 
 class _Extremes:
@@ -83,7 +83,7 @@ class Pivot(Factor):
         self._minor_high = _Extremes(2 * self.minor_window + 1)
         self._minor_low = _Extremes(2 * self.minor_window + 1)
 
-    def apply(self, tick: Tick) -> list[FactorEvent]:
+    def apply(self, tick: FactorTick) -> list[FactorEvent]:
         candle = tick.candle
         t = candle[0]
         high = candle[2]

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from operator import attrgetter
 from typing import Any, ClassVar, Final
 
-from protocol.factors.base import Bars, Factor, FactorContext, FactorEvent, Tick
+from protocol.factors.base import Bars, Factor, FactorContext, FactorEvent, FactorTick
 
 ALGORITHM: Final = "pivot_wick_overlap"
 TOLERANCE_ATR: Final = 0.5  # tolerance = this x ATR; touches use it per pivot, pairs per mean of the two
@@ -254,7 +254,7 @@ class SupportResistance(Factor):
     def _side(self, resistance: bool) -> _Side:
         return self.resistances if resistance else self.supports
 
-    def apply(self, tick: Tick) -> list[FactorEvent]:
+    def apply(self, tick: FactorTick) -> list[FactorEvent]:
         events = tick.emitted.get("pivot")
         if not events:
             return []

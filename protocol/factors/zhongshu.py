@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
-from protocol.factors.base import Factor, FactorContext, FactorEvent, Tick
+from protocol.factors.base import Factor, FactorContext, FactorEvent, FactorTick
 
 TAIL_PENS: Final = 4  # confirmed pens remembered: a pending structure needs the last three
 
@@ -122,7 +122,7 @@ class Zhongshu(Factor):
         self.formed_this_tick: dict[str, Any] | None = None
         self.now: int | None = None
 
-    def apply(self, tick: Tick) -> list[FactorEvent]:
+    def apply(self, tick: FactorTick) -> list[FactorEvent]:
         self.formed_this_tick = None
         candle = tick.candle
         t = candle[0]

@@ -264,13 +264,13 @@ class BoomError(Exception):
 
 
 async def test_a_failing_factor_stops_only_its_series(tmp_path: Path) -> None:
-    from protocol.factors.base import Factor, FactorEvent, Tick
+    from protocol.factors.base import Factor, FactorEvent, FactorTick
 
     class Fragile(Factor):
         name = "fragile"
         version = 1
 
-        def apply(self, tick: Tick) -> list[FactorEvent]:
+        def apply(self, tick: FactorTick) -> list[FactorEvent]:
             if tick.candle.close > 1000:
                 raise BoomError("bad candle for this factor")
             return []

@@ -12,8 +12,8 @@ from protocol.series import SeriesId
 from protocol.timeframes import TIMEFRAMES
 from protocol.ws_market import (
     BadRequest,
+    CandlesPiece,
     GapPiece,
-    Run,
     Subscribe,
     Unsubscribe,
     gate,
@@ -69,18 +69,18 @@ def test_bad_requests_get_spec_messages(frame: str, message: str) -> None:
 def test_gate_drops_old_clamps_ahead_and_reports_holes() -> None:
     candles = [c(t) for t in (60, 120, 180, 300, 360, 420)]
     pieces, last = gate(M1, 60, candles, closed_through=360)
-    assert pieces == [Run((c(120), c(180))), GapPiece(240, 300), Run((c(300), c(360)))]
+    assert pieces == [CandlesPiece((c(120), c(180))), GapPiece(240, 300), CandlesPiece((c(300), c(360)))]
     assert last == 360
-    assert gate(M1, None, [c(600)], closed_through=600) == ([Run((c(600),))], 600)  # no cursor: no gap before
+    assert gate(M1, None, [c(600)], closed_through=600) == ([CandlesPiece((c(600),))], 600)  # no cursor: no gap before
 
 
 def test_render_batches_catchup_but_sends_a_single_live_candle_as_closed() -> None:
-    pieces = [Run((c(60),))]
+    pieces = [CandlesPiece((c(60),))]
     (catchup,) = render(S, pieces, batch=True, live=False)
     (live,) = render(S, pieces, batch=True, live=True)
     assert orjson.loads(catchup)["type"] == "candles_batch"
     assert orjson.loads(live)["type"] == "candle_closed"
-    assert [orjson.loads(f)["type"] for f in render(S, [Run((c(60), c(120)))], batch=False, live=True)] == [
+    assert [orjson.loads(f)["type"] for f in render(S, [CandlesPiece((c(60), c(120)))], batch=False, live=True)] == [
         "candle_closed",
         "candle_closed",
     ]

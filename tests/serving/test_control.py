@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon import backup, ctl
+from daemon import backup
+from daemon.klinectl import main as klinectl_main
 from daemon.storage.eventlog import EventLog
 from tests.serving.harness import S1, daemon
 
@@ -22,7 +23,7 @@ S2 = "binance:spot:ETH/USDT:1m"
 
 
 async def klinectl(*args: str) -> int:
-    return await trio.to_thread.run_sync(ctl.main, list(args))
+    return await trio.to_thread.run_sync(klinectl_main, list(args))
 
 
 async def test_status_series_pin_unpin_and_they_survive_a_restart(

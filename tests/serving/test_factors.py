@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from daemon import ctl
+from daemon import klinectl
 from protocol.candle import Candle
 from protocol.series import SeriesId
 from tests.serving.harness import S1, Daemon, daemon
@@ -136,7 +136,7 @@ async def test_klinectl_rebuild_shows_progress_and_tells_subscribers(
         await seed_example(d)
         _, before = await get(d, "/api/factor/slices", series_id=S1)
         await ws.subscribe(since=780)
-        assert await trio.to_thread.run_sync(ctl.main, ["--socket", sock, "rebuild", S1]) == 0
+        assert await trio.to_thread.run_sync(klinectl.main, ["--socket", sock, "rebuild", S1]) == 0
         assert f"done: {S1}: 13 candles replayed" in capsys.readouterr().out
         frame = await ws.recv()
         assert frame["type"] == "system"
@@ -144,9 +144,12 @@ async def test_klinectl_rebuild_shows_progress_and_tells_subscribers(
         _, after = await get(d, "/api/factor/slices", series_id=S1)
         assert after["snapshots"]["pen"] == before["snapshots"]["pen"]
         assert len((await d.http.get("/api/market/candles", params={"series_id": S1})).json()["candles"]) == 13
-        assert await trio.to_thread.run_sync(ctl.main, ["--socket", sock, "rebuild", "--all"]) == 0
+        assert await trio.to_thread.run_sync(klinectl.main, ["--socket", sock, "rebuild", "--all"]) == 0
         assert "done: all: 13 candles replayed" in capsys.readouterr().out
-        assert await trio.to_thread.run_sync(ctl.main, ["--socket", sock, "rebuild", "binance:spot:NOPE/USDT:1m"]) == 1
+        assert (
+            await trio.to_thread.run_sync(klinectl.main, ["--socket", sock, "rebuild", "binance:spot:NOPE/USDT:1m"])
+            == 1
+        )
         assert "no candles stored" in capsys.readouterr().err
 
 

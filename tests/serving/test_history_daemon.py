@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon import ctl
+from daemon import klinectl
 from daemon.fakex.server import FakeExchange
 from protocol.timeframes import TIMEFRAMES
 from tests.serving.harness import S1, Daemon, daemon
@@ -108,24 +108,24 @@ async def test_klinectl_health_and_backfill_over_the_control_socket(
         sock = tmp_path / "klined.sock"
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
         last = M1.last_closed_open(fake.now_ms() // 1000)
-        code = await trio.to_thread.run_sync(ctl.main, ["--socket", str(sock), "health"])
+        code = await trio.to_thread.run_sync(klinectl.main, ["--socket", str(sock), "health"])
         assert code == 3  # red: nothing stored yet
         assert "missing_head" in capsys.readouterr().out
         args = ["--socket", str(sock), "backfill", S1, "--since", str(last - 60 * 2999)]
-        code = await trio.to_thread.run_sync(ctl.main, args)
+        code = await trio.to_thread.run_sync(klinectl.main, args)
         out = capsys.readouterr()
         assert code == 0, out
         assert "still missing 0" in out.out
-        assert out.err == ""  # no progress bar when stderr is not a terminal (tests/daemon/test_ctl.py has the bar)
+        assert out.err == ""  # no progress bar when stderr is not a terminal (test_klinectl.py has the bar)
         assert d.running.store.log.count_between(S1, last - 60 * 2999, last) == 3000
-        code = await trio.to_thread.run_sync(ctl.main, ["--socket", str(sock), "health"])
+        code = await trio.to_thread.run_sync(klinectl.main, ["--socket", str(sock), "health"])
         assert code == 0
         assert "up_to_date" in capsys.readouterr().out
-        code = await trio.to_thread.run_sync(ctl.main, ["--socket", str(sock), "backfill", "nope", "--since", "0"])
+        code = await trio.to_thread.run_sync(klinectl.main, ["--socket", str(sock), "backfill", "nope", "--since", "0"])
         assert code == 1
         assert "invalid series_id" in capsys.readouterr().err
 
 
 def test_klinectl_without_a_daemon_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert ctl.main(["--socket", str(tmp_path / "none.sock"), "health"]) == 2
+    assert klinectl.main(["--socket", str(tmp_path / "none.sock"), "health"]) == 2
     assert "no daemon listening" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Final
 
 from protocol.candle import Candle
-from protocol.factors.base import Factor, FactorEvent, Tick
+from protocol.factors.base import Factor, FactorEvent, FactorTick
 
 TF: Final = 60
 SMALL: Final[dict[str, dict[str, Any]]] = {"pivot": {"major_window": 2, "minor_window": 1}}
@@ -29,7 +29,7 @@ class ScriptedPivot(Factor):
     version = 1
     defaults: ClassVar[dict[str, Any]] = {"majors": (), "minors": False}
 
-    def apply(self, tick: Tick) -> list[FactorEvent]:
+    def apply(self, tick: FactorTick) -> list[FactorEvent]:
         out = [
             FactorEvent("pivot", "pivot.major", f"major:{p['pivot_time']}:{p['direction']}:{p['window']}", tick.time, p)
             for p in self.settings["majors"]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from protocol.candle import Candle
-from protocol.factors.base import Factor, FactorContext, FactorEngine, FactorEvent, Tick
+from protocol.factors.base import Factor, FactorContext, FactorEngine, FactorEvent, FactorTick
 from protocol.factors.zhongshu import Zhongshu
 from tests.protocol.factors.bars import TF, flat
 
@@ -41,7 +41,7 @@ class ScriptedPen(Factor):
         self.confirmed_count = 0
         self.effective: list[dict[str, Any]] = []
 
-    def apply(self, tick: Tick) -> list[FactorEvent]:
+    def apply(self, tick: FactorTick) -> list[FactorEvent]:
         out = []
         for p in self.settings["pens"]:
             if p["visible_time"] == tick.time:

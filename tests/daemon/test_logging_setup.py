@@ -14,7 +14,7 @@ import structlog
 
 import daemon.app
 from daemon import cli
-from daemon.logs import configure_logging, is_journal
+from daemon.logging_setup import configure_logging, is_journal
 
 
 @pytest.fixture(autouse=True)

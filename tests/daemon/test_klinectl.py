@@ -19,7 +19,7 @@ import orjson
 import pytest
 import trio
 
-from daemon import backup, ctl
+from daemon import backup, klinectl
 from daemon.config import ConfigError
 from tests.serving.harness import S1, daemon
 
@@ -35,48 +35,48 @@ def never(path: Path) -> bool:
 
 def test_the_socket_flag_wins_over_everything(tmp_path: Path) -> None:
     env = {"KLINED_CONTROL_SOCKET": "/elsewhere.sock"}
-    assert ctl.find_socket("/x.sock", None, env, [RUN], lambda p: True) == Path("/x.sock")
+    assert klinectl.find_socket("/x.sock", None, env, [RUN], lambda p: True) == Path("/x.sock")
 
 
 def test_the_environment_names_the_socket_without_looking_for_it() -> None:
-    assert ctl.find_socket(None, None, {"KLINED_CONTROL_SOCKET": "/a/b.sock"}, [RUN], never) == Path("/a/b.sock")
-    assert ctl.find_socket(None, None, {"KLINED_DATA_DIR": "/data"}, [RUN], never) == Path("/data/klined.sock")
+    assert klinectl.find_socket(None, None, {"KLINED_CONTROL_SOCKET": "/a/b.sock"}, [RUN], never) == Path("/a/b.sock")
+    assert klinectl.find_socket(None, None, {"KLINED_DATA_DIR": "/data"}, [RUN], never) == Path("/data/klined.sock")
 
 
 def test_a_config_file_names_the_socket(tmp_path: Path) -> None:
     config = tmp_path / "klined.toml"
     config.write_text(f'data_dir = "{tmp_path}"\n')
-    assert ctl.find_socket(None, str(config), {}, [RUN], never) == tmp_path / "klined.sock"
+    assert klinectl.find_socket(None, str(config), {}, [RUN], never) == tmp_path / "klined.sock"
     config.write_text("no_such_key = 1\n")
     with pytest.raises(ConfigError, match="no_such_key"):
-        ctl.find_socket(None, str(config), {}, [RUN], never)
+        klinectl.find_socket(None, str(config), {}, [RUN], never)
 
 
 def test_without_config_the_first_default_that_exists_is_used() -> None:
     local = Path("var/klined.sock")
     env = {"KLINED_WHITELIST": "not even valid", "PATH": "/bin"}  # says nothing about the socket: not parsed
-    assert ctl.find_socket(None, None, env, [local, RUN], lambda p: p == RUN) == RUN
-    assert ctl.find_socket(None, None, env, [local, RUN], lambda p: True) == local
+    assert klinectl.find_socket(None, None, env, [local, RUN], lambda p: p == RUN) == RUN
+    assert klinectl.find_socket(None, None, env, [local, RUN], lambda p: True) == local
 
 
 def test_no_default_socket_names_every_path_tried() -> None:
-    with pytest.raises(ctl.NoDaemonError) as caught:
-        ctl.find_socket(None, None, {}, [Path("var/klined.sock"), RUN], never)
+    with pytest.raises(klinectl.NoDaemonError) as caught:
+        klinectl.find_socket(None, None, {}, [Path("var/klined.sock"), RUN], never)
     assert "var/klined.sock" in str(caught.value)
     assert str(RUN) in str(caught.value)
 
 
 def test_the_defaults_are_the_daemons_and_the_units() -> None:
-    assert ctl.default_sockets() == (Path("var/klined.sock"), RUN)
+    assert klinectl.default_sockets() == (Path("var/klined.sock"), RUN)
 
 
 def test_is_socket_looks_at_the_file_type(short_dir: Path) -> None:
     (short_dir / "plain").touch()
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(short_dir / "s.sock"))
-        assert ctl.is_socket(short_dir / "s.sock")
-    assert not ctl.is_socket(short_dir / "plain")
-    assert not ctl.is_socket(short_dir / "missing")
+        assert klinectl.is_socket(short_dir / "s.sock")
+    assert not klinectl.is_socket(short_dir / "plain")
+    assert not klinectl.is_socket(short_dir / "missing")
 
 
 # -- a scripted daemon ------------------------------------------------------------------------------------------
@@ -134,22 +134,22 @@ def scripted(short_dir: Path) -> Iterator[Any]:
 @pytest.fixture
 def no_config(monkeypatch: pytest.MonkeyPatch, short_dir: Path) -> None:
     """An operator's shell: no KLINED_* variables, and the defaults pointed at the test's directory."""
-    for name in ctl.SOCKET_ENV:
+    for name in klinectl.SOCKET_ENV:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(ctl, "default_sockets", lambda: (short_dir / "var.sock", short_dir / "klined.sock"))
+    monkeypatch.setattr(klinectl, "default_sockets", lambda: (short_dir / "var.sock", short_dir / "klined.sock"))
 
 
 @pytest.mark.usefixtures("no_config")
 def test_klinectl_finds_a_default_socket_with_no_flags(scripted: Any, capsys: pytest.CaptureFixture[str]) -> None:
     server = scripted({"event": "done", "version": "9.9"})
-    assert ctl.main(["version"]) == 0
+    assert klinectl.main(["version"]) == 0
     assert capsys.readouterr().out.strip().endswith("klined 9.9")
     assert server.requests == [{"cmd": "version"}]
 
 
 @pytest.mark.usefixtures("no_config")
 def test_klinectl_with_no_daemon_anywhere_names_the_paths(short_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert ctl.main(["status"]) == 2
+    assert klinectl.main(["status"]) == 2
     err = capsys.readouterr().err
     assert "no daemon listening" in err
     assert str(short_dir / "var.sock") in err
@@ -162,7 +162,7 @@ def test_the_environment_points_klinectl_at_its_socket(
     scripted({"event": "done", "version": "9.9"})
     monkeypatch.setenv("KLINED_DATA_DIR", str(short_dir))
     monkeypatch.delenv("KLINED_CONTROL_SOCKET", raising=False)
-    assert ctl.main(["version"]) == 0
+    assert klinectl.main(["version"]) == 0
     assert "klined 9.9" in capsys.readouterr().out
 
 
@@ -174,13 +174,13 @@ def test_json_goes_before_or_after_the_command(
     argv: list[str], scripted: Any, short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     scripted({"event": "done", "uptime_s": 5, "last_seq": 7})
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), *argv]) == 0
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), *argv]) == 0
     assert json.loads(capsys.readouterr().out) == {"event": "done", "uptime_s": 5, "last_seq": 7}
 
 
 def test_json_is_off_unless_asked() -> None:
-    assert ctl._parser().parse_args(["status"]).json is False
-    assert ctl._parser().parse_args(["rebuild", "--all", "--json"]).json is True
+    assert klinectl._parser().parse_args(["status"]).json is False
+    assert klinectl._parser().parse_args(["rebuild", "--all", "--json"]).json is True
 
 
 BACKFILL = [
@@ -195,7 +195,7 @@ def test_backfill_with_json_prints_every_event_as_a_line(
     scripted: Any, short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server = scripted(*BACKFILL, BACKFILL_DONE)
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), *BACKFILL_ARGS, "--json"]) == 0
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), *BACKFILL_ARGS, "--json"]) == 0
     out, err = capsys.readouterr()
     assert [json.loads(line) for line in out.splitlines()] == [*BACKFILL, BACKFILL_DONE]
     assert err == ""
@@ -206,7 +206,7 @@ def test_backfill_without_a_terminal_prints_only_its_final_line(
     scripted: Any, short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     scripted(*BACKFILL, {**BACKFILL_DONE, "still_missing": 3})
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), *BACKFILL_ARGS]) == 3  # incomplete
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), *BACKFILL_ARGS]) == 3  # incomplete
     out, err = capsys.readouterr()
     assert out == "done: filled {'exchange': 100}, still missing 3\n"
     assert err == ""  # no bar
@@ -217,7 +217,7 @@ def test_backfill_on_a_terminal_shows_a_bar(
 ) -> None:
     scripted(*BACKFILL, BACKFILL_DONE)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), *BACKFILL_ARGS]) == 0
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), *BACKFILL_ARGS]) == 0
     out, err = capsys.readouterr()
     assert "60/100" in err
     assert "candle" in err
@@ -236,7 +236,7 @@ def test_rebuild_prints_lines_or_a_final_line(
 ) -> None:
     scripted(*REBUILD)
     flag = ["--json"] if as_json else []
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), "rebuild", S1, *flag]) == 0
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), "rebuild", S1, *flag]) == 0
     out, err = capsys.readouterr()
     if as_json:
         assert [json.loads(line) for line in out.splitlines()] == REBUILD
@@ -252,7 +252,7 @@ def test_a_streamed_error_exits_1(
     error = {"event": "error", "code": "bad_request", "detail": "no candles stored for it"}
     scripted(REBUILD[0], error)
     flag = ["--json"] if as_json else []
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), *flag, "rebuild", "--all"]) == 1
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), *flag, "rebuild", "--all"]) == 1
     out, err = capsys.readouterr()
     if as_json:
         assert [json.loads(line) for line in out.splitlines()] == [REBUILD[0], error]
@@ -264,7 +264,7 @@ def test_a_daemon_that_hangs_up_mid_stream_is_a_failure(
     scripted: Any, short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     scripted(*BACKFILL)
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), *BACKFILL_ARGS]) == 1
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), *BACKFILL_ARGS]) == 1
     assert "closed the connection" in capsys.readouterr().err
 
 
@@ -282,7 +282,7 @@ def test_backup_prints_what_it_wrote(
 
     monkeypatch.setattr(backup, "send_backup", send)
     sock = short_dir / "klined.sock"
-    assert ctl.main(["--socket", str(sock), "backup", "klined.bak"]) == 0
+    assert klinectl.main(["--socket", str(sock), "backup", "klined.bak"]) == 0
     assert capsys.readouterr().out == "backup written to klined.bak (20480 bytes, log through seq 42)\n"
     assert calls == [(sock, Path("klined.bak"))]
 
@@ -308,7 +308,7 @@ def test_backup_failures_before_the_daemon_answers(
         raise error
 
     monkeypatch.setattr(backup, "send_backup", send)
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), "backup", "klined.bak"]) == code
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), "backup", "klined.bak"]) == code
     assert words in capsys.readouterr().err
 
 
@@ -317,7 +317,7 @@ def test_a_backup_the_daemon_refuses_exits_1(
 ) -> None:
     refusal = {"event": "error", "code": "bad_request", "detail": "the backup destination is not empty"}
     monkeypatch.setattr(backup, "send_backup", lambda socket_path, target: refusal)
-    assert ctl.main(["--socket", str(short_dir / "klined.sock"), "backup", "x"]) == 1
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), "backup", "x"]) == 1
     assert "not empty" in capsys.readouterr().err
 
 
@@ -326,15 +326,15 @@ def test_restore_needs_no_daemon_and_prints_the_summary(
 ) -> None:
     summary = {"data_dir": str(tmp_path), "last_seq": 3, "files": ["eventlog/data.mdb", "pins.json"]}
     monkeypatch.setattr(backup, "restore_backup", lambda archive, data_dir: summary)
-    monkeypatch.setattr(ctl, "default_sockets", lambda: (tmp_path / "none.sock",))
-    assert ctl.main(["restore", "a.bak", "--data-dir", str(tmp_path)]) == 0
+    monkeypatch.setattr(klinectl, "default_sockets", lambda: (tmp_path / "none.sock",))
+    assert klinectl.main(["restore", "a.bak", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines() == [
         f"restored a.bak into {tmp_path} (log through seq 3)",
         "  eventlog/data.mdb",
         "  pins.json",
     ]
-    assert ctl.main(["restore", "a.bak", "--data-dir", str(tmp_path), "--json"]) == 0
+    assert klinectl.main(["restore", "a.bak", "--data-dir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == summary
 
 
@@ -345,7 +345,7 @@ def test_a_failed_restore_exits_1_with_its_reason(
         raise backup.BackupError(f"{data_dir}/eventlog already holds an event log: stop klined first")
 
     monkeypatch.setattr(backup, "restore_backup", refuse)
-    assert ctl.main(["restore", "a.bak", "--data-dir", str(tmp_path)]) == 1
+    assert klinectl.main(["restore", "a.bak", "--data-dir", str(tmp_path)]) == 1
     assert capsys.readouterr().err == (
         f"klinectl: restore failed: {tmp_path}/eventlog already holds an event log: stop klined first\n"
     )
@@ -359,15 +359,15 @@ async def test_backup_and_restore_through_the_real_daemon(
     async with daemon(tmp_path / "live", KLINED_CONTROL_SOCKET=str(sock)) as d:
         for t in (120, 180):
             await d.ingest(t)
-        code = await trio.to_thread.run_sync(ctl.main, ["--socket", str(sock), "backup", str(target)])
+        code = await trio.to_thread.run_sync(klinectl.main, ["--socket", str(sock), "backup", str(target)])
         assert code == 0
         size = target.stat().st_size
         out = capsys.readouterr().out  # after whatever the daemon logged to stdout
         assert f"backup written to {target} ({size} bytes, log through seq 2)" in out.splitlines()
-        code = await trio.to_thread.run_sync(ctl.main, ["--socket", str(sock), "backup", str(target)])
+        code = await trio.to_thread.run_sync(klinectl.main, ["--socket", str(sock), "backup", str(target)])
         assert code == 2
         assert "exists" in capsys.readouterr().err
-    assert ctl.main(["restore", str(target), "--data-dir", str(tmp_path / "restored")]) == 0
+    assert klinectl.main(["restore", str(target), "--data-dir", str(tmp_path / "restored")]) == 0
     assert "(log through seq 2)" in capsys.readouterr().out
-    assert ctl.main(["restore", str(target), "--data-dir", str(tmp_path / "restored")]) == 1
+    assert klinectl.main(["restore", str(target), "--data-dir", str(tmp_path / "restored")]) == 1
     assert "already holds an event log" in capsys.readouterr().err
