@@ -25,7 +25,7 @@ def test_sigkill_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=stderr_path.open("w"),
             text=True,
-            cwd=Path(__file__).parents[2],
+            cwd=Path(__file__).parents[3],
         )
         assert proc.stdout is not None
         # Kill after a seeded number of further reports: the child is then inside its next append.
