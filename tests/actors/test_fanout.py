@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.clock import ExchangeClock, trio_wall_ms
-from actors.fanout import Hub
+from actors.fanout.hub import Hub
 from actors.pipeline import ClosedCandleWriter
 from actors.series import SeriesActor
 from actors.store import Store
