@@ -82,12 +82,6 @@ class Connection:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
 
-    def drain_nowait(self) -> list[str]:
-        """Every queued frame (tests)."""
-        frames = list(self._frames)
-        self._frames.clear()
-        return frames
-
     def send_error(self, code: str, message: str, series: SeriesId | None = None) -> None:
         self.offer([error_frame(code, message, str(series) if series else None).decode()])
 
