@@ -22,7 +22,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
 from actors.clock import ExchangeClock
-from actors.fanout import Hub
+from actors.fanout.hub import Hub
 from actors.pipeline import ClosedCandleWriter
 from actors.projector import Projector
 from actors.store import Store

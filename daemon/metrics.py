@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from daemon import __version__
 
 if TYPE_CHECKING:
-    from actors.fanout import Hub
+    from actors.fanout.hub import Hub
     from actors.projector import Projector
     from daemon.app import Services
     from daemon.history.service import History

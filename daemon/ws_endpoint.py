@@ -14,7 +14,8 @@ import trio
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
-from actors.fanout import Client, Hub
+from actors.fanout.connection import Connection
+from actors.fanout.hub import Hub
 from actors.supervisor import CapacityError
 from protocol.ws_market import BadRequest, Subscribe, error_frame, parse_client_message
 
@@ -80,7 +81,7 @@ class MarketSocket:
         finally:
             self.hub.disconnect(client)
 
-    async def _read_loop(self, websocket: RawWebSocket, client: Client) -> None:
+    async def _read_loop(self, websocket: RawWebSocket, client: Connection) -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -97,7 +98,7 @@ class MarketSocket:
                 self.hub.unsubscribe(client, command.series)
             await trio.lowlevel.checkpoint()  # a burst of commands never starves the sender
 
-    async def _subscribe(self, client: Client, command: Subscribe) -> None:
+    async def _subscribe(self, client: Connection, command: Subscribe) -> None:
         series = command.series
         if series not in client.subs and len(client.subs) >= self.max_subscriptions:
             client.send_error("capacity", f"at most {self.max_subscriptions} subscriptions per connection", series)
@@ -107,7 +108,7 @@ class MarketSocket:
         except CapacityError as e:
             client.send_error(e.code, str(e), series)
 
-    async def _send_loop(self, websocket: RawWebSocket, client: Client, scope: trio.CancelScope) -> None:
+    async def _send_loop(self, websocket: RawWebSocket, client: Connection, scope: trio.CancelScope) -> None:
         """Frames in order; once the client is closing, the final frame (if any) and the close code."""
         while (frame := await client.next_frame()) is not None:
             await websocket.send_text(frame)
@@ -116,7 +117,7 @@ class MarketSocket:
         await websocket.close(client.close_code, client.close_reason)
         scope.cancel()
 
-    async def _enforce_close(self, client: Client, scope: trio.CancelScope) -> None:
+    async def _enforce_close(self, client: Connection, scope: trio.CancelScope) -> None:
         """A client that does not even take its final frame is cut off."""
         await client.closing.wait()
         await trio.sleep(FINAL_FRAME_TIMEOUT_S)

@@ -16,7 +16,7 @@ from daemon.http.errors import ApiError, JSONResponse
 from daemon.http.params import bad_param, body_candle, body_series, body_single_candle, series_param, write_body
 
 if TYPE_CHECKING:
-    from actors.fanout import Hub
+    from actors.fanout.hub import Hub
     from actors.series import SeriesActor
     from daemon.app import Services
     from daemon.config import Settings

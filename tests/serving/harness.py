@@ -15,7 +15,7 @@ import orjson
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url, wrap_client_stream
 
-from actors.fanout import Hub
+from actors.fanout.hub import Hub
 from daemon.app import Running, serve_daemon
 from daemon.config import load_settings
 
