@@ -154,23 +154,46 @@ class SeriesReplayer:
         seq_before = self.log.last_seq()  # read first: anything newer is applied (again) when its event comes
         if start is not None:
             start = self.earliest_pending(state.sid, start, at_seq, seq_before)
-        snap = None if start is None else w.snapshot_before(state.num, start)
-        fresh = self.fresh(state.sid, state.num, state.tf)
-        state.engine, state.builder, state.last_time = fresh.engine, fresh.builder, None
-        state.heads = {}
-        if snap is not None:
-            self.restore(state, snap[0], snap[1])
-            if start is not None:
-                self.silent_feed(state, snap[0], start - 1)
-        cut = 0 if snap is None or start is None else start
-        suspects = dict(w.instructions_since(state.num, cut))
-        if snap is None:
+        cut = self.rewind(w, state, start)
+        suspects = dict(w.instructions_since(state.num, 0 if cut is None else cut))
+        if cut is None:
             w.delete_series_outputs(state.num)
         else:
             w.delete_from(state.num, cut)
             w.drop_snapshots_from(state.num, cut)
         emitted: set[str] = set()
-        compare = snap is not None  # from the beginning nothing is stored to compare a definition with
+        # From the beginning nothing is stored to compare a definition with.
+        applied = self.replay_candles(w, state, emitted, compare=cut is not None, progress=progress)
+        self.settle_untouched(w, state, suspects, emitted)
+        state.applied_seq = seq_before
+        state.snapshot_from = 0
+        if state.last_time is not None:
+            self.snapshot(w, state)
+        return applied
+
+    def rewind(self, w: ProjectionWrite, state: SeriesProjection, start: int | None) -> int | None:
+        """Reset ``state`` to the newest snapshot before ``start``, fed silently up to it: the time from which
+        stored outputs are replaced, or None when no snapshot is that old (the replay starts from scratch)."""
+        snap = None if start is None else w.snapshot_before(state.num, start)
+        fresh = self.fresh(state.sid, state.num, state.tf)
+        state.engine, state.builder, state.last_time = fresh.engine, fresh.builder, None
+        state.heads = {}
+        if snap is None or start is None:
+            return None
+        self.restore(state, snap[0], snap[1])
+        self.silent_feed(state, snap[0], start - 1)
+        return start
+
+    def replay_candles(
+        self,
+        w: ProjectionWrite,
+        state: SeriesProjection,
+        emitted: set[str],
+        *,
+        compare: bool,
+        progress: Callable[[int], object] | None,
+    ) -> int:
+        """Apply the log's candles after ``state.last_time``, read in steps of ``REBUILD_READ``; their count."""
         applied = 0
         after = state.last_time
         head = self.log.head(state.sid)
@@ -184,10 +207,14 @@ class SeriesReplayer:
             if progress is not None:
                 progress(applied)
             if len(candles) < REBUILD_READ:
-                break
+                return applied
             after = candles[-1][0]
-        # Instructions the old timeline changed after the cut and the new one did not touch: bring the
-        # stored latest definition in line with what the builder holds now (removed if it holds nothing).
+
+    def settle_untouched(
+        self, w: ProjectionWrite, state: SeriesProjection, suspects: Mapping[str, bytes], emitted: set[str]
+    ) -> None:
+        """Instructions the old timeline changed after the cut and the new one did not touch: bring the
+        stored latest definition in line with what the builder holds now (removed if it holds nothing)."""
         for iid, stored in suspects.items():
             if iid in emitted:
                 continue
@@ -196,11 +223,6 @@ class SeriesReplayer:
             if wanted != stored:
                 kind = "removed" if current is None else str(current.get("type", "polyline"))
                 state.max_version = w.put_version(state.num, iid, kind, state.last_time or 0, wanted)
-        state.applied_seq = seq_before
-        state.snapshot_from = 0
-        if state.last_time is not None:
-            self.snapshot(w, state)
-        return applied
 
     def earliest_pending(self, sid: str, start: int, after_seq: int, until_seq: int) -> int:
         for event in self.log.iter_events(after_seq):

@@ -106,13 +106,27 @@ def slices(reader: ProjectionReader, series: SeriesId, at_time: int | None, wind
             "snapshots": {},
         }
     aligned, record = found
-    candle_id = f"{sid}:{aligned}"
     num = int(record["num"])
+    start = aligned - (window - 1) * series.timeframe.seconds
+    history = _history(reader, num, start, aligned)
+    heads = _heads_at(reader, num, aligned)
+    snapshots = _snapshots(reader, sid, aligned, history, heads)
+    present = [name for name, snap in snapshots.items() if any(snap["history"].values()) or any(snap["head"].values())]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "series_id": sid,
+        "at_time": aligned,
+        "candle_id": f"{sid}:{aligned}",
+        "factors": present,
+        "snapshots": snapshots,
+    }
+
+
+def _history(reader: ProjectionReader, num: int, start: int, aligned: int) -> dict[str, dict[str, list[Any]]]:
+    """The stored events of the window, sorted into each factor's history lists."""
     history: dict[str, dict[str, list[Any]]] = {
         name: {key: [] for key in keys} for name, keys in _EMPTY_HISTORY.items()
     }
-    heads: dict[str, dict[str, Any]] = {}
-    start = aligned - (window - 1) * series.timeframe.seconds
     for ev in reader.pstore.events_between(num, start, aligned):
         where = _HISTORY.get(ev["kind"])
         if where is None:
@@ -121,6 +135,12 @@ def slices(reader: ProjectionReader, series: SeriesId, at_time: int | None, wind
         history[factor][key].append(ev["payload"])
         if ev["kind"] == "anchor.switch" and ev["payload"].get("new_anchor"):
             history["anchor"]["anchors"].append(ev["payload"]["new_anchor"])
+    return history
+
+
+def _heads_at(reader: ProjectionReader, num: int, aligned: int) -> dict[str, dict[str, Any]]:
+    """Each factor's head in force at the aligned candle (factors without one are left out)."""
+    heads: dict[str, dict[str, Any]] = {}
     for rank, cls in enumerate(reader.classes):
         head = reader.pstore.head_at(num, rank, aligned)
         if head is not None:
@@ -128,33 +148,34 @@ def slices(reader: ProjectionReader, series: SeriesId, at_time: int | None, wind
     alive = heads.get("zhongshu", {}).get("alive")
     if alive:  # stored without the fields that move every candle: the zone extends to the aligned candle
         heads["zhongshu"]["alive"] = [{**z, "end_time": aligned, "visible_time": aligned} for z in alive]
+    return heads
+
+
+def _snapshots(
+    reader: ProjectionReader,
+    sid: str,
+    aligned: int,
+    history: Mapping[str, dict[str, list[Any]]],
+    heads: Mapping[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """One snapshot per factor, in factor order; a factor without a head gets its empty one."""
     epoch = reader.pstore.epoch()
+    candle_id = f"{sid}:{aligned}"
     snapshots: dict[str, Any] = {}
-    present: list[str] = []
     for cls in reader.classes:
         name = cls.name
         head = heads.get(name) or {}
-        hist = history.get(name, {})
         if name == "zhongshu" and "alive" not in head:
             head = {"alive": []}
         if name == "anchor" and "current_anchor_ref" not in head:
             head = {"current_anchor_ref": None}
         snapshots[name] = {
             "schema_version": SCHEMA_VERSION,
-            "history": hist,
+            "history": history.get(name, {}),
             "head": head,
             "meta": {"series_id": sid, "epoch": epoch, "at_time": aligned, "candle_id": candle_id, "factor_name": name},
         }
-        if any(hist.values()) or any(v for v in head.values()):
-            present.append(name)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "series_id": sid,
-        "at_time": aligned,
-        "candle_id": candle_id,
-        "factors": present,
-        "snapshots": snapshots,
-    }
+    return snapshots
 
 
 def _moved_to(reader: ProjectionReader, num: int, version: dict[str, Any], aligned: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The LMDB event log: klined's source of truth, and the one module that touches LMDB.
+"""The LMDB event log: klined's source of truth. Opening, reads and the write transaction live here; what
+a batch writes inside it is ``daemon.storage.log_append``.
 
 Layout (one environment, named sub-databases):
 - ``events``:  u64 first seq -> a run of events (global, gap-free per-event seq; appended with MDB_APPEND)
@@ -15,31 +16,25 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat, starmap
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import lmdb
 import structlog
 
 from actors.ports import StoreError
 from daemon.storage.lmdb_gate import ResizeGate
-from daemon.storage.validate import check_candles, check_packed, raise_invalid
+from daemon.storage.log_append import BatchAppend, explain_pack_error
 from protocol.candle import Candle
-from protocol.errors import CandleError
 from protocol.logrecords import (
-    CANDLE_BODY,
     CANDLE_KEY,
     HEAD,
-    RUN_MAX,
     SEQ,
     SERIES_NUM,
     AppendResult,
-    EventKind,
     LogEvent,
     SeriesHead,
     decode_run,
-    encode_run,
     run_count,
     unpack_bodies,
     unpack_body,
@@ -50,43 +45,6 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_MAP_SIZE: Final = 1 << 30
 _MAX_KEY_TIME: Final = (1 << 64) - 1
-_CLOSED: Final = EventKind.CANDLE_CLOSED
-_CORRECTED: Final = EventKind.CANDLE_CORRECTED
-
-
-class _RunWriter:
-    """Groups a batch's events into run records, assigning each event its seq."""
-
-    def __init__(self, first_seq: int) -> None:
-        self.first_seq = self.seq = first_seq
-        self._records: list[tuple[bytes, bytes]] = []
-        self._kind: EventKind | None = None
-        self._num = 0
-        self._bodies: list[bytes] = []
-        self._start = first_seq
-
-    def add(self, kind: EventKind, num: int, body: bytes) -> None:
-        if kind is not self._kind or num != self._num or len(self._bodies) >= RUN_MAX:
-            self._flush()
-            self._kind, self._num, self._start = kind, num, self.seq
-        self._bodies.append(body)
-        self.seq += 1
-
-    def add_many(self, kind: EventKind, num: int, bodies: list[bytes]) -> None:
-        self._flush()
-        for i in range(0, len(bodies), RUN_MAX):
-            chunk = bodies[i : i + RUN_MAX]
-            self._records.append((SEQ.pack(self.seq), encode_run(kind, num, chunk)))
-            self.seq += len(chunk)
-
-    def _flush(self) -> None:
-        if self._bodies and self._kind is not None:
-            self._records.append((SEQ.pack(self._start), encode_run(self._kind, self._num, self._bodies)))
-        self._bodies, self._kind = [], None
-
-    def finish(self) -> list[tuple[bytes, bytes]]:
-        self._flush()
-        return self._records
 
 
 class EventLog:
@@ -141,7 +99,7 @@ class EventLog:
             try:
                 return self._append_once(batch)
             except struct.error as e:  # the txn was aborted: nothing of the batch is written
-                _explain_pack_error(batch, e)
+                explain_pack_error(batch, e)
             except lmdb.MapFullError:
                 # The txn is aborted (context manager); with no txn open the map may grow.
                 new_size = self.map_size * 2
@@ -154,83 +112,32 @@ class EventLog:
 
     def _append_once(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
         new_series: dict[str, int] = {}
-        changed: dict[SeriesId, list[Candle]] = {}
-        corrections: list[LogEvent] = []
-        heads: dict[str, SeriesHead] = {}
-        appended = unchanged = 0
         with self._env.begin(write=True) as txn:
-            runs = _RunWriter(self._last_seq_in(txn) + 1)
-            ix_cursor = txn.cursor(self._candles)
+            writes = BatchAppend(
+                txn,
+                candles_db=self._candles,
+                heads_db=self._heads,
+                events_db=self._events,
+                first_seq=self._last_seq_in(txn) + 1,
+            )
             for series, candles in batch.items():
-                if not candles:
-                    continue
-                sid = str(series)
-                num = self._series_nums.get(sid) or new_series.get(sid)
-                if num is None:
-                    num = self._create_series(txn, sid, len(self._series_nums) + len(new_series) + 1)
-                    new_series[sid] = num
-                raw_head = txn.get(SERIES_NUM.pack(num), db=self._heads)
-                head = SeriesHead._make(HEAD.unpack(raw_head)) if raw_head else None
-                if _ascending(candles) and (head is None or candles[0].candle_time > head.head_time):
-                    # Fast path: all new and in order, so no lookups; packing runs in C via map/starmap.
-                    bodies = list(starmap(CANDLE_BODY.pack, candles))
-                    check_packed(series, candles, b"".join(bodies))  # raising aborts the txn: nothing written
-                    times = [c[0] for c in candles]
-                    keys = list(map(CANDLE_KEY.pack, repeat(num), times))
-                    # MDB_APPEND skips the tree search when the run lands after every stored key.
-                    at_end = not ix_cursor.last() or ix_cursor.key() < keys[0]
-                    _consumed, added = ix_cursor.putmulti(zip(keys, bodies, strict=True), append=at_end)
-                    if added != len(keys):
-                        raise RuntimeError(f"index append wrote {added} of {len(keys)} rows")
-                    runs.add_many(_CLOSED, num, bodies)
-                    appended += len(bodies)
-                    changed[series] = list(candles)
-                    first = times[0] if head is None else head.first_time
-                    head = SeriesHead(first, times[-1], len(bodies) + (head.candle_count if head else 0))
-                else:
-                    check_candles(series, candles)
-                    written: list[Candle] = []
-                    first, last, count = head or (candles[0].candle_time, candles[0].candle_time, 0)
-                    for c in candles:
-                        key = CANDLE_KEY.pack(num, c[0])
-                        body = CANDLE_BODY.pack(*c)
-                        stored = ix_cursor.get(key)
-                        if stored is None:
-                            runs.add(_CLOSED, num, body)
-                            appended += 1
-                            count += 1
-                            first, last = min(first, c[0]), max(last, c[0])
-                        elif stored == body:
-                            unchanged += 1
-                            continue
-                        else:
-                            corrections.append(LogEvent(runs.seq, _CORRECTED, sid, c, unpack_body(stored)))
-                            runs.add(_CORRECTED, num, body + stored)
-                        ix_cursor.put(key, body)
-                        written.append(c)
-                    if written:
-                        changed[series] = written
-                    head = SeriesHead(first, last, count)
-                txn.put(SERIES_NUM.pack(num), HEAD.pack(*head), db=self._heads)
-                heads[sid] = head
-            records = runs.finish()
-            if records:
-                _consumed, added = txn.cursor(self._events).putmulti(records, append=True)
-                if added != len(records):  # MDB_APPEND refused a key: the sequence is broken
-                    raise RuntimeError(f"event append wrote {added} of {len(records)} runs")
+                if candles:
+                    sid = str(series)
+                    writes.add_series(series, sid, self._series_num(txn, sid, new_series), candles)
+            writes.write_events()
+        # The mirrors learn the new series only once the transaction has committed.
         for sid, num in new_series.items():
             self._series_nums[sid] = num
             self._series_names[num] = sid
-        return AppendResult(
-            first_seq=runs.first_seq if records else None,
-            last_seq=runs.seq - 1 if records else None,
-            appended=appended,
-            corrected=len(corrections),
-            unchanged=unchanged,
-            changed=changed,
-            corrections=corrections,
-            heads=heads,
-        )
+        return writes.result()
+
+    def _series_num(self, txn: Any, sid: str, new_series: dict[str, int]) -> int:
+        """The series' number, created in ``txn`` (and noted in ``new_series``) when it is new."""
+        num = self._series_nums.get(sid) or new_series.get(sid)
+        if num is None:
+            num = self._create_series(txn, sid, len(self._series_nums) + len(new_series) + 1)
+            new_series[sid] = num
+        return num
 
     def _last_seq_in(self, txn: Any) -> int:
         """Seq of the newest event: the last run's first seq plus its length, minus one."""
@@ -409,23 +316,3 @@ class EventLog:
             "series": len(self._series_nums),
             "last_seq": self.last_seq(),
         }
-
-
-def _ascending(candles: Sequence[Candle]) -> bool:
-    prev = -1
-    for c in candles:
-        if c[0] <= prev:
-            return False
-        prev = c[0]
-    return True
-
-
-def _explain_pack_error(batch: Mapping[SeriesId, Sequence[Candle]], error: struct.error) -> NoReturn:
-    """A pack failed (a float or negative time, a non-number): name the candle and the rule."""
-    for series, candles in batch.items():
-        for c in candles:
-            try:
-                CANDLE_BODY.pack(*c)
-            except struct.error:
-                raise_invalid(series, c)
-    raise CandleError(f"a candle could not be encoded: {error}")
