@@ -186,7 +186,7 @@ async def test_another_uid_is_refused_even_if_the_socket_mode_lets_it_in(tmp_pat
             # the refusal written before the close is still there to read.
             code = (
                 "import socket,sys,contextlib; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
-                "with contextlib.suppress(BrokenPipeError): s.sendall(b'{\"cmd\": \"status\"}\\n')\n"
+                'with contextlib.suppress(BrokenPipeError): s.sendall(b\'{"cmd": "status"}\\n\')\n'
                 "print(s.recv(4096).decode())"
             )
 
