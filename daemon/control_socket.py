@@ -28,8 +28,10 @@ import trio
 from daemon import __version__
 from daemon.backup import BackupError, write_backup
 from daemon.health import health_views, upstream_health
+from daemon.status import stored_status
 from daemon.top_markets import TopMarketsError
 from protocol.errors import ProtocolError
+from protocol.health import lag_seconds
 from protocol.series import SeriesId
 
 if TYPE_CHECKING:
@@ -201,7 +203,7 @@ def _series(request: dict[str, Any]) -> SeriesId:
 async def _status(services: Services) -> dict[str, Any]:
     live = services.live
     sup = live.supervisor.statistics() if live else {}
-    log_stats = services.eventlog.statistics()
+    log_stats = (await stored_status(services)).log
     data_file = services.settings.eventlog_path / "data.mdb"
     size = await trio.to_thread.run_sync(lambda: data_file.stat().st_size if data_file.exists() else 0)
     return {
@@ -222,7 +224,7 @@ async def _status(services: Services) -> dict[str, Any]:
 
 async def _series_rows(services: Services) -> list[dict[str, Any]]:
     now = services.clock.now_s()
-    heads = await services.store.heads()
+    heads = (await stored_status(services)).heads
     live = services.live
     jobs = {j["series_id"]: j for j in (live.supervisor.jobs() if live else [])}
     rows = []
@@ -231,7 +233,6 @@ async def _series_rows(services: Services) -> list[dict[str, Any]]:
         job = jobs.get(upstream, {})
         head = heads.get(str(series))
         head_time = head.head_time if head else None
-        expected = series.timeframe.last_closed_open(now)
         rows.append(
             {
                 "series_id": str(series),
@@ -240,7 +241,7 @@ async def _series_rows(services: Services) -> list[dict[str, Any]]:
                 "running": job.get("running", False),
                 "crashes": job.get("crashes", 0),
                 "head_time": head_time,
-                "lag_seconds": None if head_time is None else max(0, expected - head_time),
+                "lag_seconds": lag_seconds(series, now, head_time),
                 "subscribers": services.hub.subscriber_count(series),
             }
         )
@@ -292,7 +293,7 @@ async def _rebuild(services: Services, request: dict[str, Any], send: Any) -> No
         targets: list[SeriesId] | None = None
     else:
         targets = [_series(request)]
-        if str(targets[0]) not in projector.log.series_ids():
+        if str(targets[0]) not in (await stored_status(services)).heads:
             raise BadControlRequestError(f"no candles stored for {targets[0]}")
     if projector.progress is not None:
         raise BadControlRequestError("a rebuild is already running")
@@ -322,6 +323,5 @@ async def _rebuild(services: Services, request: dict[str, Any], send: Any) -> No
         await send({"event": "error", "code": "rebuild_failed", "detail": outcome["error"]})
     else:
         series = "all" if targets is None else str(targets[0])
-        await send(
-            {"event": "done", "series": series, "candles": outcome["candles"], "checkpoint": projector.checkpoint()}
-        )
+        checkpoint = (await stored_status(services)).projected_seq
+        await send({"event": "done", "series": series, "candles": outcome["candles"], "checkpoint": checkpoint})

@@ -16,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from daemon import __version__
+from daemon.status import StoredStatus, stored_status
+from protocol.health import lag_seconds
 
 if TYPE_CHECKING:
     from actors.fanout.hub import Hub
@@ -28,20 +30,25 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class KlinedCollector(Collector):
+    """Reads the actors' counters at scrape time and the stores from ``stored``, which the scrape reads
+    first, in a worker thread (:func:`daemon.status.stored_status`): nothing here touches LMDB."""
+
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.stored: StoredStatus | None = None
 
     def collect(self) -> Iterator[Metric]:
-        s = self.services
+        s, stored = self.services, self.stored
+        if stored is None:  # only a scrape through MetricsPage.render reads this collector
+            return
         yield from _writer_metrics(s)
         yield from _fanout_metrics(s.hub)
         yield from _repair_metrics(s.history)
         if s.live is not None:
             yield from _live_metrics(s.live)
-        yield _lag_metric(s)
-        stats = s.eventlog.statistics()
-        yield from _projection_metrics(s.projector, stats["last_seq"])
-        yield from _lmdb_metrics(stats)
+        yield _lag_metric(s, stored)
+        yield from _projection_metrics(s.projector, stored)
+        yield from _lmdb_metrics(stored.log)
 
 
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
@@ -103,23 +110,22 @@ def _live_metrics(live: LiveIngest) -> Iterator[Metric]:
     )
 
 
-def _lag_metric(s: Services) -> Metric:
+def _lag_metric(s: Services, stored: StoredStatus) -> Metric:
     """How far each active series' head trails the latest closed period of the exchange clock."""
     lag = GaugeMetricFamily("klined_series_lag_seconds", "latest closed period minus head", labels=["series_id"])
-    heads = s.store.log.heads()
     now = s.clock.now_s()
     for series in s.active_series():
-        head = heads.get(str(series))
+        head = stored.heads.get(str(series))
         if head is not None:
-            lag.add_metric([str(series)], max(0, series.timeframe.last_closed_open(now) - head.head_time))
+            lag.add_metric([str(series)], lag_seconds(series, now, head.head_time) or 0)
     return lag
 
 
-def _projection_metrics(proj: Projector, last_seq: int) -> Iterator[Metric]:
+def _projection_metrics(proj: Projector, stored: StoredStatus) -> Iterator[Metric]:
     yield _gauge(
         "klined_projection_lag_events",
         "log events not yet through factors and overlays",
-        max(0, last_seq - proj.checkpoint()),
+        max(0, stored.last_seq - stored.projected_seq),
     )
     yield _counter("klined_projection_candles_applied", "closed candles applied to projections", proj.stats.applied)
     yield _counter("klined_projection_rewinds", "rewinds on corrections and backfills", proj.stats.rewinds)
@@ -134,11 +140,18 @@ def _lmdb_metrics(stats: Mapping[str, int]) -> Iterator[Metric]:
     yield _counter("klined_lmdb_events", "events in the log (the last seq)", stats["last_seq"])
 
 
-def build_registry(services: Services) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(KlinedCollector(services))
-    register_process_metrics(registry)
-    return registry
+class MetricsPage:
+    """The registry behind ``/metrics``; each scrape reads the stores off the loop, then renders."""
+
+    def __init__(self, services: Services) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = KlinedCollector(services)
+        self.registry.register(self.collector)
+        register_process_metrics(self.registry)
+
+    async def render(self) -> bytes:
+        self.collector.stored = await stored_status(self.collector.services)
+        return generate_latest(self.registry)  # at once, on the loop: the actors' counters are consistent
 
 
 def register_process_metrics(registry: CollectorRegistry) -> None:
@@ -147,7 +160,3 @@ def register_process_metrics(registry: CollectorRegistry) -> None:
     PlatformCollector(registry=registry)
     build = Gauge("klined_build_info", "klined's version and Python's", ["version", "python"], registry=registry)
     build.labels(version=__version__, python=platform.python_version()).set(1)
-
-
-def render_metrics(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)

@@ -1,4 +1,4 @@
-"""``GET /metrics``: the registry of :mod:`daemon.metrics`, rendered at each scrape."""
+"""``GET /metrics``: :class:`daemon.metrics.MetricsPage`, rendered at each scrape."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon.metrics import CONTENT_TYPE, build_registry, render_metrics
+from daemon.metrics import CONTENT_TYPE, MetricsPage
 
 if TYPE_CHECKING:
     from daemon.app import Services
 
 
 def routes(services: Services) -> list[Route]:
-    registry = build_registry(services)
+    page = MetricsPage(services)
 
     async def metrics(request: Request) -> Response:
-        return Response(render_metrics(registry), headers={"Content-Type": CONTENT_TYPE})
+        return Response(await page.render(), headers={"Content-Type": CONTENT_TYPE})
 
     return [Route("/metrics", metrics, methods=["GET"])]

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 
 from actors.series import PendingHole, SeriesState
-from daemon.health import live_health_view, series_health_view
+from daemon.health import live_health_view
+from protocol.health import series_health_view
 from protocol.logrecords import SeriesHead
 from protocol.series import SeriesId
 from protocol.upstream import Hole
