@@ -1,4 +1,4 @@
-"""The closed-candle write path, in SPEC's fixed order: append -> factor -> overlay -> publish.
+"""The closed-candle write path, in SPEC's fixed order: append -> derive -> project -> publish.
 
 Closed candles of every series share one buffer (group commit): it is flushed as soon as the queue
 has been quiet for ``linger_s`` (a burst is over), when it holds ``batch_max`` candles, or at the latest
@@ -6,7 +6,8 @@ has been quiet for ``linger_s`` (a burst is over), when it holds ``batch_max`` c
 a thousand series is a handful of transactions and is durable within milliseconds, not ``flush_s``.
 A flush de-duplicates (last word per (series, time) wins) and orders each series ascending before the
 append. Nothing reaches a stage after the append before the append has committed; a failing append is
-retried with jittered backoff and its candles are kept, never dropped.
+retried with jittered backoff and its candles are kept, never dropped. The stages after an append are one
+:class:`Stages` chain, which every other writer of the log (derived timeframes, imports) runs too.
 """
 
 from __future__ import annotations
@@ -42,7 +43,27 @@ class CandleSink(Protocol):
 
 
 async def no_op_stage(result: AppendResult) -> None:
-    """Factor and overlay until the projections land; the order of the stages is fixed now."""
+    """A stage left out (tests, and the derived writes, which derive nothing further)."""
+
+
+@attrs.frozen
+class Stages:
+    """What follows a committed append, in SPEC's fixed order.
+
+    ``derive`` appends the derived timeframes the batch completes (they run their own chain, without a
+    derive), ``project`` stores factors and overlays in one commit, ``publish`` hands what changed to the
+    subscribers: nothing is published before it is durable and projected.
+    """
+
+    derive: Stage = no_op_stage
+    project: Stage = no_op_stage
+    publish: Stage = no_op_stage
+
+    async def after_append(self, result: AppendResult, *, publish: bool = True) -> None:
+        await self.derive(result)
+        await self.project(result)
+        if publish:
+            await self.publish(result)
 
 
 @attrs.define
@@ -75,10 +96,7 @@ class ClosedCandleWriter:
         batch_max: int = 200,
         flush_s: float = 0.5,
         linger_s: float = LINGER_S,
-        derive: Stage = no_op_stage,
-        factor: Stage = no_op_stage,
-        overlay: Stage = no_op_stage,
-        publish: Stage = no_op_stage,
+        stages: Stages = Stages(),
         queue_size: int = 10_000,
         now_ms: Callable[[], int] | None = None,
         jitter: Jitter = random.random,
@@ -90,8 +108,7 @@ class ClosedCandleWriter:
         self._batch_max = batch_max
         self._flush_s = flush_s
         self._linger_s = min(linger_s, flush_s)
-        # The fixed order after the append; derive writes derived timeframes (as their own series) first.
-        self._stages = (derive, factor, overlay, publish)
+        self.stages = stages
         # Bounded: a full queue makes producers wait (backpressure) rather than lose a closed candle.
         self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
         self.stats = WriterStats()
@@ -205,8 +222,7 @@ class ClosedCandleWriter:
         if self._now_ms is not None:
             now = self._now_ms()
             self.latencies_ms.extend(now - p.sent_ms for p in buffer if p.sent_ms is not None)
-        for stage in self._stages:
-            await stage(result)
+        await self.stages.after_append(result)
         self.stats.flushes += 1
         self.stats.written_events += result.appended + result.corrected
         self.stats.last_flush_size = sum(len(c) for c in batch.values())

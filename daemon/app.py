@@ -23,7 +23,7 @@ from hypercorn.typing import ASGIFramework
 
 from actors.clock import ExchangeClock
 from actors.fanout.hub import Hub
-from actors.pipeline import ClosedCandleWriter
+from actors.pipeline import ClosedCandleWriter, Stages
 from actors.projector import Projector
 from actors.store import Store
 from daemon import __version__
@@ -152,14 +152,12 @@ def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionSto
         notify=hub.publish_system,
         max_in_memory=settings.projection_max_series_in_memory,
     )
-    deriver = Deriver(store, base, derived, bases, publish=hub.publish, project=projector.stage)
+    deriver = Deriver(store, base, derived, bases, after=Stages(project=projector.stage, publish=hub.publish_stage))
     writer = ClosedCandleWriter(
         store,
         batch_max=settings.binance_ws_batch_max,
         flush_s=settings.binance_ws_flush_s,
-        derive=deriver,
-        factor=projector.stage,  # factors and overlays of the batch, one commit, before anything is published
-        publish=hub.publish_stage,
+        stages=Stages(derive=deriver, project=projector.stage, publish=hub.publish_stage),
         now_ms=clock.now_ms,
     )
     live: LiveIngest | None = None

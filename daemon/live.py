@@ -7,7 +7,7 @@ blocks a connection's reader and contains its own failures).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -16,7 +16,7 @@ import trio
 
 from actors.clock import ExchangeClock
 from actors.ingest import UpstreamIngest
-from actors.pipeline import ClosedCandleWriter
+from actors.pipeline import ClosedCandleWriter, Stages
 from actors.rest import BinanceRest, RestError
 from actors.series import BroadcastForming, RepairHole, SeriesActor
 from actors.store import Store
@@ -88,15 +88,13 @@ class Deriver:
         base: Timeframe,
         targets: Sequence[Timeframe],
         bases: set[SeriesId],
-        publish: Callable[[SeriesId, Sequence[Candle]], None] | None = None,
-        project: Callable[[AppendResult], Awaitable[None]] | None = None,
+        after: Stages = Stages(),  # noqa: B008 (a frozen value)
     ) -> None:
         self._store = store
-        self._project = project  # factors and overlays of derived candles, before they are published
+        self._after = after  # derived candles are projected, then published, as any other append
         self.base = base
         self._targets = [t for t in targets if can_derive(base, t)]
         self._bases = bases  # the base series that have derived timeframes
-        self._publish = publish  # derived candles go to subscribers once durable, like any other
         self.derived = 0
 
     def derives(self, series: SeriesId) -> bool:
@@ -124,11 +122,7 @@ class Deriver:
         if batch:
             written = await self._store.append(batch)
             self.derived += written.appended + written.corrected
-            if self._project is not None:
-                await self._project(written)
-            if self._publish is not None:
-                for series, changed in written.changed.items():
-                    self._publish(series, changed)
+            await self._after.after_append(written)
 
 
 def _no_forming_broadcast(series: SeriesId, candle: Candle) -> None:

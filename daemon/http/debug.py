@@ -60,9 +60,9 @@ def write_routes(services: Services) -> list[Route]:
         batch = sorted({c.candle_time: c for c in (body_candle(series, r) for r in raw)}.values())
         if publish:
             await services.writer.write(series, batch)
-        else:  # durable and derived, not pushed to WebSocket subscribers (they get it by catchup)
+        else:  # durable, derived and projected, not pushed to WebSocket subscribers (they get it by catchup)
             result = await store.append({series: batch})
-            await services.deriver(result)
+            await services.writer.stages.after_append(result, publish=False)
         return JSONResponse(
             {
                 "ok": True,

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.pipeline import ClosedCandleWriter
+from actors.pipeline import ClosedCandleWriter, Stages
 from daemon.storage.eventlog import EventLog
 from protocol.backoff import no_jitter
 from protocol.candle import Candle
@@ -111,15 +111,14 @@ async def test_stages_run_in_fixed_order_and_publish_sees_durable_data(elog: Eve
 
         return run
 
-    writer = ClosedCandleWriter(
-        InlineSink(elog), flush_s=0.01, factor=stage("factor"), overlay=stage("overlay"), publish=stage("publish")
-    )
+    stages = Stages(derive=stage("derive"), project=stage("project"), publish=stage("publish"))
+    writer = ClosedCandleWriter(InlineSink(elog), flush_s=0.01, stages=stages)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             result = await writer.write(BTC, [c(60), c(120)])
             nursery.cancel_scope.cancel()
-    assert seen == ["factor", "overlay", "publish"]
+    assert seen == ["derive", "project", "publish"]
     assert result.appended == 2
 
 
@@ -142,7 +141,7 @@ async def test_failed_appends_are_retried_with_backoff_and_lose_nothing(
     async def publish(result: AppendResult) -> None:
         published.append(result)
 
-    writer = ClosedCandleWriter(sink, flush_s=0.5, publish=publish, jitter=no_jitter)
+    writer = ClosedCandleWriter(sink, flush_s=0.5, stages=Stages(publish=publish), jitter=no_jitter)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await writer.submit(BTC, [c(60), c(120)])
