@@ -1,4 +1,4 @@
-"""The projector: factor and overlay projections that follow the event log (issue 8, FACTORS.md).
+"""The projector: factor and overlay projections that follow the event log (FACTORS.md).
 
 It reads the log after its checkpoint, in seq order, and for each series feeds the closed candles to that
 series' :class:`FactorEngine` and :class:`OverlayBuilder`; outputs and the checkpoint they reach commit in

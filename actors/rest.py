@@ -23,8 +23,8 @@ log = structlog.get_logger(__name__)
 
 PAGE: Final = 1000
 # Concurrent requests per REST base. Without a bound, a minute when a thousand series miss their close
-# sends a thousand requests at once: httpcore's pool assignment is quadratic in waiting requests (it
-# ate half a core in bench/ingest.py) and Binance's request-weight budget would not like it either.
+# sends a thousand requests at once: httpcore's pool assignment is quadratic in waiting requests (a core's
+# worth of work for nothing) and Binance's request-weight budget would not like it either.
 MAX_CONCURRENT: Final = 8
 RETRIES: Final = 5
 RETRY_FIRST_S: Final = 1.0

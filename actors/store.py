@@ -4,7 +4,7 @@ py-lmdb requires a write transaction to begin and commit on one thread, so each 
 place. A small batch (the live path: a flush of at most a few thousand candles, a couple of ms with its
 fsync) runs on the event loop itself. In a worker thread it would be slower, not faster: py-lmdb releases
 the GIL around every put, and while the loop is busy with a minute-close burst each re-acquisition waits
-for the interpreter's switch interval (measured: 114 ms for 200 candles in a thread against 2 ms inline).
+for the interpreter's switch interval (docs/design.md has the measurement).
 Big batches (backfill, imports) run in a worker thread so the loop keeps serving. A ``CapacityLimiter(1)``
 keeps writes strictly serial either way. Reads use their own limiter so a long catchup read never queues
 behind a write.

@@ -1,4 +1,4 @@
-"""One symbol built from its trades (issue 7): a trio actor around :class:`protocol.trades.TradeCandles`.
+"""One symbol built from its trades: a trio actor around :class:`protocol.trades.TradeCandles`.
 
 Trades arrive synchronously from the upstream reader (:meth:`TradeSeriesActor.deliver`). The actor's own
 ticker fires ``grace_s`` after each whole minute of exchange time (late trades of the ended minute still
@@ -268,8 +268,8 @@ class TradeSeriesActor:
     async def _audit_synthetic(self) -> None:
         """Every ``AUDIT_EVERY_MS`` of exchange time, check the flat candles against the exchange's klines: one
         it has trades for replaces ours (``candle_corrected``); one it confirms as tradeless stays synthetic.
-        A silent-but-connected stream, a drop, or a restart before a recheck cannot leave a wrong flat candle
-        (found by the chaos run). At start, the flat candles of the last ``AUDIT_WINDOW`` periods and every
+        A silent-but-connected stream, a drop, or a restart before a recheck cannot leave a wrong flat candle.
+        At start, the flat candles of the last ``AUDIT_WINDOW`` periods and every
         one of the last ``AUDIT_TAIL`` are queued: a previous life may have written them and stopped before
         checking."""
         if self._read_recent is not None:

@@ -47,7 +47,7 @@ log = structlog.get_logger(__name__)
 
 GC_THRESHOLDS: Final = (10_000, 10, 1000)
 # A stop ends within this, whatever a peer does: hypercorn shields its socket sends, so a subscriber that
-# stopped reading with its TCP window full would hold a graceful close forever (found by the chaos run).
+# stopped reading with its TCP window full would hold a graceful close forever.
 # By then the writer has drained (every acknowledged candle is durable), so the exit is clean.
 SHUTDOWN_DEADLINE_S: Final = 4.5
 STARTUP_CLOCK_S: Final = 2.0  # at most this for the exchange clock before the startup sync (else: host time)
@@ -257,12 +257,11 @@ async def serve_daemon(
         binds = await nursery.start(serve_http)
         http_url = binds[0]
         # Start-up objects live for the whole run: moving them out of the collector's generations keeps
-        # full collections short (tail(2000) p99 8.7 ms -> 1.1 ms in bench/eventlog.py).
+        # full collections short, so they stop showing in read latencies (docs/design.md, "Garbage collection").
         gc.collect()
         gc.freeze()
         # A young collection every 10,000 allocations instead of 700: the fan-out makes a few dozen
-        # short-lived objects per frame, and at the default the collector ran hundreds of times a second
-        # (bench/fanout.py at 1000 clients: klined CPU 35 % -> 26 %, p99 46-59 ms -> 27-33 ms).
+        # short-lived objects per frame, and at the default the collector ran hundreds of times a second.
         gc.set_threshold(*GC_THRESHOLDS)
         log.info("daemon_ready", version=__version__, http_url=http_url, data_dir=str(settings.data_path))
         notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS={status_line(services)} on {http_url}")

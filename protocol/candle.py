@@ -15,8 +15,7 @@ from protocol.timeframes import Timeframe
 
 # Binance's quantities are decimals of at most 8 places. A volume summed from floats (derived timeframes,
 # trades) is rounded to them: the noise of a float sum (127.07172999999999 for 127.07173) made a derived 5m
-# differ from the exchange's own 5m kline, and each replacing the other was a correction of nothing (found
-# by the chaos run).
+# differ from the exchange's own 5m kline, and each replacing the other was a correction of nothing.
 VOLUME_PLACES: Final = 8
 
 

@@ -1,4 +1,4 @@
-"""Candles from trades, driven by the clock (sans-IO): the trade source of issue 7.
+"""Candles from trades, driven by the clock (sans-IO): the trade source of a series.
 
 One :class:`TradeCandles` per symbol keeps an open candle per timeframe. Trades update the open candles
 of every timeframe at once. At each tick (a whole minute of exchange time) :meth:`TradeCandles.tick`

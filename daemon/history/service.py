@@ -1,4 +1,4 @@
-"""The three repairs of the past (issue 5), each behind its own flag, each best-effort and visible:
+"""The three repairs of the past, each behind its own flag, each best-effort and visible:
 
 - gap backfill: a known hole ``expected_next_time..actual_time`` from freqtrade files, then the exchange;
 - tail coverage: the reader wants N candles up to a time: freqtrade -> derive from the base timeframe ->

@@ -3,7 +3,7 @@ no transaction open, and read transactions run in worker threads (HTTP reads, ca
 
 Growing through :meth:`ResizeGate.resize` waits for the open reads to end and holds new ones back meanwhile
 (a few ms: reads are short). Without it, a read beginning during the resize failed with
-``mdb_txn_begin: Invalid argument`` and answered 500 (found by the chaos run: a 1 MB map growing under load).
+``mdb_txn_begin: Invalid argument`` and answered 500 (a small map growing under load).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ checkpoints it reaches commit in ONE write transaction (``daemon.storage.project
 opens the environment, guards it across OS crashes, and reads.
 
 Commits do not fsync: projections are rebuilt from the log, so they need not be durable, only visible
-before the candle is published (an fsync per minute-close burst cost 8 ms of the publish path). Without
+before the candle is published (an fsync per minute-close burst would sit in the publish path). Without
 fsync, LMDB survives a killed process (the OS page cache holds every commit) but not an OS crash or power
 cut in the middle of a run; ``state.json`` records the boot and a clean close, and a store left open by an
 earlier boot is wiped at open, so the projector rebuilds it from the log.
