@@ -94,9 +94,10 @@ async def open_projections(settings: Settings) -> AsyncIterator[ProjectionStore]
         pstore.close()
 
 
-@attrs.define
+@attrs.frozen
 class Services:
-    """The long-lived parts every front (HTTP, WebSocket, live ingest) shares."""
+    """The long-lived parts every front (HTTP, WebSocket, live ingest) shares, wired once by
+    :func:`build_services` and never re-pointed (frozen)."""
 
     settings: Settings
     eventlog: EventLog  # the storage itself, for what only the daemon does with it (backup, statistics)
@@ -119,7 +120,7 @@ class Services:
 
     def whitelist(self) -> list[SeriesId]:
         """The effective whitelist: the config's, with the operator's run-time pins and unpins."""
-        return self.pins.effective(self.settings.whitelist_series)
+        return self.pins.effective()
 
     def active_series(self) -> list[SeriesId]:
         """What health, status and metrics cover: the whitelist, subscribed series, running actors."""
@@ -160,13 +161,6 @@ def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionSto
         stages=Stages(derive=deriver, project=projector.stage, publish=hub.publish_stage),
         now_ms=clock.now_ms,
     )
-    live: LiveIngest | None = None
-    if settings.enable_whitelist_ingest or settings.enable_ondemand_ingest:
-        live = LiveIngest(
-            settings, store, writer=writer, clock=clock, deriver=deriver, broadcast_forming=hub.publish_forming
-        )
-        if settings.enable_ondemand_ingest:
-            hub.ingest = live
     top = TopMarkets(settings.binance_spot_rest_url, settings.binance_futures_rest_url)
     history = History(
         settings,
@@ -177,14 +171,21 @@ def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionSto
         derived=derived,
         now_s=clock.now_s,
     )
-    hub.heal = history.heal  # holes before a live candle: the log, then a bounded gap backfill when on
-    if live is not None:
-        live.repair_hole = history.repair_hole  # holes the actors find (reconnects, late closes)
-    pins = RuntimePins(settings.data_path / "pins.json")
-    if live is not None:
-        live.whitelist = pins.effective(settings.whitelist_series)
-        live.trade_symbols.update(pins.trade_symbols)
-        live.on_listed = pins.listed
+    pins = RuntimePins(settings.data_path / "pins.json", settings.whitelist_series)
+    live: LiveIngest | None = None
+    if settings.enable_whitelist_ingest or settings.enable_ondemand_ingest:
+        live = LiveIngest(
+            settings,
+            store,
+            writer=writer,
+            clock=clock,
+            deriver=deriver,
+            broadcast_forming=hub.publish_forming,
+            whitelist=pins.effective(),
+            trade_symbols=pins.trade_symbols,
+            on_listed=pins.listed,
+            repair_hole=history.repair_hole,  # holes the actors find (reconnects, late closes)
+        )
     return Services(settings, eventlog, pstore, store, clock, hub, writer, deriver, live, top, history, pins, projector)
 
 
@@ -195,97 +196,133 @@ async def serve_daemon(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until ``Running.stop`` is set; ``started`` (and systemd's READY=1) means the log is open, heads
-    restored, startup sync done and every listener bound."""
+    restored, startup sync done and every listener bound. The steps: open the stores, start the actors,
+    serve, and, once stopped, shut down in order."""
     stop = trio.Event()
     notifier = notifier or Notifier()
-    live_scope = trio.CancelScope()
     async with (
         open_eventlog(settings) as eventlog,
         open_projections(settings) as pstore,
         trio.open_nursery() as nursery,
     ):
         services = build_services(settings, eventlog, pstore)
-        store = services.store
-        projector = services.projector
-        await nursery.start(services.hub.run)
-        if projector.needs_rebuild():
-            nursery.start_soon(projector.start)  # a rebuild from the log, in the background: candles keep flowing
-        else:
-            await projector.start()
-        await nursery.start(projector.follow, store.wait_appended)
-        await nursery.start(services.writer.run)
-        await nursery.start(services.history.run)
-        await nursery.start(serve_control, services, settings.control_socket_path)
-        whitelist = services.whitelist()
-        if settings.enable_startup_kline_sync and whitelist:
-            notifier.send(f"STATUS=startup sync of {len(whitelist)} series")
-            if services.live is not None:
-                with trio.move_on_after(STARTUP_CLOCK_S):  # its window ends at the exchange's last closed period
-                    await services.live.measure_clock()
-            await services.history.startup_sync(whitelist)  # before ready, as SPEC asks
-        if services.live is not None:
-            live = services.live
-
-            async def run_live(task_status: trio.TaskStatus[None]) -> None:
-                with live_scope:  # stopped first at shutdown: no new candle once the writer drains
-                    await live.run(task_status=task_status)
-
-            await nursery.start(run_live)
-        config = HypercornConfig()
-        config.bind = [
-            http_listener_bind(settings.http_host, settings.http_port, send_timeout_s=settings.http_send_timeout_s)
-        ]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler of its own
-        config.graceful_timeout = 3.0
-        # Chart clients and bots keep connections; a short idle cut races their next request on a pooled
-        # connection ("server disconnected without a response"), as nginx's default 75 s avoids. hypercorn's
-        # idle timer also runs from accept until a whole request head arrives, so the same limit cuts a peer
-        # that never sends and one that trickles its header (its task and socket are freed then).
-        config.keep_alive_timeout = settings.http_idle_timeout_s
-        # Frames over our limit get a bad_request and the connection stays; far over it, hypercorn closes.
-        config.websocket_max_message_size = max(4 * settings.market_ws_max_message_bytes, 1 << 20)
-        app = cast(ASGIFramework, build_app(services))  # Starlette is ASGI 3; the types differ only nominally
-        shutdown, served = trio.Event(), trio.Event()
-
-        async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
-            finally:
-                served.set()
-
-        binds = await nursery.start(serve_http)
-        http_url = binds[0]
-        # Start-up objects live for the whole run: moving them out of the collector's generations keeps
-        # full collections short, so they stop showing in read latencies (docs/design.md, "Garbage collection").
-        gc.collect()
-        gc.freeze()
-        # A young collection every 10,000 allocations instead of 700: the fan-out makes a few dozen
-        # short-lived objects per frame, and at the default the collector ran hundreds of times a second.
-        gc.set_threshold(*GC_THRESHOLDS)
-        log.info("daemon_ready", version=__version__, http_url=http_url, data_dir=str(settings.data_path))
-        notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS={status_line(services)} on {http_url}")
+        live_scope = trio.CancelScope()
+        await start_actors(services, nursery, notifier, live_scope)
+        http = await serve_http(services, nursery)
+        announce_ready(services, notifier, http.url)
         nursery.start_soon(notifier.watchdog)
-        task_status.started(Running(http_url=http_url, store=store, stop=stop, live=services.live, services=services))
+        task_status.started(
+            Running(http_url=http.url, store=services.store, stop=stop, live=services.live, services=services)
+        )
         await stop.wait()
-        log.info("daemon_stopping")
-        notifier.send("STOPPING=1", "STATUS=stopping: flushing closed candles, closing subscribers")
-        # Within the 5 s a stop may take: no new candles, every queued closed candle durable, subscribers
-        # told (a `system` goodbye, then 1001 server_shutdown), then the listeners and the log close.
-        live_scope.cancel()
-        shutdown.set()  # hypercorn stops accepting
-        with trio.move_on_after(2.0):
-            await services.writer.close()
-        with trio.move_on_after(1.0):
-            await projector.snapshot_all()  # a restart then resumes each series without replaying its tail
-        services.hub.shutdown()
-        with trio.move_on_after(1.5):
-            await services.hub.wait_all_closed()
-        with trio.move_on_after(1.0):
-            await served.wait()  # hypercorn drains open requests; the cancel below ends whatever remains
+        await shut_down(services, notifier, live_scope, http)
         nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
             await services.top_markets.aclose()
+
+
+async def start_actors(
+    services: Services, nursery: trio.Nursery, notifier: Notifier, live_scope: trio.CancelScope
+) -> None:
+    """The hub, projections, writer, repairs and the control socket; the startup sync; then live ingest
+    (inside ``live_scope``, which shutdown cancels first)."""
+    settings, projector, live = services.settings, services.projector, services.live
+    ingest = live if live is not None and settings.enable_ondemand_ingest else None
+    # Holes before a live candle: the log, then a bounded gap backfill when on.
+    await nursery.start(functools.partial(services.hub.run, ingest=ingest, heal=services.history.heal))
+    if projector.needs_rebuild():
+        nursery.start_soon(projector.start)  # a rebuild from the log, in the background: candles keep flowing
+    else:
+        await projector.start()
+    await nursery.start(projector.follow, services.store.wait_appended)
+    await nursery.start(services.writer.run)
+    await nursery.start(services.history.run)
+    await nursery.start(serve_control, services, settings.control_socket_path)
+    whitelist = services.whitelist()
+    if settings.enable_startup_kline_sync and whitelist:
+        notifier.send(f"STATUS=startup sync of {len(whitelist)} series")
+        if live is not None:
+            with trio.move_on_after(STARTUP_CLOCK_S):  # its window ends at the exchange's last closed period
+                await live.measure_clock()
+        await services.history.startup_sync(whitelist)  # before ready, as SPEC asks
+    if live is not None:
+
+        async def run_live(task_status: trio.TaskStatus[None]) -> None:
+            with live_scope:  # stopped first at shutdown: no new candle once the writer drains
+                await live.run(task_status=task_status)
+
+        await nursery.start(run_live)
+
+
+@attrs.frozen
+class HttpServer:
+    url: str
+    shutdown: trio.Event  # set: hypercorn stops accepting and drains
+    served: trio.Event  # set once hypercorn has returned
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [
+        http_listener_bind(settings.http_host, settings.http_port, send_timeout_s=settings.http_send_timeout_s)
+    ]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler of its own
+    config.graceful_timeout = 3.0
+    # Chart clients and bots keep connections; a short idle cut races their next request on a pooled
+    # connection ("server disconnected without a response"), as nginx's default 75 s avoids. hypercorn's
+    # idle timer also runs from accept until a whole request head arrives, so the same limit cuts a peer
+    # that never sends and one that trickles its header (its task and socket are freed then).
+    config.keep_alive_timeout = settings.http_idle_timeout_s
+    # Frames over our limit get a bad_request and the connection stays; far over it, hypercorn closes.
+    config.websocket_max_message_size = max(4 * settings.market_ws_max_message_bytes, 1 << 20)
+    return config
+
+
+async def serve_http(services: Services, nursery: trio.Nursery) -> HttpServer:
+    """HTTP and ``/ws/market`` on one listener, until the returned server's ``shutdown`` is set."""
+    config = hypercorn_config(services.settings)
+    app = cast(ASGIFramework, build_app(services))  # Starlette is ASGI 3; the types differ only nominally
+    shutdown, served = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+        finally:
+            served.set()
+
+    binds = await nursery.start(run)
+    return HttpServer(binds[0], shutdown, served)
+
+
+def announce_ready(services: Services, notifier: Notifier, http_url: str) -> None:
+    # Start-up objects live for the whole run: moving them out of the collector's generations keeps
+    # full collections short, so they stop showing in read latencies (docs/design.md, "Garbage collection").
+    gc.collect()
+    gc.freeze()
+    # A young collection every 10,000 allocations instead of 700: the fan-out makes a few dozen
+    # short-lived objects per frame, and at the default the collector ran hundreds of times a second.
+    gc.set_threshold(*GC_THRESHOLDS)
+    log.info("daemon_ready", version=__version__, http_url=http_url, data_dir=str(services.settings.data_path))
+    notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS={status_line(services)} on {http_url}")
+
+
+async def shut_down(services: Services, notifier: Notifier, live_scope: trio.CancelScope, http: HttpServer) -> None:
+    """Within the 5 s a stop may take: no new candles, every queued closed candle durable, subscribers told
+    (a ``system`` goodbye, then 1001 server_shutdown), then the listeners; the caller closes the log."""
+    log.info("daemon_stopping")
+    notifier.send("STOPPING=1", "STATUS=stopping: flushing closed candles, closing subscribers")
+    live_scope.cancel()
+    http.shutdown.set()  # hypercorn stops accepting
+    with trio.move_on_after(2.0):
+        await services.writer.close()
+    with trio.move_on_after(1.0):
+        await services.projector.snapshot_all()  # a restart then resumes each series without replaying its tail
+    services.hub.shutdown()
+    with trio.move_on_after(1.5):
+        await services.hub.wait_all_closed()
+    with trio.move_on_after(1.0):
+        await http.served.wait()  # hypercorn drains open requests; the nursery's cancel ends whatever remains
 
 
 def status_line(services: Services) -> str:
@@ -342,6 +379,6 @@ def reload_whitelist(running: Running, config_path: str | None) -> None:
     except ConfigError as e:  # a bad edit keeps the running whitelist; the operator is told
         log.warning("reload_failed", error=str(e))
         return
-    services.settings = attrs.evolve(services.settings, whitelist=fresh.whitelist)
+    services.pins.reload(fresh.whitelist_series)
     services.apply_whitelist()
     log.info("whitelist_reloaded", series=[str(s) for s in services.whitelist()])

@@ -7,7 +7,7 @@ blocks a connection's reader and contains its own failures).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -141,23 +141,29 @@ class LiveIngest:
         clock: ExchangeClock,
         deriver: Deriver,
         broadcast_forming: BroadcastForming = _no_forming_broadcast,
+        whitelist: Sequence[SeriesId] | None = None,
+        trade_symbols: Iterable[str] = (),
+        on_listed: Callable[[SeriesId], None] | None = None,
+        repair_hole: RepairHole | None = None,
     ) -> None:
+        """``whitelist`` defaults to the configured one; ``trade_symbols`` adds to ``trade_sources``;
+        ``on_listed`` hears of each discovered listing; ``repair_hole`` fills the holes the actors find."""
         self.settings = settings
         self.store = store
-        self.whitelist: list[SeriesId] = list(settings.whitelist_series)
+        self.whitelist: list[SeriesId] = list(settings.whitelist_series if whitelist is None else whitelist)
         self.clock = clock
         self.deriver = deriver
         self.writer = writer
         self._broadcast_forming = broadcast_forming
-        self.repair_hole: RepairHole | None = None  # History.repair_hole
+        self.repair_hole = repair_hole
         self.rest: dict[Market, BinanceRest] = {
             "spot": BinanceRest(settings.binance_spot_rest_url, futures=False),
             "futures": BinanceRest(settings.binance_futures_rest_url, futures=True),
         }
         self.actors: dict[SeriesId, SeriesActor] = {}
         self.trade_actors: dict[SeriesId, TradeSeriesActor] = {}
-        self.trade_symbols: set[str] = set(settings.trade_sources)
-        self.on_listed: Callable[[SeriesId], None] | None = None
+        self.trade_symbols: set[str] = {*settings.trade_sources, *trade_symbols}
+        self.on_listed = on_listed
         self._discovery_polled = trio.Event()
         self._actor_started = trio.Event()
         self.router: Router | None = None

@@ -13,8 +13,11 @@ from protocol.series import SeriesId
 
 
 class RuntimePins:
-    def __init__(self, path: Path) -> None:
+    """The operator's whitelist: the configured series (re-read on SIGHUP) and the run-time pins and unpins."""
+
+    def __init__(self, path: Path, configured: Iterable[SeriesId] = ()) -> None:
         self.path = path
+        self.configured: list[SeriesId] = list(configured)
         self.pinned: list[str] = []
         self.unpinned: list[str] = []
         self.trade_symbols: list[str] = []  # discovered listings built from trades ("binance:spot:NEW/USDT")
@@ -24,8 +27,12 @@ class RuntimePins:
             self.unpinned = [str(SeriesId.parse(s)) for s in data.get("unpinned", [])]
             self.trade_symbols = [str(s) for s in data.get("trade_symbols", [])]
 
-    def effective(self, configured: Iterable[SeriesId]) -> list[SeriesId]:
-        out = dict.fromkeys(str(s) for s in configured)
+    def reload(self, configured: Iterable[SeriesId]) -> None:
+        """The config's whitelist changed (SIGHUP); the pins stand."""
+        self.configured = list(configured)
+
+    def effective(self, configured: Iterable[SeriesId] | None = None) -> list[SeriesId]:
+        out = dict.fromkeys(str(s) for s in (self.configured if configured is None else configured))
         out.update(dict.fromkeys(self.pinned))
         for s in self.unpinned:
             out.pop(s, None)

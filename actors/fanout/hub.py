@@ -66,11 +66,19 @@ class Hub:
         """(series, after, before) -> the candles that fill a hole before a live candle (the log by default)."""
         return self._delivery.heal
 
-    @heal.setter
-    def heal(self, heal: Heal) -> None:
-        self._delivery.heal = heal
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        *,
+        ingest: IngestControl | None = None,
+        heal: Heal | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled. On-demand ingest and gap repair are handed over here, not at construction:
+        both are built after the hub, since they publish through it."""
+        if ingest is not None:
+            self.ingest = ingest
+        if heal is not None:
+            self._delivery.heal = heal
         async with trio.open_nursery() as nursery:
             self._nursery = self._delivery.nursery = nursery
             task_status.started()
