@@ -193,8 +193,8 @@ class Projector:
                 if result is not None and result.first_seq == after + 1 and result.last_seq is not None:
                     events = _result_events(result)
                     result = None
-                else:
-                    events = self.log.events_since(after, CHUNK_EVENTS)
+                else:  # appends made elsewhere: read back from the log, off the event loop
+                    events = await trio.to_thread.run_sync(self.log.events_since, after, CHUNK_EVENTS)
                 if not events:
                     return
                 if len(events) <= INLINE_EVENTS:

@@ -64,6 +64,9 @@ class ProjectionStore:
         self.dv = self._env.open_db(b"dv")
         self.dlast = self._env.open_db(b"dlast")
         self.snap = self._env.open_db(b"snap")
+        # This process is the store's only writer: the checkpoints are read once here and then kept as each
+        # write commits, so asking for one (the projector's live path, health, /metrics) is no LMDB read.
+        self._checkpoints = {which: self._stored_checkpoint(which) for which in ("factor", "overlay")}
 
     def close(self) -> None:
         self._env.sync(True)
@@ -119,6 +122,7 @@ class ProjectionStore:
             if version is not None:
                 txn.put(b"draw_version", version, db=self.meta)
             txn.put(b"epoch", U64.pack((U64.unpack(epoch)[0] if epoch else 0) + 1), db=self.meta)
+        self._checkpoints = dict.fromkeys(self._checkpoints, 0)
 
     # -- reads (any thread; each its own read transaction) -------------------------------------------
 
@@ -128,6 +132,10 @@ class ProjectionStore:
             return None if raw is None else bytes(raw)
 
     def checkpoint(self, which: str = "factor") -> int:
+        """The last log seq whose projections are stored (``factor`` and ``overlay`` commit together)."""
+        return self._checkpoints[which]
+
+    def _stored_checkpoint(self, which: str) -> int:
         raw = self.meta_value(f"checkpoint:{which}")
         return U64.unpack(raw)[0] if raw else 0
 
@@ -233,5 +241,7 @@ class _WriteContext:
         if exc_type is None:
             self._w.finish()
             self._txn.commit()
+            if self._w.checkpoint is not None:
+                self._store._checkpoints = dict.fromkeys(self._store._checkpoints, self._w.checkpoint)
         else:
             self._txn.abort()

@@ -40,6 +40,7 @@ class ProjectionTxn:
         self._fev = txn.cursor(store.fev)
         self._version: int | None = None  # the global overlay version counter, written back at commit
         self._touches: dict[tuple[int, str], tuple[int, int]] = {}  # moving instructions, written at commit
+        self.checkpoint: int | None = None  # set by set_checkpoints
 
     # -- series and meta --------------------------------------------------------------------------
 
@@ -60,6 +61,7 @@ class ProjectionTxn:
         self.txn.put(key.encode(), value, db=self._s.meta)
 
     def set_checkpoints(self, seq: int) -> None:
+        self.checkpoint = seq  # the store keeps it once the transaction commits
         packed = U64.pack(seq)
         self.txn.put(b"checkpoint:factor", packed, db=self._s.meta)
         self.txn.put(b"checkpoint:overlay", packed, db=self._s.meta)
