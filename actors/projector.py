@@ -109,23 +109,6 @@ class Projector:
     def checkpoint(self) -> int:
         return self.pstore.checkpoint()
 
-    def projected_time(self, series: SeriesId | str) -> int | None:
-        """The latest candle time whose factors and overlays are stored (None: nothing projected)."""
-        known = self._known(str(series))
-        return None if known is None else known[1]
-
-    def series_num(self, series: SeriesId | str) -> int | None:
-        known = self._known(str(series))
-        return None if known is None else known[0]
-
-    def _known(self, sid: str) -> tuple[int, int | None] | None:
-        """(number, last projected time) of a series: from memory when it is there, else its stored record."""
-        mem = self.replay.mem.get(sid)
-        if mem is not None:
-            return mem.num, mem.last_time
-        record = self.pstore.series_record(sid)
-        return None if record is None else (int(record["num"]), record["last_time"])
-
     def statistics(self) -> dict[str, Any]:
         return {
             **attrs.asdict(self.stats),

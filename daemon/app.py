@@ -22,7 +22,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
 from actors.clock import ExchangeClock
-from actors.fanout.hub import Hub
+from actors.fanout.hub import FanOut
 from actors.pipeline import ClosedCandleWriter, Stages
 from actors.projector import Projector
 from actors.store import Store
@@ -61,7 +61,7 @@ class Running:
     store: Store
     stop: trio.Event
     live: LiveIngest | None = None
-    services: Services | None = None
+    services: Wiring | None = None
 
 
 @asynccontextmanager
@@ -95,16 +95,16 @@ async def open_projections(settings: Settings) -> AsyncIterator[ProjectionStore]
 
 
 @attrs.frozen
-class Services:
+class Wiring:
     """The long-lived parts every front (HTTP, WebSocket, live ingest) shares, wired once by
-    :func:`build_services` and never re-pointed (frozen)."""
+    :func:`build_services` and never re-pointed (frozen): the one wiring object."""
 
     settings: Settings
     eventlog: EventLog  # the storage itself, for what only the daemon does with it (backup, statistics)
     projections: ProjectionStore
     store: Store
     clock: ExchangeClock
-    hub: Hub
+    hub: FanOut
     writer: ClosedCandleWriter
     deriver: Deriver
     live: LiveIngest | None
@@ -133,10 +133,10 @@ class Services:
             live.apply_whitelist(self.whitelist(), lambda s: self.hub.holders(live.upstream_series, s))
 
 
-def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionStore) -> Services:
+def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionStore) -> Wiring:
     store = Store(eventlog)
     clock = ExchangeClock(speed=settings.dev_clock_speed)
-    hub = Hub(
+    hub = FanOut(
         store,
         now_s=clock.now_s,
         catchup_limit=settings.market_ws_catchup_limit,
@@ -186,7 +186,7 @@ def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionSto
             on_listed=pins.listed,
             repair_hole=history.repair_hole,  # holes the actors find (reconnects, late closes)
         )
-    return Services(settings, eventlog, pstore, store, clock, hub, writer, deriver, live, top, history, pins, projector)
+    return Wiring(settings, eventlog, pstore, store, clock, hub, writer, deriver, live, top, history, pins, projector)
 
 
 async def serve_daemon(
@@ -222,7 +222,7 @@ async def serve_daemon(
 
 
 async def start_actors(
-    services: Services, nursery: trio.Nursery, notifier: Notifier, live_scope: trio.CancelScope
+    services: Wiring, nursery: trio.Nursery, notifier: Notifier, live_scope: trio.CancelScope
 ) -> None:
     """The hub, projections, writer, repairs and the control socket; the startup sync; then live ingest
     (inside ``live_scope``, which shutdown cancels first)."""
@@ -279,7 +279,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
-async def serve_http(services: Services, nursery: trio.Nursery) -> HttpServer:
+async def serve_http(services: Wiring, nursery: trio.Nursery) -> HttpServer:
     """HTTP and ``/ws/market`` on one listener, until the returned server's ``shutdown`` is set."""
     config = hypercorn_config(services.settings)
     app = cast(ASGIFramework, build_app(services))  # Starlette is ASGI 3; the types differ only nominally
@@ -295,7 +295,7 @@ async def serve_http(services: Services, nursery: trio.Nursery) -> HttpServer:
     return HttpServer(binds[0], shutdown, served)
 
 
-def announce_ready(services: Services, notifier: Notifier, http_url: str) -> None:
+def announce_ready(services: Wiring, notifier: Notifier, http_url: str) -> None:
     # Start-up objects live for the whole run: moving them out of the collector's generations keeps
     # full collections short, so they stop showing in read latencies (docs/design.md, "Garbage collection").
     gc.collect()
@@ -307,7 +307,7 @@ def announce_ready(services: Services, notifier: Notifier, http_url: str) -> Non
     notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS={status_line(services)} on {http_url}")
 
 
-async def shut_down(services: Services, notifier: Notifier, live_scope: trio.CancelScope, http: HttpServer) -> None:
+async def shut_down(services: Wiring, notifier: Notifier, live_scope: trio.CancelScope, http: HttpServer) -> None:
     """Within the 5 s a stop may take: no new candles, every queued closed candle durable, subscribers told
     (a ``system`` goodbye, then 1001 server_shutdown), then the listeners; the caller closes the log."""
     log.info("daemon_stopping")
@@ -325,7 +325,7 @@ async def shut_down(services: Services, notifier: Notifier, live_scope: trio.Can
         await http.served.wait()  # hypercorn drains open requests; the nursery's cancel ends whatever remains
 
 
-def status_line(services: Services) -> str:
+def status_line(services: Wiring) -> str:
     live = services.live
     actors = len(live.actors) if live else 0
     return f"serving: {actors} live series, {services.hub.connection_count} WebSocket connections"

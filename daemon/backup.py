@@ -34,7 +34,7 @@ import trio
 from daemon import __version__
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
 
 FORMAT: Final = "klined-backup/1"
 LOG_MEMBER: Final = "eventlog/data.mdb"
@@ -51,7 +51,7 @@ class BackupError(Exception):
 # -- the daemon's side ------------------------------------------------------------------------------------
 
 
-async def write_backup(services: Services, fd: int) -> dict[str, Any]:
+async def write_backup(services: Wiring, fd: int) -> dict[str, Any]:
     """Write the archive into ``fd`` (an empty regular file open for writing); a summary for the client."""
     _check_destination(fd)
     pins = services.pins.path

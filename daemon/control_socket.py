@@ -35,7 +35,7 @@ from protocol.health import lag_seconds
 from protocol.series import SeriesId
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,7 @@ FD_SIZE: Final = array.array("i").itemsize
 
 
 async def serve_control(
-    services: Services, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    services: Wiring, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     await trio.to_thread.run_sync(_prepare, path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -77,7 +77,7 @@ def peer_uid(stream: trio.abc.Stream) -> int | None:
     return int(uid)
 
 
-async def _serve_one(services: Services, stream: trio.SocketStream) -> None:
+async def _serve_one(services: Wiring, stream: trio.SocketStream) -> None:
     """One operator connection. Whatever its peer does (garbage, a reset, a half-close, silence) ends this
     connection only: nothing escapes into the daemon's nursery, and an ordinary disconnect logs no traceback."""
     fds: list[int] = []
@@ -94,7 +94,7 @@ async def _serve_one(services: Services, stream: trio.SocketStream) -> None:
                 os.close(fd)
 
 
-async def _converse(services: Services, stream: trio.SocketStream, fds: list[int]) -> None:
+async def _converse(services: Wiring, stream: trio.SocketStream, fds: list[int]) -> None:
     async def send(obj: dict[str, Any]) -> None:
         await stream.send_all(orjson.dumps(obj) + b"\n")
 
@@ -146,7 +146,7 @@ async def _read_request(sock: trio.socket.SocketType, fds: list[int]) -> dict[st
     return request
 
 
-async def _handle(services: Services, request: dict[str, Any], fds: list[int], send: Any) -> None:
+async def _handle(services: Wiring, request: dict[str, Any], fds: list[int], send: Any) -> None:
     cmd = request.get("cmd")
     if cmd == "version":
         await send({"event": "done", "version": __version__})
@@ -200,7 +200,7 @@ def _series(request: dict[str, Any]) -> SeriesId:
         raise BadControlRequestError(f"invalid series_id: {e}") from None
 
 
-async def _status(services: Services) -> dict[str, Any]:
+async def _status(services: Wiring) -> dict[str, Any]:
     live = services.live
     sup = live.supervisor.statistics() if live else {}
     log_stats = (await stored_status(services)).log
@@ -222,7 +222,7 @@ async def _status(services: Services) -> dict[str, Any]:
     }
 
 
-async def _series_rows(services: Services) -> list[dict[str, Any]]:
+async def _series_rows(services: Wiring) -> list[dict[str, Any]]:
     now = services.clock.now_s()
     heads = (await stored_status(services)).heads
     live = services.live
@@ -248,7 +248,7 @@ async def _series_rows(services: Services) -> list[dict[str, Any]]:
     return rows
 
 
-async def _backfill(services: Services, request: dict[str, Any], send: Any) -> None:
+async def _backfill(services: Wiring, request: dict[str, Any], send: Any) -> None:
     series = _series(request)
     tf = series.timeframe
     since, until = request.get("since"), request.get("until")
@@ -286,7 +286,7 @@ async def _backfill(services: Services, request: dict[str, Any], send: Any) -> N
         await send({"event": "done", "series_id": str(series), "first": first, "last": last, **outcome})
 
 
-async def _rebuild(services: Services, request: dict[str, Any], send: Any) -> None:
+async def _rebuild(services: Wiring, request: dict[str, Any], send: Any) -> None:
     """Rebuild factor/overlay projections from the log (one series or ``all``), with progress."""
     projector = services.projector
     if request.get("all"):

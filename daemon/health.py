@@ -11,23 +11,23 @@ from protocol.logrecords import SeriesHead
 from protocol.series import SeriesId
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
 
 
-async def health_views(services: Services, now_time: int) -> list[dict[str, Any]]:
+async def health_views(services: Wiring, now_time: int) -> list[dict[str, Any]]:
     """The health view of every active series (HTTP without ``series_id``, and ``klinectl health``)."""
     heads = (await stored_status(services)).heads
     return [live_health_view(services, s, now_time, heads.get(str(s))) for s in services.active_series()]
 
 
-def live_health_view(services: Services, series: SeriesId, now_time: int, head: SeriesHead | None) -> dict[str, Any]:
+def live_health_view(services: Wiring, series: SeriesId, now_time: int, head: SeriesHead | None) -> dict[str, Any]:
     """:func:`series_health_view` with what the running daemon knows: backfill progress and pending holes."""
     return series_health_view(
         series, now_time, head, services.history.progress.view(series), _holes_pending(services, series)
     )
 
 
-def _holes_pending(services: Services, series: SeriesId) -> int:
+def _holes_pending(services: Wiring, series: SeriesId) -> int:
     """Candles missing in the holes a series actor will ask the exchange for again."""
     actor = services.live.actors.get(series) if services.live is not None else None
     if actor is None:
@@ -36,7 +36,7 @@ def _holes_pending(services: Services, series: SeriesId) -> int:
     return sum(p.hole.missing(tf) for p in actor.state.pending_holes)
 
 
-def upstream_health(services: Services) -> dict[str, Any]:
+def upstream_health(services: Wiring) -> dict[str, Any]:
     """Per market: connections up, and when the exchange cannot be reached, why and when we retry."""
     live = services.live
     if live is None:

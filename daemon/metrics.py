@@ -20,9 +20,9 @@ from daemon.status import StoredStatus, stored_status
 from protocol.health import lag_seconds
 
 if TYPE_CHECKING:
-    from actors.fanout.hub import Hub
+    from actors.fanout.hub import FanOut
     from actors.projector import Projector
-    from daemon.app import Services
+    from daemon.app import Wiring
     from daemon.history.service import History
     from daemon.live import LiveIngest
 
@@ -33,7 +33,7 @@ class KlinedCollector(Collector):
     """Reads the actors' counters at scrape time and the stores from ``stored``, which the scrape reads
     first, in a worker thread (:func:`daemon.status.stored_status`): nothing here touches LMDB."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Wiring) -> None:
         self.services = services
         self.stored: StoredStatus | None = None
 
@@ -59,7 +59,7 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, text, value=value)
 
 
-def _writer_metrics(s: Services) -> Iterator[Metric]:
+def _writer_metrics(s: Wiring) -> Iterator[Metric]:
     writer = s.writer.stats
     yield _counter("klined_closed_candles_appended", "closed candles appended by the writer", writer.written_events)
     yield _counter("klined_writer_flushes", "write transactions of the closed-candle writer", writer.flushes)
@@ -70,7 +70,7 @@ def _writer_metrics(s: Services) -> Iterator[Metric]:
     yield _gauge("klined_writer_queue_depth", "closed candles waiting for the writer", s.writer.queue_depth())
 
 
-def _fanout_metrics(hub: Hub) -> Iterator[Metric]:
+def _fanout_metrics(hub: FanOut) -> Iterator[Metric]:
     yield _gauge("klined_ws_connections", "open /ws/market connections", hub.connection_count)
     yield _gauge("klined_ws_subscribers", "subscriptions over all connections", hub.stats.subscriptions)
     yield _gauge("klined_ws_outbox_depth_max", "frames queued for the slowest connection", hub.max_outbox_depth())
@@ -110,7 +110,7 @@ def _live_metrics(live: LiveIngest) -> Iterator[Metric]:
     )
 
 
-def _lag_metric(s: Services, stored: StoredStatus) -> Metric:
+def _lag_metric(s: Wiring, stored: StoredStatus) -> Metric:
     """How far each active series' head trails the latest closed period of the exchange clock."""
     lag = GaugeMetricFamily("klined_series_lag_seconds", "latest closed period minus head", labels=["series_id"])
     now = s.clock.now_s()
@@ -143,7 +143,7 @@ def _lmdb_metrics(stats: Mapping[str, int]) -> Iterator[Metric]:
 class MetricsPage:
     """The registry behind ``/metrics``; each scrape reads the stores off the loop, then renders."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Wiring) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = KlinedCollector(services)
         self.registry.register(self.collector)

@@ -15,7 +15,7 @@ import trio
 from protocol.logrecords import SeriesHead
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
     from daemon.storage.eventlog import EventLog
     from daemon.storage.projection_store import ProjectionStore
 
@@ -37,5 +37,5 @@ def _read(eventlog: EventLog, projections: ProjectionStore) -> StoredStatus:
     return StoredStatus(eventlog.heads(), eventlog.statistics(), projections.checkpoint())
 
 
-async def stored_status(services: Services) -> StoredStatus:
+async def stored_status(services: Wiring) -> StoredStatus:
     return await trio.to_thread.run_sync(_read, services.eventlog, services.projections)

@@ -15,7 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from actors.fanout.connection import Connection
-from actors.fanout.hub import Hub
+from actors.fanout.hub import FanOut
 from actors.supervisor import CapacityError
 from protocol.ws_market import BadRequest, Subscribe, error_frame, parse_client_message
 
@@ -53,7 +53,7 @@ class RawWebSocket:
 class MarketSocket:
     """The endpoint's settings and its hub; :meth:`serve` serves one connection."""
 
-    def __init__(self, hub: Hub, *, max_connections: int, max_subscriptions: int, max_message_bytes: int) -> None:
+    def __init__(self, hub: FanOut, *, max_connections: int, max_subscriptions: int, max_message_bytes: int) -> None:
         self.hub = hub
         self.max_connections = max_connections
         self.max_subscriptions = max_subscriptions

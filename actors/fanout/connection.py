@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 import trio
 
-from actors.fanout.stats import HubStats
+from actors.fanout.stats import FanOutStats
 from protocol.series import SeriesId
 from protocol.ws_market import error_frame
 
@@ -29,7 +29,7 @@ class Connection:
     fan-out's hot path.
     """
 
-    def __init__(self, stats: HubStats, client_id: int, queue_frames: int) -> None:
+    def __init__(self, stats: FanOutStats, client_id: int, queue_frames: int) -> None:
         self.stats, self.client_id = stats, client_id
         self.subs: dict[SeriesId, Subscription] = {}
         self._frames: deque[str] = deque()

@@ -11,7 +11,7 @@ import trio
 
 from actors.fanout.connection import Connection
 from actors.fanout.frames import PublishedCandles, render_text
-from actors.fanout.stats import HubStats
+from actors.fanout.stats import FanOutStats
 from actors.store import Store
 from protocol.candle import Candle
 from protocol.series import SeriesId
@@ -44,7 +44,7 @@ class Delivery:
     log must be read first (a catchup, a hole before a live candle)."""
 
     def __init__(
-        self, store: Store, stats: HubStats, *, now_s: Callable[[], int], catchup_limit: int, heal: Heal | None
+        self, store: Store, stats: FanOutStats, *, now_s: Callable[[], int], catchup_limit: int, heal: Heal | None
     ) -> None:
         self._store = store
         self._stats = stats
@@ -109,7 +109,7 @@ class Delivery:
             return  # the running worker picks the new work up
         sub.busy = True
         nursery = sub.client.nursery or self.nursery
-        assert nursery is not None, "Hub.run (or the client's nursery) must be running"
+        assert nursery is not None, "FanOut.run (or the client's nursery) must be running"
         self._workers += 1
         nursery.start_soon(self._work, sub)
 

@@ -1,4 +1,4 @@
-"""The ``Hub``: connections and subscriptions by series, and each publish fanned out to them; the one
+"""The ``FanOut``: connections and subscriptions by series, and each publish fanned out to them; the one
 object the daemon wires (the writer's publish stage, the forming path, the endpoint, metrics)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import trio
 from actors.fanout.connection import Connection
 from actors.fanout.delivery import Delivery, Heal, Subscription
 from actors.fanout.frames import PublishedCandles
-from actors.fanout.stats import HubStats
+from actors.fanout.stats import FanOutStats
 from actors.store import Store
 from protocol.candle import Candle
 from protocol.forming import FormingThrottle
@@ -33,7 +33,7 @@ class IngestControl(Protocol):
     def release(self, series: SeriesId) -> None: ...
 
 
-class Hub:
+class FanOut:
     """Subscriptions by series; the writer's publish stage and the forming path feed it."""
 
     def __init__(
@@ -47,7 +47,7 @@ class Hub:
         heal: Heal | None = None,
         ingest: IngestControl | None = None,
     ) -> None:
-        self.stats = HubStats()
+        self.stats = FanOutStats()
         self._delivery = Delivery(store, self.stats, now_s=now_s, catchup_limit=catchup_limit, heal=heal)
         self._queue_frames = queue_frames
         self._forming_interval_s = forming_interval_s

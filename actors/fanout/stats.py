@@ -6,7 +6,7 @@ import attrs
 
 
 @attrs.define
-class HubStats:
+class FanOutStats:
     subscriptions: int = 0
     publishes: int = 0
     frames_shared: int = 0

@@ -14,7 +14,7 @@ from daemon.http.errors import EXCEPTION_HANDLERS
 from daemon.ws_endpoint import MarketSocket
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
     from daemon.config import Settings
 
 
@@ -31,7 +31,7 @@ class MarketApp:
             await self.http(scope, receive, send)
 
 
-def build_app(services: Services) -> MarketApp:
+def build_app(services: Wiring) -> MarketApp:
     """The ASGI app of one daemon (HTTP and ``/ws/market`` on one listener)."""
     settings = services.settings
     market_socket = MarketSocket(

@@ -16,9 +16,9 @@ from daemon.http.errors import ApiError, JSONResponse
 from daemon.http.params import bad_param, body_candle, body_series, body_single_candle, series_param, write_body
 
 if TYPE_CHECKING:
-    from actors.fanout.hub import Hub
+    from actors.fanout.hub import FanOut
     from actors.series import SeriesActor
-    from daemon.app import Services
+    from daemon.app import Wiring
     from daemon.config import Settings
     from protocol.series import SeriesId
 
@@ -30,12 +30,12 @@ def require_debug(settings: Settings) -> None:
         raise ApiError(404, "not_found", "debug API disabled")
 
 
-def routes(services: Services) -> list[Route]:
+def routes(services: Wiring) -> list[Route]:
     """The debug writes and reads."""
     return [*write_routes(services), *state_routes(services)]
 
 
-def write_routes(services: Services) -> list[Route]:
+def write_routes(services: Wiring) -> list[Route]:
     """A forming candle to the fan-out, and a batch of closed candles (published or not) to the log."""
     settings, store, hub = services.settings, services.store, services.hub
 
@@ -79,7 +79,7 @@ def write_routes(services: Services) -> list[Route]:
     ]
 
 
-def state_routes(services: Services) -> list[Route]:
+def state_routes(services: Wiring) -> list[Route]:
     """What live ingest, the writer and the fan-out are doing, per series and over all."""
     settings, live, hub = services.settings, services.live, services.hub
 
@@ -109,7 +109,7 @@ def state_routes(services: Services) -> list[Route]:
     ]
 
 
-def series_state(series: SeriesId, actor: SeriesActor, hub: Hub) -> dict[str, Any]:
+def series_state(series: SeriesId, actor: SeriesActor, hub: FanOut) -> dict[str, Any]:
     """One series actor's state for ``series_health``: its fields, its holes, its subscriber count."""
     return {
         "series_id": str(series),

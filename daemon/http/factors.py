@@ -16,10 +16,10 @@ from daemon.http.errors import ApiError, JSONResponse
 from daemon.http.params import int_param, series_param
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
 
 
-def routes(services: Services) -> list[Route]:
+def routes(services: Wiring) -> list[Route]:
     """``/api/factor/catalog``, ``/api/factor/slices`` and ``/api/draw/delta``."""
 
     async def factor_slices(request: Request) -> Response:

@@ -13,10 +13,10 @@ from daemon.http.errors import ApiError, JSONResponse
 from daemon.http.params import int_param, series_param
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
 
 
-def routes(services: Services) -> list[Route]:
+def routes(services: Wiring) -> list[Route]:
     """One series' view with ``series_id``, else every active series' and the upstream's."""
     settings, store = services.settings, services.store
 

@@ -17,7 +17,7 @@ from protocol.codec import candle_to_wire
 from protocol.series import SeriesId
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
 
 MAX_CANDLES_LIMIT: Final = 5000
 DEFAULT_CANDLES_LIMIT: Final = 500
@@ -47,7 +47,7 @@ class TailCache:
             self.entries.popitem(last=False)
 
 
-def routes(services: Services) -> list[Route]:
+def routes(services: Wiring) -> list[Route]:
     """``/api/market/candles``, ``candle_closed`` writes, ``/api/market/whitelist`` and ``/api/version``."""
     settings, store, tail_cache = services.settings, services.store, TailCache()
 

@@ -11,10 +11,10 @@ from starlette.routing import Route
 from daemon.metrics import CONTENT_TYPE, MetricsPage
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
 
 
-def routes(services: Services) -> list[Route]:
+def routes(services: Wiring) -> list[Route]:
     page = MetricsPage(services)
 
     async def metrics(request: Request) -> Response:

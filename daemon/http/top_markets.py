@@ -15,10 +15,10 @@ from daemon.http.params import bool_param, float_param, int_param
 from daemon.top_markets import TopMarketsError
 
 if TYPE_CHECKING:
-    from daemon.app import Services
+    from daemon.app import Wiring
 
 
-def routes(services: Services) -> list[Route]:
+def routes(services: Wiring) -> list[Route]:
     """``/api/market/top_markets`` and ``/api/market/top_markets/stream``."""
 
     async def top_markets(request: Request) -> Response:

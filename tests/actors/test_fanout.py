@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from actors.clock import ExchangeClock, trio_wall_ms
 from actors.fanout.connection import Connection
-from actors.fanout.hub import Hub
+from actors.fanout.hub import FanOut
 from actors.pipeline import ClosedCandleWriter
 from actors.series import SeriesActor
 from actors.store import Store
@@ -93,7 +93,7 @@ async def _drive(
     log: EventLog, chunks: list[list[int]], subscribe_at: int, since: int | None, batch: bool, pauses: list[int]
 ) -> list[dict[str, object]]:
     store = Store(log)
-    hub = Hub(store, now_s=lambda: 10**9)
+    hub = FanOut(store, now_s=lambda: 10**9)
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
         client = hub.connect()
@@ -122,12 +122,12 @@ def forming(minute: int, close: float) -> Candle:
 
 
 @asynccontextmanager
-async def subscribed(tmp_path: Path, *series: SeriesId) -> AsyncIterator[tuple[Hub, Store, list[Received]]]:
+async def subscribed(tmp_path: Path, *series: SeriesId) -> AsyncIterator[tuple[FanOut, Store, list[Received]]]:
     """A running hub with one client subscribed to ``series``; what the client receives, with trio times."""
     received: list[Received] = []
     with EventLog(tmp_path / "log") as log:
         store = Store(log)
-        hub = Hub(store, now_s=lambda: 10**9, forming_interval_s=0.25)
+        hub = FanOut(store, now_s=lambda: 10**9, forming_interval_s=0.25)
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)
             client = hub.connect()

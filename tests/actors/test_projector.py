@@ -44,6 +44,25 @@ def open_projector(path: Path, log: EventLog, **kw: Any) -> Projector:
     return Projector(log, ProjectionStore(path / "proj"), settings=kw.pop("settings", SMALL), **kw)
 
 
+def known(p: Projector, series: SeriesId) -> tuple[int, int | None] | None:
+    """(number, last projected time) of a series: from the projector's memory, else its stored record."""
+    mem = p.replay.mem.get(str(series))
+    if mem is not None:
+        return mem.num, mem.last_time
+    record = p.pstore.series_record(str(series))
+    return None if record is None else (int(record["num"]), record["last_time"])
+
+
+def series_num(p: Projector, series: SeriesId) -> int | None:
+    found = known(p, series)
+    return None if found is None else found[0]
+
+
+def projected_time(p: Projector, series: SeriesId) -> int | None:
+    found = known(p, series)
+    return None if found is None else found[1]
+
+
 def reader(p: Projector) -> factor_reads.ProjectionReader:
     """What the daemon hands the read models for this projector."""
     assert isinstance(p.log, EventLog)
@@ -59,7 +78,7 @@ def drain(p: Projector) -> None:
 
 def outputs(p: Projector, series: SeriesId) -> dict[str, Any]:
     """What a reader can see: every factor event, the heads at the head, the live overlay set."""
-    num = p.series_num(series)
+    num = series_num(p, series)
     assert num is not None
     head = p.log.head(series)
     assert head is not None
@@ -254,7 +273,7 @@ async def test_operator_rebuild_of_one_series_leaves_candles_and_outputs_equal(t
         assert after["events"] == before["events"]
         assert after["overlays"] == before["overlays"]
         # the rebuilt instructions are new versions: a client's old cursor sees them again, not a hole
-        num = p.series_num(BTC)
+        num = series_num(p, BTC)
         assert num is not None
         p.pstore.close()
 
@@ -281,7 +300,7 @@ async def test_a_failing_factor_stops_only_its_series(tmp_path: Path) -> None:
         await p.sync()
         assert str(BTC) in p.failed
         assert p.stats.failures == 1
-        assert p.projected_time(ETH) == 600
+        assert projected_time(p, ETH) == 600
         assert p.checkpoint() == log.last_seq()
         with pytest.raises(factor_reads.OutOfSyncError):
             factor_reads.slices(reader(p), BTC, None, 10)
@@ -293,7 +312,7 @@ async def test_events_json_is_what_factors_md_names(tmp_path: Path) -> None:
         log.append({BTC: [flat(60 * (i + 1), p) for i, p in enumerate(PRICES)]})
         p = open_projector(tmp_path, log)
         await p.sync()
-        num = p.series_num(BTC)
+        num = series_num(p, BTC)
         assert num is not None
         events = p.pstore.events_between(num, 0, 780)
         assert {e["kind"] for e in events} >= {"pivot.major", "pen.confirmed", "anchor.switch", "sr.snapshot"}

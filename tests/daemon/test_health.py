@@ -41,7 +41,7 @@ def test_an_up_to_date_series_with_a_hole_awaiting_the_exchange_is_yellow_until_
 
 
 def test_the_daemon_view_counts_the_candles_of_holes_its_actor_will_ask_for_again() -> None:
-    """The view HTTP and klinectl serve (a stand-in ``Services`` holding only what it reads)."""
+    """The view HTTP and klinectl serve (a stand-in ``Wiring`` holding only what it reads)."""
     state = SeriesState(head_time=600, pending_holes=[PendingHole(Hole(0, 300))])
     services = SimpleNamespace(
         live=SimpleNamespace(actors={S5: SimpleNamespace(state=state)}),

@@ -15,7 +15,7 @@ import orjson
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url, wrap_client_stream
 
-from actors.fanout.hub import Hub
+from actors.fanout.hub import FanOut
 from daemon.app import Running, serve_daemon
 from daemon.config import load_settings
 
@@ -53,7 +53,7 @@ class Daemon:
     http: httpx.AsyncClient
 
     @property
-    def hub(self) -> Hub:
+    def hub(self) -> FanOut:
         assert self.running.services is not None
         return self.running.services.hub
 
@@ -102,7 +102,7 @@ class Daemon:
 @attrs.define
 class Client:
     ws: WebSocketConnection
-    hub: Hub
+    hub: FanOut
 
     async def send(self, obj: object) -> None:
         await self.ws.send_message(orjson.dumps(obj).decode())
