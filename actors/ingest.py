@@ -84,7 +84,9 @@ class UpstreamIngest:
         on_connected: Callable[[list[SeriesId]], None] | None = None,
         rng: random.Random | None = None,
         stream_limit: int | None = None,
+        reconnect_max_s: float = 60.0,
     ) -> None:
+        self._reconnect_max_s = reconnect_max_s
         self.exchange, self.market, self.ws_base = exchange, market, ws_base.rstrip("/")
         self._deliver = deliver
         self._connect = connect
@@ -169,7 +171,7 @@ class UpstreamIngest:
 
     async def _connection_main(self, cid: int) -> None:
         state = self.connections[cid]
-        backoff = Backoff()
+        backoff = Backoff(first_s=min(1.0, self._reconnect_max_s), cap_s=self._reconnect_max_s)
         try:
             with self._running[cid]:
                 await self._keep_connected(cid, state, backoff)

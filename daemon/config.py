@@ -66,6 +66,8 @@ class Settings:
     market_history_source: str = attrs.field(default="", metadata=_kind("history_source"))
     binance_ws_batch_max: int = attrs.field(default=200, metadata=_kind("pos_int"))
     binance_ws_flush_s: float = attrs.field(default=0.5, metadata=_kind("pos_float"))
+    # Beyond SPEC: the longest wait between upstream reconnect attempts (full jitter below it, from 1 s).
+    binance_ws_reconnect_max_s: float = attrs.field(default=60.0, metadata=_kind("pos_float"))
     market_forming_min_interval_ms: int = attrs.field(default=250, metadata=_kind("nonneg_int"))
     # Beyond SPEC: how long after a period's end a missing final kline is asked of the exchange (REST).
     market_close_grace_s: float = attrs.field(default=3.0, metadata=_kind("pos_float"))

@@ -261,6 +261,7 @@ class LiveIngest:
                         ws_base=ws_base[market],
                         deliver=functools.partial(self.router.deliver, market=market),
                         on_connected=self._streams_resumed,
+                        reconnect_max_s=self.settings.binance_ws_reconnect_max_s,
                     )
                     await nursery.start(self.ingest[market].run)
                 # Measured in the background: series start from their stored heads with no exchange call,

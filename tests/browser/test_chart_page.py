@@ -47,6 +47,9 @@ FLAGS = (
 )
 DAEMON_ENV = {
     "KLINED_DEV_CLOCK_SPEED": str(SPEED),
+    # At 60x, the default 60 s reconnect cap is an hour of exchange time: the stream could come back only
+    # after REST, and the gap would be filled before any subscriber saw it.
+    "KLINED_BINANCE_WS_RECONNECT_MAX_S": "1",
     "KLINED_ENABLE_KLINE_HEALTH": "1",
     "KLINED_ENABLE_MARKET_GAP_BACKFILL": "1",
     "KLINED_ENABLE_CCXT_BACKFILL": "1",
