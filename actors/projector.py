@@ -109,15 +109,6 @@ class Projector:
     def checkpoint(self) -> int:
         return self.pstore.checkpoint()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            **attrs.asdict(self.stats),
-            "checkpoint": self.pstore.checkpoint(),
-            "log_last_seq": self.log.last_seq(),
-            "series_in_memory": len(self.replay.mem),
-            "failed": dict(self.failed),
-        }
-
     # -- life cycle -------------------------------------------------------------------------------------
 
     async def start(self) -> list[str]:
@@ -200,7 +191,8 @@ class Projector:
         """Rebuild from the log: every series (``None``: outputs dropped first) or the given ones. Candles
         are never touched. Returns how many candles were replayed; ``progress`` shows it meanwhile."""
         async with self._lock:
-            start_seq = self.log.last_seq()  # events after it are applied by sync (or skipped if replayed)
+            # Events after it are applied by sync (or skipped if replayed). Log reads run off the event loop.
+            start_seq = await trio.to_thread.run_sync(self.log.last_seq)
             if series is None:
                 await trio.to_thread.run_sync(self.pstore.drop_all)
                 self.replay.mem.clear()
@@ -209,7 +201,7 @@ class Projector:
                 self._write_fingerprints()
             else:
                 targets = [str(s) for s in series]
-            heads = self.log.heads()
+            heads = await trio.to_thread.run_sync(self.log.heads)
             total = sum(heads[s].candle_count for s in targets if s in heads)
             self.progress = RebuildProgress("", 0, total)
             try:

@@ -293,7 +293,7 @@ async def _rebuild(services: Wiring, request: dict[str, Any], send: Any) -> None
         targets: list[SeriesId] | None = None
     else:
         targets = [_series(request)]
-        if str(targets[0]) not in (await stored_status(services)).heads:
+        if str(targets[0]) not in services.eventlog.series_ids():  # in memory: no LMDB read
             raise BadControlRequestError(f"no candles stored for {targets[0]}")
     if projector.progress is not None:
         raise BadControlRequestError("a rebuild is already running")
@@ -323,5 +323,5 @@ async def _rebuild(services: Wiring, request: dict[str, Any], send: Any) -> None
         await send({"event": "error", "code": "rebuild_failed", "detail": outcome["error"]})
     else:
         series = "all" if targets is None else str(targets[0])
-        checkpoint = (await stored_status(services)).projected_seq
+        checkpoint = services.projections.checkpoint()  # kept in memory by the store
         await send({"event": "done", "series": series, "candles": outcome["candles"], "checkpoint": checkpoint})

@@ -61,11 +61,6 @@ class FanOut:
         self.publish_times: deque[tuple[SeriesId, int, float]] = deque(maxlen=PUBLISH_TIMES_KEPT)
         self._nursery: trio.Nursery | None = None
 
-    @property
-    def heal(self) -> Heal:
-        """(series, after, before) -> the candles that fill a hole before a live candle (the log by default)."""
-        return self._delivery.heal
-
     async def run(
         self,
         *,

@@ -26,14 +26,18 @@ def bad_param(detail: str) -> ApiError:
     return ApiError(422, "bad_request", detail)
 
 
-def series_param(request: Request) -> SeriesId:
-    raw = request.query_params.get("series_id")
-    if raw is None:
-        raise bad_param("missing series_id")
+def _series_id(raw: object) -> SeriesId:
     try:
         return SeriesId.parse(raw)
     except ProtocolError as e:
         raise bad_param(f"invalid series_id: {e}") from None
+
+
+def series_param(request: Request) -> SeriesId:
+    raw = request.query_params.get("series_id")
+    if raw is None:
+        raise bad_param("missing series_id")
+    return _series_id(raw)
 
 
 def int_param(request: Request, name: str, *, low: int, high: int | None = None) -> int | None:
@@ -101,12 +105,9 @@ def json_object(raw: bytes) -> dict[str, Any]:
 
 
 def body_series(body: dict[str, Any]) -> SeriesId:
-    if "series_id" not in body:
+    if "series_id" not in body:  # a JSON null is there, and invalid
         raise bad_param("missing series_id")
-    try:
-        return SeriesId.parse(body["series_id"])
-    except ProtocolError as e:
-        raise bad_param(f"invalid series_id: {e}") from None
+    return _series_id(body["series_id"])
 
 
 def body_candle(series: SeriesId, raw: object) -> Candle:
