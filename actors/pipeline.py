@@ -1,9 +1,10 @@
 """The closed-candle write path, in SPEC's fixed order: append -> derive -> project -> publish.
 
-Closed candles of every series share one buffer (group commit): it is flushed as soon as the queue
-has been quiet for ``linger_s`` (a burst is over), when it holds ``batch_max`` candles, or at the latest
-``flush_s`` after its first candle (a steady trickle that never goes quiet). So the minute-close burst of
-a thousand series is a handful of transactions and is durable within milliseconds, not ``flush_s``.
+Closed candles of every series share one queue, committed by group commit: the writer never waits for
+more candles. A candle that finds it idle is committed at once; whatever arrives while a commit and its
+stages run queues, and the next commit takes all of it (up to ``batch_max`` candles) as one batch. So a
+lone POST pays one commit, and the minute-close burst of a thousand series is still a handful of
+transactions, not a thousand.
 A flush de-duplicates (last word per (series, time) wins) and orders each series ascending before the
 append. Nothing reaches a stage after the append before the append has committed; a failing append is
 retried with jittered backoff and its candles are kept, never dropped. The stages after an append are one
@@ -32,7 +33,6 @@ log = structlog.get_logger(__name__)
 Stage = Callable[[AppendResult], Awaitable[None]]
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
-LINGER_S = 0.005  # a burst from the upstream readers arrives within a few ms; quiet this long = burst over
 LATENCY_SAMPLES = 10_000
 
 
@@ -94,8 +94,6 @@ class ClosedCandleWriter:
         sink: CandleSink,
         *,
         batch_max: int = 200,
-        flush_s: float = 0.5,
-        linger_s: float = LINGER_S,
         stages: Stages = Stages(),
         queue_size: int = 10_000,
         now_ms: Callable[[], int] | None = None,
@@ -106,8 +104,6 @@ class ClosedCandleWriter:
         self._now_ms = now_ms  # exchange clock: send -> durable latency is measured when given
         self.latencies_ms: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._batch_max = batch_max
-        self._flush_s = flush_s
-        self._linger_s = min(linger_s, flush_s)
         self.stages = stages
         # Bounded: a full queue makes producers wait (backpressure) rather than lose a closed candle.
         self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
@@ -180,35 +176,27 @@ class ClosedCandleWriter:
         task_status.started()
         try:
             async with self._receive:
-                ended = False
-                while not ended:
+                while True:
                     try:
                         first = await self._receive.receive()
                     except trio.EndOfChannel:
                         return
-                    buffer, count = [first], _size(first)
-                    item: _Pending | None = None
-                    deadline = trio.current_time() + self._flush_s
-                    while count < self._batch_max:
-                        try:  # what is queued already is taken without a wait (no cancel scope per candle)
-                            item = self._receive.receive_nowait()
-                        except trio.WouldBlock:
-                            with trio.move_on_at(min(deadline, trio.current_time() + self._linger_s)):
-                                try:
-                                    item = await self._receive.receive()
-                                except trio.EndOfChannel:
-                                    ended = True
-                            if item is None:
-                                break
-                        except trio.EndOfChannel:
-                            ended = True
-                            break
-                        buffer.append(item)
-                        count += _size(item)
-                        item = None
-                    await self._flush(buffer)
+                    await self._flush(self._take_queued([first]))
         finally:
             self.finished.set()
+
+    def _take_queued(self, buffer: list[_Pending]) -> list[_Pending]:
+        """Group commit: everything that queued while the last commit ran joins this one, up to ``batch_max``
+        candles, without waiting for more."""
+        count = sum(map(_size, buffer))
+        while count < self._batch_max:
+            try:
+                item = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            buffer.append(item)
+            count += _size(item)
+        return buffer
 
     async def close(self) -> None:
         """Take no more candles; return once every queued one is durable and through its stages (shutdown)."""

@@ -157,7 +157,6 @@ def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionSto
     writer = ClosedCandleWriter(
         store,
         batch_max=settings.binance_ws_batch_max,
-        flush_s=settings.binance_ws_flush_s,
         stages=Stages(derive=deriver, project=projector.stage, publish=hub.publish_stage),
         now_ms=clock.now_ms,
     )

@@ -65,6 +65,8 @@ class Settings:
     freqtrade_data_dir: str = attrs.field(default="", metadata=_kind("str"))
     market_history_source: str = attrs.field(default="", metadata=_kind("history_source"))
     binance_ws_batch_max: int = attrs.field(default=200, metadata=_kind("pos_int"))
+    # Accepted for SPEC's contract, but nothing waits on it: the writer's group commit never holds a candle
+    # back for more to arrive (docs/design.md, "Live ingest").
     binance_ws_flush_s: float = attrs.field(default=0.5, metadata=_kind("pos_float"))
     # Beyond SPEC: the longest wait between upstream reconnect attempts (full jitter below it, from 1 s).
     binance_ws_reconnect_max_s: float = attrs.field(default=60.0, metadata=_kind("pos_float"))

@@ -75,7 +75,7 @@ async def running(
             raise OSError("network unreachable")
         return [exchange[t] for t in sorted(exchange) if first <= t <= last]
 
-    writer = ClosedCandleWriter(InlineSink(log), flush_s=0.5)
+    writer = ClosedCandleWriter(InlineSink(log))
     clock = ExchangeClock(wall=trio_wall_ms(T0 * 1000 + 10_000))
     actor = SeriesActor(
         BTC,
