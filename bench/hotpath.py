@@ -172,13 +172,15 @@ async def bench_deliver(n_symbols: int, count: int, repeats: int, tmp: Path) -> 
                 finally:
                     gc.enable()
 
-            paced_us = float("inf")
-            for _ in range(max(2, repeats // 2)):
+            # The difference of two loops each dominated by trio's scheduling: the best of each, over rounds
+            # that alternate, is steadier than the best difference.
+            empty_us = paced_us = float("inf")
+            for _ in range(max(3, repeats)):
                 await trio.sleep(0.3)  # let the throttles run out between rounds
-                empty = await paced(True)
-                paced_us = min(paced_us, await paced(False) - empty)
+                empty_us = min(empty_us, await paced(True))
+                paced_us = min(paced_us, await paced(False))
             nursery.cancel_scope.cancel()
-    return tight_us, paced_us
+    return tight_us, paced_us - empty_us
 
 
 def main() -> None:
@@ -202,8 +204,9 @@ def main() -> None:
     print(f"  deliver, tight loop ............ {tight:6.2f} µs  ({tight / parse_trade:.2f}x the parse)")
     print(f"  deliver, yielding as the reader  {paced:6.2f} µs  ({paced / parse_trade:.2f}x the parse)")
     worst = max(ours / base for base, ours in (parsed["aggTrade"], parsed["kline"]))
-    verdict = "PASS" if worst <= 2.0 and max(tight, paced) <= 2.0 * parse_trade else "FAIL"
-    print(f"target: parse <= 2x orjson.loads, deliver <= 2x the parse ... {verdict}")
+    print(f"target: parse <= 2x orjson.loads (combined frames) ... {'PASS' if worst <= 2.0 else 'FAIL'} ({worst:.2f}x)")
+    worst = max(tight, paced) / parse_trade
+    print(f"target: deliver <= 2x the parse ...................... {'PASS' if worst <= 2.0 else 'FAIL'} ({worst:.2f}x)")
 
 
 if __name__ == "__main__":
