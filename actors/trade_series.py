@@ -1,11 +1,12 @@
 """One symbol built from its trades: a trio actor around :class:`protocol.trades.TradeCandles`.
 
-Trades arrive synchronously from the upstream reader (:meth:`TradeSeriesActor.deliver`). The actor's own
-ticker fires ``grace_s`` after each whole minute of exchange time (late trades of the ended minute still
-count; trades of the new one are held by the book), and everything the tick produces (finalised, flat-filled)
-for every timeframe is written in ONE transaction and published only once durable. At start the actor
-repairs the downtime from the exchange's klines where it has them and fills only the rest synthetically;
-a new symbol gets a seed candle at once.
+Trades arrive synchronously from the upstream reader (:meth:`TradeSeriesActor.deliver`), which only folds
+them into the book: the forming candles (display only) are built and handed to the fan-out by a task of the
+actor's, at most once per forming interval. The actor's own ticker fires ``grace_s`` after each whole minute
+of exchange time (late trades of the ended minute still count; trades of the new one are held by the book),
+and everything the tick produces (finalised, flat-filled) for every timeframe is written in ONE transaction
+and published only once durable. At start the actor repairs the downtime from the exchange's klines where it
+has them and fills only the rest synthetically; a new symbol gets a seed candle at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ FetchClosed = Callable[[SeriesId, int, int], Awaitable[list[Candle]]]
 ReadRecent = Callable[[SeriesId, int], Awaitable[list[Candle]]]
 BroadcastForming = Callable[[SeriesId, Candle], None]
 TRADE_GRACE_S: Final = 2.0  # Binance delivers a trade within a second or so of its time
+FORMING_INTERVAL_S: Final = 0.25  # the fan-out's default: it sends no more often than that per series
 CLOCK_WAIT_S: Final = 3.0  # how long a starting book waits for the exchange clock's first measurement
 AUDIT_EVERY_MS: Final = 120_000  # exchange time between checks of the flat candles against the exchange
 SILENCE_S: Final = 10  # exchange seconds without a trade: the periods around it are checked with the exchange
@@ -66,6 +68,7 @@ class TradeSeriesActor:
         clock: ExchangeClock,
         grace_s: float = TRADE_GRACE_S,
         read_recent: ReadRecent | None = None,
+        forming_interval_s: float = FORMING_INTERVAL_S,
     ) -> None:
         self.series = {s.timeframe: s for s in series}
         self.symbol_id = series[0].symbol_id
@@ -86,6 +89,9 @@ class TradeSeriesActor:
         self._read_recent = read_recent
         self._silences: list[tuple[int, int]] = []  # stretches longer than SILENCE_S between two trades
         self._nursery: trio.Nursery | None = None
+        self._forming_interval_s = forming_interval_s
+        self._forming_due = False  # trades since the forming candles were last handed over
+        self._forming_wanted = trio.Event()
         self.ready = trio.Event()  # set once the book (or, with no known price, its wait for a trade) has started
         self.repaired = trio.Event()  # set once the downtime before the start is repaired
         self.state = TradeState()
@@ -93,22 +99,24 @@ class TradeSeriesActor:
     # -- trades (synchronous: called by the upstream reader) ---------------------------------------
 
     def deliver(self, trade: AggTrade) -> None:
-        if self.book is None:
-            # A new symbol whose seed price is not known (yet): its first trade starts the book.
-            self.book = TradeCandles(list(self.series), now_s=trade.trade_time_ms // 1000, last_close=trade.price)
+        """Fold one trade into the book; O(timeframes), with nothing built for display (see :meth:`_send_forming`)."""
         trade_s = trade.trade_time_ms // 1000
-        if self._last_trade_s is not None and trade_s - self._last_trade_s > SILENCE_S:
-            self._silences.append((self._last_trade_s, trade_s))
-        self._last_trade_s = max(trade_s, self._last_trade_s or 0)
-        late = self.book.stats.late_trades
-        if not self.book.add(trade):
-            if self.book.stats.late_trades > late:
-                # Past the grace: its period is written without it. The audit takes the exchange's kline.
-                for tf in self.series:
-                    self._unverified[tf].setdefault(tf.floor(trade_s), None)
+        book = self.book
+        if book is None:
+            # A new symbol whose seed price is not known (yet): its first trade starts the book.
+            book = self.book = TradeCandles(list(self.series), now_s=trade_s, last_close=trade.price)
+        last = self._last_trade_s
+        if last is not None and trade_s - last > SILENCE_S:
+            self._silences.append((last, trade_s))
+        self._last_trade_s = max(trade_s, last or 0)
+        if not book.add(trade):
+            # Late, past the grace: its period is written without it. The audit takes the exchange's kline.
+            for tf in self.series:
+                self._unverified[tf].setdefault(tf.floor(trade_s), None)
             return
-        for tf, candle in self.book.forming():
-            self._broadcast(self.series[tf], candle)
+        if not self._forming_due:
+            self._forming_due = True
+            self._forming_wanted.set()
 
     # -- life ----------------------------------------------------------------------------------------
 
@@ -127,6 +135,7 @@ class TradeSeriesActor:
                 functools.partial(run_ticker, lag_ms=round(self._grace_s * 1000)), self._clock, self._on_tick
             )
             nursery.start_soon(self._repair_then_rebase, now)
+            nursery.start_soon(self._send_forming)
             nursery.start_soon(self._audit_synthetic)
             if self.book is None:
                 nursery.start_soon(self._seed, now)
@@ -134,6 +143,19 @@ class TradeSeriesActor:
                 self.ready.set()
             task_status.started()
             await trio.sleep_forever()
+
+    async def _send_forming(self) -> None:
+        """Hand the forming candles to the fan-out once trades have changed them, and then not again for
+        ``forming_interval_s``: more often, the fan-out's throttle (one per series per interval, the latest
+        wins) would only replace them unseen, and building them for every trade cost more than the trade."""
+        while True:
+            await self._forming_wanted.wait()
+            self._forming_wanted = trio.Event()
+            self._forming_due = False
+            if self.book is not None:
+                for tf, candle in self.book.forming():
+                    self._broadcast(self.series[tf], candle)
+            await trio.sleep(self._forming_interval_s)
 
     async def _seed(self, now: int) -> None:
         """A new symbol: a seed candle at once from the exchange's latest price (else its first trade starts it)."""

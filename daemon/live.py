@@ -344,6 +344,7 @@ class LiveIngest:
             clock=self.clock,
             grace_s=min(self.settings.market_close_grace_s, 2.0),
             read_recent=self.store.tail,
+            forming_interval_s=self.settings.market_forming_min_interval_ms / 1000,  # the fan-out's throttle
         )
         self.trade_actors[key] = actor
         self.router.register_trades(key.market, key.symbol_id, actor)

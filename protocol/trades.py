@@ -59,6 +59,13 @@ class TradeCandles:
         self.stats = TradeStats()
         self._early: list[AggTrade] = []  # trades past the current minute whose tick has not fired yet
         self._open = {tf: _Open(tf.floor(now_s), last_close, last_close, last_close, last_close) for tf in timeframes}
+        self._index()
+
+    def _index(self) -> None:
+        """What every trade looks at, kept ready: the open candles, and the smallest one's period."""
+        self._opens = tuple(self._open.values())
+        self._first = self._open[self.timeframes[0]]
+        self._first_end = self.timeframes[0].next_open(self._first.open_time)
 
     @classmethod
     def seeded(
@@ -74,21 +81,22 @@ class TradeCandles:
     def add(self, trade: AggTrade) -> bool:
         """Fold a trade into every timeframe's open candle; False (refused) for a period already closed."""
         t = trade.trade_time_ms // 1000
-        smallest = self._open[self.timeframes[0]]
-        if t < smallest.open_time:
+        if t < self._first.open_time:
             self.stats.late_trades += 1
             return False
-        if t >= self.timeframes[0].next_open(smallest.open_time):
+        if t >= self._first_end:
             self._early.append(trade)  # the tick for that boundary is a moment late: it goes in after it
             return True
         self.stats.trades += 1
         price, quantity = trade.price, trade.quantity
-        for o in self._open.values():  # the smallest period lies inside every larger open period
+        for o in self._opens:  # the smallest period lies inside every larger open period
             if not o.traded:
                 o.open = o.high = o.low = price  # the first trade opens the period
                 o.traded = True
-            else:
-                o.high, o.low = max(o.high, price), min(o.low, price)
+            elif price > o.high:
+                o.high = price
+            elif price < o.low:
+                o.low = price
             o.close = price
             o.volume += quantity
         return True
@@ -111,6 +119,8 @@ class TradeCandles:
                 t = tf.next_open(t)
             p = previous.close
             self._open[tf] = _Open(t, p, p, p, p)
+        if closed:
+            self._index()
         early, self._early = self._early, []
         for trade in early:
             self.add(trade)

@@ -82,6 +82,53 @@ async def test_a_quiet_symbol_gets_flat_candles_one_batch_per_tick_and_a_seed_at
         assert actor.state.synthetic_corrected == 0
 
 
+async def test_forming_candles_go_at_once_then_at_most_once_an_interval_with_the_latest_trades(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    forming: list[tuple[float, SeriesId, Candle]] = []
+
+    async def fetch(series: SeriesId, first: int, last: int) -> list[Candle]:
+        return []
+
+    def trade(k: int, price: float) -> AggTrade:
+        return AggTrade("BTCUSDT", k, price, 1.0, T0 * 1000 + 1_000 + k, 0, False)
+
+    head = Candle(T0 - 60, 100.0, 100.0, 100.0, 100.0, 1.0)
+    with EventLog(tmp_path / "log") as log:
+        writer = ClosedCandleWriter(InlineSink(log))
+        actor = TradeSeriesActor(
+            [B1, B5],
+            heads={B1: head, B5: None},
+            writer=writer,
+            broadcast_forming=lambda s, c: forming.append((trio.current_time(), s, c)),
+            fetch_closed=fetch,
+            clock=measured_clock(T0 * 1000),
+            forming_interval_s=0.25,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(actor.run)
+            await actor.ready.wait()
+            start = trio.current_time()
+            await trio.sleep(5)
+            assert forming == []  # no trade, nothing to show (a known symbol has no seed)
+            actor.deliver(trade(1, 101.0))
+            actor.deliver(trade(2, 103.0))
+            await trio.sleep(0.1)
+            first = Candle(T0, 101.0, 103.0, 101.0, 103.0, 2.0)
+            assert forming == [(start + 5, B1, first), (start + 5, B5, first)]  # at once, both trades in
+            actor.deliver(trade(3, 99.0))
+            await trio.sleep(0.1)
+            assert len(forming) == 2  # within the interval: held
+            actor.deliver(trade(4, 100.0))
+            await trio.sleep(10)
+            latest = Candle(T0, 101.0, 103.0, 99.0, 100.0, 4.0)
+            assert forming[2:] == [(start + 5.25, B1, latest), (start + 5.25, B5, latest)]  # the latest, once
+            nursery.cancel_scope.cancel()
+        assert actor.book is not None
+        assert actor.book.stats.trades == 4
+
+
 async def test_the_period_running_at_start_is_taken_from_the_exchange(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocol import binance
 from protocol.binance import (
+    AggTrade,
     ControlError,
     ControlReply,
     KlineUpdate,
     Listing,
     MalformedPayload,
     ServerShutdown,
+    agg_trade_event,
     kline_event,
     parse_exchange_info,
     parse_stream_message,
@@ -262,6 +265,211 @@ def test_arbitrary_kline_bodies_never_raise(k: dict[str, object]) -> None:
     payload = sample(l="0.0009")
     payload["k"].update(k)
     parse(payload)
+
+
+# -- the fast path agrees with the precise one ---------------------------------------------------------
+
+
+def precise(raw: bytes, market: Market = "spot") -> object:
+    """What the precise path alone answers (all that ``parse_stream_message`` did before its fast path)."""
+    obj = orjson.loads(raw)
+    try:
+        return binance._parse_object(obj, "binance", market, SYMBOLS)
+    except binance._MalformedError as e:
+        return MalformedPayload(str(e), raw.decode()[:200])
+
+
+def fast(raw: bytes, market: Market = "spot") -> object:
+    """What the fast path alone answers: a message, or None (it leaves the frame to the precise path)."""
+    try:
+        return binance._well_formed(orjson.loads(raw), "binance", market, SYMBOLS)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@given(aligned_candles(), st.booleans(), st.integers(0, 2**40), st.booleans())
+def test_the_fast_path_takes_every_well_formed_kline_and_agrees(
+    pair: tuple[SeriesId, Candle], final: bool, trade_id: int, enveloped: bool
+) -> None:
+    series, candle = pair
+    payload: object = kline_event(
+        series, candle, is_final=final, event_time_ms=1, first_trade_id=trade_id, last_trade_id=trade_id + 9
+    )
+    if enveloped:
+        payload = {"stream": stream_name(series.symbol_id, series.timeframe), "data": payload}
+    raw = orjson.dumps(payload)
+    expected = precise(raw, series.market)
+    assert isinstance(expected, KlineUpdate)
+    assert fast(raw, series.market) == (None if series.timeframe.is_calendar else expected)  # 1M: precise only
+    assert parse(raw, series.market) == expected
+
+
+@given(
+    st.integers(0, 2**40),
+    prices.filter(lambda p: p > 0),
+    st.integers(0, 10**12).map(lambda n: n / 10**8),
+    st.integers(0, 2**42),
+    st.booleans(),
+    st.booleans(),
+)
+def test_the_fast_path_takes_every_well_formed_trade_and_agrees(
+    agg_id: int, price: float, quantity: float, t_ms: int, maker: bool, enveloped: bool
+) -> None:
+    payload: object = agg_trade_event("BNBBTC", AggTrade("BNBBTC", agg_id, price, quantity, t_ms, t_ms + 3, maker))
+    if enveloped:
+        payload = {"stream": "bnbbtc@aggTrade", "data": payload}
+    raw = orjson.dumps(payload)
+    expected = precise(raw)
+    assert isinstance(expected, AggTrade)
+    assert fast(raw) == expected
+    assert parse(raw) == expected
+
+
+def well_formed(**k_changes: object) -> dict[str, Any]:
+    """The documentation's sample as Binance really sends it (every decimal with a dot): a fast-path frame."""
+    out = sample(l="0.0009", v="1000.0", V="500.0")
+    out["k"].update(k_changes)
+    return out
+
+
+def test_the_documentation_sample_as_binance_sends_it_takes_the_fast_path() -> None:
+    raw = orjson.dumps({"stream": "bnbbtc@kline_1m", "data": well_formed()})
+    assert isinstance(fast(raw), KlineUpdate)
+    assert fast(raw) == precise(raw)
+
+
+# Decimal texts the precise path accepts or refuses, each for its own reason, and some that could fool a reader
+# of JSON numbers.
+DECIMAL_TEXTS: Final = [
+    *("0.0025", "1000", "0", "0.0", "-0.0", "-5.0", "12.", ".5", "00.5", " 0.002", "0.002\n", "1.0000000000000001"),
+    *("1e-3", "1E3", "1.5e3", "+0.002", "nan", "NaN", "inf", "-Infinity", "1_0.5", "\u0661.\u0665", "\u00b2.5"),
+    *("1" + "0" * 400 + ".5", "", ".", "0.002,0.003", "[0.002]", '"0.002"', "null", "true", "0x10", "0.002]"),
+]
+decimal_texts = st.sampled_from(DECIMAL_TEXTS) | st.text(alphabet='0123456789.,-+eE []"nul', max_size=10)
+json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | decimal_texts
+
+
+def trade_event(**changes: object) -> dict[str, Any]:
+    trade = AggTrade("BNBBTC", 7, 0.0123, 4.5, 1_700_000_000_000, 1_700_000_000_003, True)
+    return agg_trade_event("BNBBTC", trade) | changes
+
+
+def assert_parsed_as_precisely(payload: dict[str, Any], stream: str) -> None:
+    for message in (payload, {"stream": stream, "data": payload}, {"stream": "x", "data": payload}):
+        raw = orjson.dumps(message)
+        assert parse(raw) == precise(raw)
+
+
+@pytest.mark.parametrize("text", DECIMAL_TEXTS)
+def test_a_decimal_in_any_form_parses_as_the_precise_path_parses_it(text: str) -> None:
+    assert_parsed_as_precisely(well_formed(o=text, h=text, l=text, c=text), "bnbbtc@kline_1m")
+    for name in ("v", "q", "V", "Q"):
+        assert_parsed_as_precisely(well_formed(**{name: text}), "bnbbtc@kline_1m")
+    assert_parsed_as_precisely(trade_event(p=text), "bnbbtc@aggTrade")
+    assert_parsed_as_precisely(trade_event(q=text), "bnbbtc@aggTrade")
+
+
+WEEK_MS: Final = 7 * 86400 * 1000
+MONDAY_MS: Final = 1672617600000  # 2023-01-02
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"t": -60_000, "T": -1},
+        {"t": 0, "T": 59_999},
+        {"T": 1672515840000},
+        {"T": 1672515839998},
+        {"i": "5m", "T": 1672516079999},
+        {"i": "1w", "t": MONDAY_MS, "T": MONDAY_MS + WEEK_MS - 1},
+        {"i": "1w", "t": MONDAY_MS + 86400_000, "T": MONDAY_MS + 86400_000 + WEEK_MS - 1},
+        {"i": "1M", "t": 1672531200000, "T": 1675209599999},
+        {"i": "1M", "t": 645 * 2592000_000, "T": 646 * 2592000_000 - 1},  # 30 days, not a month
+        {"o": "0.0030"},
+        {"c": "0.0030"},
+        {"o": "0.0001"},
+        {"c": "0.0001"},
+        {"h": "0.0015"},
+        {"l": "0.0015"},
+        {"o": "0.0025", "c": "0.0009"},
+        {"i": "7m"},
+        {"i": 1},
+        {"i": ["1m"]},
+        {"s": "BTCUSDT"},
+        {"s": "XYZUSDT"},
+        {"x": 1},
+        {"x": None},
+    ],
+)
+def test_kline_times_and_names_parse_as_the_precise_path_parses_them(changes: dict[str, object]) -> None:
+    assert_parsed_as_precisely(well_formed(**changes), "bnbbtc@kline_1m")
+
+
+@pytest.mark.parametrize("value", [True, False, None, 1.5, "100", [], {}, -1])
+@pytest.mark.parametrize("name", ["t", "T", "f", "L", "n", "x", "E", "s", "i", "B"])
+def test_a_kline_field_of_any_kind_parses_as_the_precise_path_parses_it(name: str, value: object) -> None:
+    payload = well_formed()
+    (payload if name == "E" else payload["k"])[name] = value
+    assert_parsed_as_precisely(payload, "bnbbtc@kline_1m")
+    if name != "E":
+        del payload["k"][name]
+        assert_parsed_as_precisely(payload, "bnbbtc@kline_1m")
+
+
+def test_a_kline_whose_event_symbol_differs_parses_as_the_precise_path_parses_it() -> None:
+    payload = well_formed(s="BTCUSDT")
+    payload["s"] = "BNBBTC"
+    assert_parsed_as_precisely(payload, "bnbbtc@kline_1m")
+    payload["s"] = 7
+    assert_parsed_as_precisely(payload, "bnbbtc@kline_1m")
+    del payload["s"]
+    assert_parsed_as_precisely(payload, "bnbbtc@kline_1m")
+
+
+@pytest.mark.parametrize("value", [True, False, None, 1.5, "100", [], {}, -1, "BTCUSDT", "XYZUSDT"])
+@pytest.mark.parametrize("name", ["e", "E", "s", "a", "p", "q", "f", "l", "T", "m"])
+def test_a_trade_field_of_any_kind_parses_as_the_precise_path_parses_it(name: str, value: object) -> None:
+    payload = trade_event(**{name: value})
+    assert_parsed_as_precisely(payload, "bnbbtc@aggTrade")
+    del payload[name]
+    assert_parsed_as_precisely(payload, "bnbbtc@aggTrade")
+
+
+@given(st.dictionaries(st.sampled_from([*SAMPLE["k"], "E", "s", "e"]), json_scalars, min_size=1))
+def test_any_kline_fields_parse_as_the_precise_path_parses_them(fields: dict[str, object]) -> None:
+    payload = well_formed()
+    for name, value in fields.items():
+        (payload if name in ("E", "s", "e") else payload["k"])[name] = value
+    assert_parsed_as_precisely(payload, "bnbbtc@kline_1m")
+
+
+@given(st.dictionaries(st.sampled_from(["e", "E", "s", "a", "p", "q", "f", "l", "T", "m"]), json_scalars, min_size=1))
+def test_any_trade_fields_parse_as_the_precise_path_parses_them(fields: dict[str, object]) -> None:
+    assert_parsed_as_precisely(trade_event(**fields), "bnbbtc@aggTrade")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"stream": "bnbbtc@kline_1m", "data": well_formed(), "id": 1},
+        {"stream": "bnbbtc@kline_1m"},
+        {"data": well_formed()},
+        {"data": well_formed(), "id": 1},
+        {"stream": "bnbbtc@kline_1m", "data": [well_formed()]},
+        {"stream": "bnbbtc@kline_1m", "data": "kline"},
+        {"stream": None, "data": well_formed()},
+        {**well_formed(), "stream": "bnbbtc@kline_1m"},
+        {**well_formed(), "data": None},
+        {**well_formed(), "id": 5},
+        {**trade_event(), "id": 5},
+        {"id": 1, "result": None},
+        {"e": "serverShutdown", "E": 1},
+    ],
+)
+def test_odd_envelopes_parse_as_the_precise_path_parses_them(frame: dict[str, object]) -> None:
+    raw = orjson.dumps(frame)
+    assert fast(raw) is None
+    assert parse(raw) == precise(raw)
 
 
 def test_exchange_info_keeps_trading_symbols_and_perpetual_futures() -> None:
