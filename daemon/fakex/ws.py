@@ -87,6 +87,8 @@ class FakeStreams:
         self.closed_by_limit = 0
         self.refused = 0
         self.pongs = 0
+        # (stream, open ms, E ms) of every closed kline sent, when a benchmark asks for its send instants.
+        self.sent_closes: list[tuple[str, int, int]] | None = None
         self._accepted_event = trio.Event()
 
     async def wait_accepted(self) -> None:
@@ -314,7 +316,10 @@ class _Connection:
 
     def _frame(self, stream: _Stream, candle: Candle, final: bool) -> bytes:
         # E is stamped per frame: a thousand frames take the fake a while to write, and that is not klined's time.
-        event = kline_event(stream.series, candle, is_final=final, event_time_ms=self.server.now_ms())
+        sent_ms = self.server.now_ms()
+        event = kline_event(stream.series, candle, is_final=final, event_time_ms=sent_ms)
+        if final and self.server.sent_closes is not None:
+            self.server.sent_closes.append((stream.name, candle.candle_time * 1000, sent_ms))
         return orjson.dumps({"stream": stream.name, "data": event} if self.combined else event)
 
     async def _send_json(self, obj: object) -> None:
