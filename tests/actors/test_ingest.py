@@ -253,3 +253,36 @@ async def test_oversized_message_closes_with_1009_and_reconnects(autojump_clock:
         assert ingest.connections[0].connects == 2
         assert [u.candle for u in got] == [candle]
         nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_notice_and_close_in_one_read_reconnect_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    got: list[KlineUpdate] = []
+    attempts: list[float] = []
+
+    async def exchange(stream: trio.abc.Stream) -> None:
+        peer = Peer(stream)
+        await peer.accept()
+        await peer.next_event()  # SUBSCRIBE
+        if len(attempts) == 1:  # the notice and the close frame reach the reader in one read
+            notice = TextMessage(data=orjson.dumps({"e": "serverShutdown", "E": START_MS}).decode())
+            await stream.send_all(peer.ws.send(notice) + peer.ws.send(CloseConnection(code=1001)))
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+
+        @asynccontextmanager
+        async def connect(url: str) -> AsyncIterator[UpstreamWebSocket]:
+            attempts.append(trio.current_time())
+            client, server = trio.testing.memory_stream_pair()
+            nursery.start_soon(exchange, server)
+            async with upstream_over(client, "fakex", urlsplit(url).path) as conn:
+                yield conn
+
+        ingest = await start(nursery, FakeStreams(Market.default(), trio_wall_ms(START_MS)), got, connect=connect)
+        ingest.add(BTC)
+        await trio.sleep(10)
+        assert ingest.stats.server_shutdowns == 1
+        assert ingest.connections[0].failures == 0
+        assert len(attempts) == 2
+        assert attempts[1] - attempts[0] < 1  # no backoff
+        nursery.cancel_scope.cancel()

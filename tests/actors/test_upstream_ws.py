@@ -12,9 +12,12 @@ import pytest
 import trio
 import trio.testing
 from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
     CloseConnection,
     Ping,
     Pong,
+    Request,
     TextMessage,
 )
 from wsproto.frame_protocol import FrameProtocol
@@ -234,3 +237,65 @@ async def test_wss_over_tls(tmp_path: Path) -> None:
                     pass
             nursery.cancel_scope.cancel()
     assert served == ["/ws?x=1"]
+
+
+def frame(first: int, payload: bytes, *, length_bytes: int = 0, mask: bool = False) -> bytes:
+    """A frame built by hand: ``first`` is FIN, RSV and the opcode; the length as asked, even if not minimal."""
+    size = len(payload)
+    if length_bytes == 0 and size < 126:
+        head = bytes([first, size | (0x80 if mask else 0)])
+    elif length_bytes in (0, 2) and size < 1 << 16:
+        head = bytes([first, 126 | (0x80 if mask else 0)]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([first, 127 | (0x80 if mask else 0)]) + size.to_bytes(8, "big")
+    return head + (b"\0\0\0\0" if mask else b"") + payload
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        (frame(0x81, b"{}", mask=True), 1002),  # a server's frames are never masked
+        (frame(0xC1, b"{}"), 1002),  # RSV1 without an extension that owns it
+        (frame(0x81, b"{}", length_bytes=2), 1002),  # a length in more bytes than it needs
+        (frame(0x81, b'{"a":"\xff"}'), 1007),  # not UTF-8
+        (frame(0x83, b"{}"), 1002),  # a reserved opcode
+        (frame(0x01, b'{"a":') + frame(0x81, b"1}"), 1002),  # a new message inside a fragmented one
+        (frame(0x89, b"p" * 126, length_bytes=2)[:4], 1002),  # a control frame over 125 bytes: refused by its header
+        (frame(0x81, b"z" * 2000)[:4], 1009),  # over the bound: refused by its header, before its payload
+    ],
+)
+async def test_protocol_errors_close_the_connection(
+    autojump_clock: trio.testing.MockClock, wire: bytes, code: int
+) -> None:
+    client, peer = pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.accept)
+        async with upstream_over(client, "exchange.test", "/stream", max_message_size=1000) as conn:
+            await peer.stream.send_all(frame(0x81, b'{"ok":1}') + wire)
+            assert await conn.receive() == ['{"ok":1}']
+            with pytest.raises(WebSocketClosedError) as closed:
+                await conn.receive()
+            assert closed.value.code == code
+            close = await peer.next_event()
+            assert isinstance(close, CloseConnection)
+            assert close.code == code
+
+
+async def test_frames_of_every_length_and_with_the_handshake_answer(autojump_clock: trio.testing.MockClock) -> None:
+    client, peer = pair()
+    texts = ["s" * 125, "m" * 126, "l" * 65535, "h" * 65536, "é" * 10]
+    wire = b"".join(frame(0x81, t.encode()) for t in texts)
+
+    async def accept_and_send_at_once() -> None:
+        await peer._expect(Request)
+        await peer.stream.send_all(peer.ws.send(AcceptConnection()) + wire)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_and_send_at_once)
+        async with upstream_over(client, "exchange.test", "/stream") as conn:
+            got: list[str | bytes] = []
+            while len(got) < len(texts):
+                got += await conn.receive()
+            assert got == texts
+            await peer.send(BytesMessage(data=b"\x00binary"))
+            assert await conn.receive() == [b"\x00binary"]
