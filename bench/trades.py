@@ -304,6 +304,7 @@ async def loopback(variant: str, regime: str, port: int, n_symbols: int, n_frame
         with trio.fail_after(300):
             await upstream_ws_reader(port, regime, n_symbols, meter)
         return meter.result()
+    aggregate = variant != "klined-parse"
     clock = ExchangeClock()
     wall = int(time.time() * 1000)
     clock.record(wall, wall, wall)  # measured: the books start at once
@@ -316,7 +317,8 @@ async def loopback(variant: str, regime: str, port: int, n_symbols: int, n_frame
 
         def deliver(update: KlineUpdate | AggTrade) -> None:
             if isinstance(update, AggTrade):
-                actors[update.symbol_id].deliver(update)
+                if aggregate:
+                    actors[update.symbol_id].deliver(update)
                 meter.tick()
 
         async with trio.open_nursery() as nursery:
@@ -354,6 +356,7 @@ READERS = {
     "klined-frames": "klined's frame loop (upstream_ws), no parse",
     "trio-websocket": "trio-websocket get_message, no parse",
     "trio-websocket+parse": "trio-websocket + parse + deliver",
+    "klined-parse": "klined's UpstreamIngest + parse, no aggregation",
     "klined": "klined's UpstreamIngest + parse + deliver",
 }
 
