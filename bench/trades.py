@@ -356,7 +356,7 @@ READERS = {
     "klined-frames": "klined's frame loop (upstream_ws), no parse",
     "trio-websocket": "trio-websocket get_message, no parse",
     "trio-websocket+parse": "trio-websocket + parse + deliver",
-    "klined-parse": "klined's UpstreamIngest + parse, no aggregation",
+    "klined-parse": "klined's UpstreamIngest + parse, no deliver",
     "klined": "klined's UpstreamIngest + parse + deliver",
 }
 
