@@ -3,9 +3,9 @@
 Streams are spread over combined-stream connections by :class:`protocol.upstream.StreamPlan` (at most
 1024 each). Adding a series subscribes it live on an open connection (SUBSCRIBE, paced below Binance's
 control-message limit); nobody is reconnected. Each connection's reader only drains, parses and hands
-off, so trio-websocket never stops answering pings for want of a reader. A dropped connection comes back
-with jittered exponential backoff, logged once per step; a ``serverShutdown`` or the 24 h mark
-reconnects at once.
+off, so pings are answered within the same read (:mod:`actors.upstream_ws`: wsproto read straight from the
+socket, every message of one read parsed and delivered inline). A dropped connection comes back with
+jittered exponential backoff, logged once per step; a ``serverShutdown`` or the 24 h mark reconnects at once.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import attrs
 import orjson
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
+from actors.upstream_ws import HandshakeError, UpstreamWebSocket, WebSocketClosedError, open_upstream
 from protocol.backoff import Backoff
 from protocol.binance import (
     AggTrade,
@@ -43,9 +43,9 @@ from protocol.upstream import (
 
 log = structlog.get_logger(__name__)
 
-Connector = Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]
+Connector = Callable[[str], AbstractAsyncContextManager[UpstreamWebSocket]]
 Deliver = Callable[[KlineUpdate | AggTrade], None]
-_CONNECTION_ERRORS: Final = (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError)
+_CONNECTION_ERRORS: Final = (WebSocketClosedError, HandshakeError, OSError, trio.BrokenResourceError, trio.TooSlowError)
 MALFORMED_LOG_EVERY: Final = 100  # log the first malformed payload of every hundred, count them all
 
 
@@ -80,7 +80,7 @@ class UpstreamIngest:
         market: Market,
         ws_base: str,
         deliver: Deliver,
-        connect: Connector = open_websocket_url,
+        connect: Connector = open_upstream,
         on_connected: Callable[[list[SeriesId]], None] | None = None,
         rng: random.Random | None = None,
         stream_limit: int | None = None,
@@ -214,7 +214,7 @@ class UpstreamIngest:
             error = _describe(group.exceptions[0])
         return error
 
-    async def _session(self, cid: int, ws: WebSocketConnection) -> None:
+    async def _session(self, cid: int, ws: UpstreamWebSocket) -> None:
         send, receive = trio.open_memory_channel[ControlMessage](1000)
         self._control[cid] = send
         names: set[str] = set()
@@ -233,7 +233,7 @@ class UpstreamIngest:
                 nursery.cancel_scope.cancel()
                 send.close()
 
-    async def _send_controls(self, ws: WebSocketConnection, receive: trio.MemoryReceiveChannel[ControlMessage]) -> None:
+    async def _send_controls(self, ws: UpstreamWebSocket, receive: trio.MemoryReceiveChannel[ControlMessage]) -> None:
         """Paced below Binance's limit; whatever queued meanwhile is coalesced into as few frames as possible."""
         bucket = control_bucket(self.market)
         queue: list[ControlMessage] = []
@@ -250,37 +250,38 @@ class UpstreamIngest:
             message_id += 1
             await ws.send_message(orjson.dumps(queue.pop(0).payload(message_id)).decode())
 
-    async def _read(self, ws: WebSocketConnection) -> None:
-        """Drain promptly: parse, hand off without blocking, return on a shutdown notice."""
-        stats = self.stats
+    async def _read(self, ws: UpstreamWebSocket) -> None:
+        """Drain promptly: every message of a read parsed and handed off without blocking; return on a
+        shutdown notice."""
+        stats, deliver, exchange, market, symbols = self.stats, self._deliver, self.exchange, self.market, self._symbols
         while True:
-            raw = await ws.get_message()
-            stats.messages += 1
-            msg = parse_stream_message(raw, exchange=self.exchange, market=self.market, symbols=self._symbols)
-            if isinstance(msg, KlineUpdate):
-                stats.klines += 1
-                self._deliver(msg)
-            elif isinstance(msg, AggTrade):
-                stats.trades += 1
-                self._deliver(msg)
-            elif isinstance(msg, MalformedPayload):
-                stats.malformed += 1
-                if stats.malformed % MALFORMED_LOG_EVERY == 1:
-                    log.warning(
-                        "upstream_malformed", market=self.market, reason=msg.reason, raw=msg.raw, count=stats.malformed
-                    )
-            elif isinstance(msg, ServerShutdown):
-                stats.server_shutdowns += 1
-                log.info("upstream_server_shutdown", market=self.market)
-                return
-            elif isinstance(msg, ControlError):
-                stats.control_errors += 1
-                log.warning("upstream_control_error", market=self.market, code=msg.code, message=msg.message)
+            for raw in await ws.receive():
+                stats.messages += 1
+                msg = parse_stream_message(raw, exchange=exchange, market=market, symbols=symbols)
+                if isinstance(msg, AggTrade):
+                    stats.trades += 1
+                    deliver(msg)
+                elif isinstance(msg, KlineUpdate):
+                    stats.klines += 1
+                    deliver(msg)
+                elif isinstance(msg, MalformedPayload):
+                    stats.malformed += 1
+                    if stats.malformed % MALFORMED_LOG_EVERY == 1:
+                        log.warning(
+                            "upstream_malformed", market=market, reason=msg.reason, raw=msg.raw, count=stats.malformed
+                        )
+                elif isinstance(msg, ServerShutdown):
+                    stats.server_shutdowns += 1
+                    log.info("upstream_server_shutdown", market=market)
+                    return
+                elif isinstance(msg, ControlError):
+                    stats.control_errors += 1
+                    log.warning("upstream_control_error", market=market, code=msg.code, message=msg.message)
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, ConnectionClosed) and error.reason is not None:
-        return f"closed: {error.reason.code} {error.reason.reason or ''}".strip()
+    if isinstance(error, WebSocketClosedError):
+        return f"closed: {error.code} {error.reason or ''}".strip()
     if isinstance(error, BaseExceptionGroup) and error.exceptions:
         return _describe(error.exceptions[0])
     cause = error.__cause__ or error.__context__

@@ -339,12 +339,17 @@ async def serve_streams(
         task_status.started(f"ws://{host}:{server.port}")
 
 
-async def connect_in_memory(nursery: trio.Nursery, streams: FakeStreams, path: str) -> WebSocketConnection:
-    """A client connection to ``streams`` over memory streams: no sockets, so MockClock tests stay exact."""
+def serve_in_memory(nursery: trio.Nursery, streams: FakeStreams) -> trio.abc.Stream:
+    """The client's end of a memory stream pair that ``streams`` serves: no sockets, so MockClock tests stay exact."""
     client, server = trio.testing.memory_stream_pair()
 
     async def serve_one() -> None:
         await streams.handle(await wrap_server_stream(nursery, server))
 
     nursery.start_soon(serve_one)
-    return await wrap_client_stream(nursery, client, "fakex", path)  # type: ignore[arg-type]
+    return client
+
+
+async def connect_in_memory(nursery: trio.Nursery, streams: FakeStreams, path: str) -> WebSocketConnection:
+    """A trio-websocket client connection to ``streams`` over memory streams."""
+    return await wrap_client_stream(nursery, serve_in_memory(nursery, streams), "fakex", path)  # type: ignore[arg-type]

@@ -6,19 +6,23 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+import orjson
 import trio
 import trio.testing
-from trio_websocket import WebSocketConnection
+from wsproto.events import CloseConnection, TextMessage
 
 from actors.clock import system_wall_ms, trio_wall_ms
-from actors.ingest import UpstreamIngest
+from actors.ingest import Connector, UpstreamIngest
+from actors.upstream_ws import UpstreamWebSocket, upstream_over
 from daemon.fakex.market import Market
-from daemon.fakex.ws import FakeStreams, connect_in_memory, serve_streams
-from protocol.binance import KlineUpdate
+from daemon.fakex.ws import FakeStreams, serve_in_memory, serve_streams
+from protocol.binance import KlineUpdate, kline_event
+from protocol.candle import Candle
 from protocol.series import SeriesId
+from tests.actors.ws_peer import Peer
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
@@ -31,18 +35,15 @@ def memory_connector(
     streams: FakeStreams,
     attempts: list[float] | None = None,
     fail: Callable[[], bool] = lambda: False,
-) -> Callable[[str], AbstractAsyncContextManager[WebSocketConnection]]:
+) -> Connector:
     @asynccontextmanager
-    async def connect(url: str) -> AsyncIterator[WebSocketConnection]:
+    async def connect(url: str) -> AsyncIterator[UpstreamWebSocket]:
         if attempts is not None:
             attempts.append(trio.current_time())
         if fail():
             raise OSError(101, "Network is unreachable")
-        conn = await connect_in_memory(nursery, streams, urlsplit(url).path)
-        try:
+        async with upstream_over(serve_in_memory(nursery, streams), "fakex", urlsplit(url).path) as conn:
             yield conn
-        finally:
-            await conn.aclose()
 
     return connect
 
@@ -211,4 +212,77 @@ async def test_series_added_one_by_one_are_subscribed_in_few_frames(autojump_clo
         got.clear()
         await trio.sleep(2)
         assert len({u.series_id for u in got}) == 500  # every stream live within seconds, not minutes
+        nursery.cancel_scope.cancel()
+
+
+async def test_oversized_message_closes_with_1009_and_reconnects(autojump_clock: trio.testing.MockClock) -> None:
+    got: list[KlineUpdate] = []
+    candle = Candle(1_700_000_040, 1.0, 2.0, 0.5, 1.5, 10.0)
+    kline = {"stream": "btcusdt@kline_1m", "data": kline_event(BTC, candle, is_final=True, event_time_ms=START_MS)}
+
+    async def exchange(stream: trio.abc.Stream, attempt: int) -> None:
+        peer = Peer(stream)
+        await peer.accept()
+        subscribe = await peer.next_event()
+        assert isinstance(subscribe, TextMessage)
+        assert "btcusdt@kline_1m" in subscribe.data
+        if attempt == 0:
+            await peer.send(TextMessage(data="x" * 2000))
+            close = await peer.next_event()
+            assert close == CloseConnection(code=1009, reason="message over 1000 bytes")
+            await peer.send(close.response())
+            return
+        await peer.send(TextMessage(data=orjson.dumps(kline).decode()))
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        attempts = itertools.count()
+
+        @asynccontextmanager
+        async def connect(url: str) -> AsyncIterator[UpstreamWebSocket]:
+            client, server = trio.testing.memory_stream_pair()
+            nursery.start_soon(exchange, server, next(attempts))
+            async with upstream_over(client, "fakex", urlsplit(url).path, max_message_size=1000) as conn:
+                yield conn
+
+        ingest = await start(nursery, FakeStreams(Market.default(), trio_wall_ms(START_MS)), got, connect=connect)
+        ingest.add(BTC)
+        await ingest.wait_failure()
+        assert ingest.connections[0].last_error == "closed: 1009 message over 1000 bytes"
+        await trio.sleep(5)  # the first backoff step is at most 1 s
+        assert ingest.connections[0].connects == 2
+        assert [u.candle for u in got] == [candle]
+        nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_notice_and_close_in_one_read_reconnect_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    got: list[KlineUpdate] = []
+    attempts: list[float] = []
+
+    async def exchange(stream: trio.abc.Stream) -> None:
+        peer = Peer(stream)
+        await peer.accept()
+        await peer.next_event()  # SUBSCRIBE
+        if len(attempts) == 1:  # the notice and the close frame reach the reader in one read
+            notice = TextMessage(data=orjson.dumps({"e": "serverShutdown", "E": START_MS}).decode())
+            await stream.send_all(peer.ws.send(notice) + peer.ws.send(CloseConnection(code=1001)))
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+
+        @asynccontextmanager
+        async def connect(url: str) -> AsyncIterator[UpstreamWebSocket]:
+            attempts.append(trio.current_time())
+            client, server = trio.testing.memory_stream_pair()
+            nursery.start_soon(exchange, server)
+            async with upstream_over(client, "fakex", urlsplit(url).path) as conn:
+                yield conn
+
+        ingest = await start(nursery, FakeStreams(Market.default(), trio_wall_ms(START_MS)), got, connect=connect)
+        ingest.add(BTC)
+        await trio.sleep(10)
+        assert ingest.stats.server_shutdowns == 1
+        assert ingest.connections[0].failures == 0
+        assert len(attempts) == 2
+        assert attempts[1] - attempts[0] < 1  # no backoff
         nursery.cancel_scope.cancel()
