@@ -111,7 +111,10 @@ async def run(n_symbols: int, n_trades: int, tmp: Path) -> dict[str, float]:
                 durable.append(log.last_seq() - before)
             per_trade_us = cpu_deliver / max(k, 1) * 1e6
             nursery.cancel_scope.cancel()
-    raw = [orjson.dumps({"stream": "x@aggTrade", "data": agg_trade_event(t.symbol_id, t)}) for t in trades[:100_000]]
+    raw = [
+        orjson.dumps({"stream": f"{t.symbol_id.lower()}@aggTrade", "data": agg_trade_event(t.symbol_id, t)})
+        for t in trades[:100_000]
+    ]
     table = dict.fromkeys(symbols, "S/USDT")
     cpu0 = time.process_time()
     for r in raw:
