@@ -7,10 +7,12 @@ code). Whatever ends the connection, the hub forgets it and its on-demand refcou
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import structlog
 import trio
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+from hypercorn.trio.tcp_server import TCPServer
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
@@ -18,6 +20,7 @@ from actors.fanout.connection import Connection
 from actors.fanout.hub import FanOut
 from actors.supervisor import CapacityError
 from protocol.ws_market import BadRequest, Subscribe, error_frame, parse_client_message
+from protocol.wsframe import text_frame
 
 log = structlog.get_logger(__name__)
 
@@ -29,10 +32,20 @@ class RawWebSocket:
 
     Starlette's ``WebSocket`` wraps every send in its middlewares' send wrappers; at a thousand subscribers
     the fan-out pays that per frame, so ``/ws/market`` is dispatched to this before Starlette's router.
+    Under hypercorn, a text frame goes further still: framed once per payload (:func:`text_frame`, shared by
+    every subscriber of a publish) and written to the connection's socket under hypercorn's own send lock,
+    shielded as hypercorn shields it, so that a frame is never cut in half. Everything else (the handshake,
+    pings, the close) stays hypercorn's. Where hypercorn's objects are not what this expects (another server,
+    another version), every send is plain ASGI.
     """
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive, self._send = receive, send
+        self._direct = DirectSend.of(send)
+
+    @property
+    def direct(self) -> bool:
+        return self._direct is not None
 
     async def accept(self) -> None:
         message = await self._receive()
@@ -44,10 +57,48 @@ class RawWebSocket:
         return await self._receive()
 
     async def send_text(self, text: str) -> None:
-        await self._send({"type": "websocket.send", "text": text})
+        if self._direct is None or not await self._direct.send(text):
+            await self._send({"type": "websocket.send", "text": text})
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class DirectSend:
+    """Text frames written to hypercorn's socket for one WebSocket connection (see :class:`RawWebSocket`)."""
+
+    _last: tuple[str, bytes] = ("", text_frame(b""))  # the latest text framed: a publish's subscribers share it
+
+    def __init__(self, stream: Any, tcp: Any) -> None:
+        self._stream, self._tcp = stream, tcp  # hypercorn's WSStream and its connection's TCPServer
+
+    @classmethod
+    def of(cls, send: Send) -> DirectSend | None:
+        """The direct path behind an ASGI ``send`` of hypercorn's WebSocket stream, if that is what it is."""
+        stream = getattr(send, "__self__", None)
+        h11 = getattr(getattr(stream, "send", None), "__self__", None)
+        tcp = getattr(getattr(h11, "send", None), "__self__", None)
+        if not (
+            type(stream) is WSStream
+            and type(tcp) is TCPServer
+            and isinstance(getattr(tcp, "send_lock", None), trio.Lock)
+            and isinstance(getattr(tcp, "stream", None), trio.abc.Stream)
+        ):
+            return None
+        return cls(stream, tcp)
+
+    async def send(self, text: str) -> bool:
+        """Write one text message; False (nothing written) unless the connection is open for messages."""
+        if self._stream.closed or self._stream.state is not ASGIWebsocketState.CONNECTED:
+            return False
+        last_text, frame = DirectSend._last
+        if text is not last_text:
+            frame = text_frame(text.encode())
+            DirectSend._last = (text, frame)
+        async with self._tcp.send_lock:
+            with trio.CancelScope(shield=True):  # a cancelled send must not leave half a frame on the wire
+                await self._tcp.stream.send_all(frame)
+        return True
 
 
 class MarketSocket:

@@ -10,10 +10,13 @@ import random
 import time
 from pathlib import Path
 
+import orjson
 import trio
 import trio.lowlevel
 
-from tests.serving.harness import S1, batch, closed, daemon, gap
+from daemon.ws_endpoint import DirectSend
+from protocol.wsframe import text_frame
+from tests.serving.harness import S1, SENTINEL_REPLY, batch, closed, daemon, gap
 
 S2 = "binance:spot:ETH/USDT:1m"
 
@@ -191,3 +194,15 @@ async def test_10_catchup_live_race_is_duplicate_free_and_ordered(tmp_path: Path
             assert seen == sorted(set(seen)), f"client {k}: duplicate or out of order"
             assert seen[-1] == 60 * 80
             assert seen == list(range(seen[0], 60 * 81, 60)), f"client {k}: a candle is missing"
+
+
+async def test_frames_under_hypercorn_take_the_direct_path(tmp_path: Path) -> None:
+    """Live frames are framed once and written to hypercorn's socket directly: if a hypercorn upgrade moves
+    the objects this relies on, every send falls back to plain ASGI and this test says so."""
+    async with daemon(tmp_path) as d, d.client() as c:
+        await d.ingest(120)
+        await c.subscribe(since=60)
+        assert await c.frames_until_quiet() == [closed(120)]
+        text, frame = DirectSend._last  # the quiet check's marker reply, the last frame sent
+        assert orjson.loads(text) == SENTINEL_REPLY
+        assert frame == text_frame(text.encode())
