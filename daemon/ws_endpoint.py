@@ -7,6 +7,8 @@ code). Whatever ends the connection, the hub forgets it and its on-demand refcou
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
@@ -43,9 +45,11 @@ class RawWebSocket:
         self._receive, self._send = receive, send
         self._direct = DirectSend.of(send)
 
-    @property
-    def direct(self) -> bool:
-        return self._direct is not None
+    def write_through(self, client: Connection) -> None:
+        """Let ``client``'s live frames go to the socket from the publish itself, where that is possible."""
+        if self._direct is not None:
+            self._direct.on_partial = client.flush_due
+            client.write_now = self._direct.write_now
 
     async def accept(self) -> None:
         message = await self._receive()
@@ -57,7 +61,7 @@ class RawWebSocket:
         return await self._receive()
 
     async def send_text(self, text: str) -> None:
-        if self._direct is None or not await self._direct.send(text):
+        if (self._direct is None or not await self._direct.send(text)) and text:  # FLUSH: nothing of its own
             await self._send({"type": "websocket.send", "text": text})
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -71,6 +75,9 @@ class DirectSend:
 
     def __init__(self, stream: Any, tcp: Any) -> None:
         self._stream, self._tcp = stream, tcp  # hypercorn's WSStream and its connection's TCPServer
+        self._fd: int = tcp.stream.socket.fileno()
+        self._rest = b""  # what the socket has not taken yet of a frame written without waiting
+        self.on_partial: Callable[[], None] = _nothing  # the sender must finish ``_rest`` (see Connection)
 
     @classmethod
     def of(cls, send: Send) -> DirectSend | None:
@@ -82,23 +89,55 @@ class DirectSend:
             type(stream) is WSStream
             and type(tcp) is TCPServer
             and isinstance(getattr(tcp, "send_lock", None), trio.Lock)
-            and isinstance(getattr(tcp, "stream", None), trio.abc.Stream)
+            and type(getattr(tcp, "stream", None)) is trio.SocketStream  # plain TCP: a TLS stream frames its own
         ):
             return None
         return cls(stream, tcp)
 
-    async def send(self, text: str) -> bool:
-        """Write one text message; False (nothing written) unless the connection is open for messages."""
-        if self._stream.closed or self._stream.state is not ASGIWebsocketState.CONNECTED:
+    def _open(self) -> bool:
+        return not self._stream.closed and self._stream.state is ASGIWebsocketState.CONNECTED
+
+    def write_now(self, text: str) -> bool:
+        """Hand one message to the socket without waiting: False (nothing written) if a send is in flight,
+        part of a frame is still unsent, the connection is not open, or the socket takes nothing now."""
+        if self._rest or self._tcp.send_lock.locked() or not self._open():
             return False
-        last_text, frame = DirectSend._last
-        if text is not last_text:
-            frame = text_frame(text.encode())
-            DirectSend._last = (text, frame)
+        frame = _framed(text)
+        try:
+            sent = os.write(self._fd, frame)
+        except OSError:  # full (the sender waits for room), or a dead peer (the sender's send reports it)
+            return False
+        if sent < len(frame):
+            self._rest = frame[sent:]
+            self.on_partial()
+        return True
+
+    async def send(self, text: str) -> bool:
+        """Write what is left of a frame, then one text message (none for ``FLUSH``); False (nothing written)
+        unless the connection is open for messages."""
+        if not self._open():
+            return False
         async with self._tcp.send_lock:
             with trio.CancelScope(shield=True):  # a cancelled send must not leave half a frame on the wire
-                await self._tcp.stream.send_all(frame)
+                if self._rest:
+                    rest, self._rest = self._rest, b""
+                    await self._tcp.stream.send_all(rest)
+                if text:
+                    await self._tcp.stream.send_all(_framed(text))
         return True
+
+
+def _framed(text: str) -> bytes:
+    """The frame of ``text``; the latest is kept, as every subscriber of a publish sends the same text."""
+    last_text, frame = DirectSend._last
+    if text is not last_text:
+        frame = text_frame(text.encode())
+        DirectSend._last = (text, frame)
+    return frame
+
+
+def _nothing() -> None:
+    pass
 
 
 class MarketSocket:
@@ -120,6 +159,7 @@ class MarketSocket:
             await websocket.close(1013, "capacity")
             return
         client = self.hub.connect()
+        websocket.write_through(client)
         try:
             async with trio.open_nursery() as nursery:
                 client.nursery = nursery

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 SLOW_CONSUMER: Final = "slow_consumer"
+FLUSH: Final = ""  # from next_frame: no new frame, but the transport holds part of one to finish sending
 
 
 class Connection:
@@ -26,7 +27,9 @@ class Connection:
 
     The outbox is a deque with a wake-up event rather than a memory channel: a channel costs its reader
     two trips through the scheduler per frame, and a thousand subscribers of one publish make that the
-    fan-out's hot path.
+    fan-out's hot path. Where the endpoint can hand a frame to its socket without waiting (``write_now``),
+    a live frame that finds the outbox empty goes out at once, from the publish itself: no task switch and
+    no queue for the common case, and the same order, since nothing queued or in flight is ever overtaken.
     """
 
     def __init__(self, stats: FanOutStats, client_id: int, queue_frames: int) -> None:
@@ -41,6 +44,10 @@ class Connection:
         self.close_reason = ""
         self.final_frame: str | None = None  # sent after the outbox is abandoned (slow consumer)
         self.nursery: trio.Nursery | None = None  # where the endpoint runs this client's workers
+        # Set by the endpoint: take a frame whole without waiting (True), or refuse it (False: it queues).
+        # It refuses while a send is in flight; a frame it took only partly is finished by the sender (FLUSH).
+        self.write_now: Callable[[str], bool] | None = None
+        self._flush_due = False
 
     @property
     def queued(self) -> int:
@@ -53,7 +60,19 @@ class Connection:
         if len(self._frames) + len(frames) > self._max_frames:
             self.slow()
             return
+        if not self._frames and self.write_now is not None:
+            for taken, frame in enumerate(frames):
+                if not self.write_now(frame):
+                    frames = frames[taken:]
+                    break
+            else:
+                return
         self._frames.extend(frames)
+        self._wakeup.set()
+
+    def flush_due(self) -> None:
+        """The transport took part of a frame: wake the sender to finish it (next_frame answers FLUSH)."""
+        self._flush_due = True
         self._wakeup.set()
 
     async def put(self, frames: Sequence[str]) -> None:
@@ -72,6 +91,9 @@ class Connection:
         while True:
             if self.final_frame is not None:
                 return None  # a slow consumer's queued frames are abandoned
+            if self._flush_due:
+                self._flush_due = False
+                return FLUSH
             if self._frames:
                 frame = self._frames.popleft()
                 if len(self._frames) < self._max_frames // 2:
