@@ -36,8 +36,9 @@ class RawWebSocket:
     the fan-out pays that per frame, so ``/ws/market`` is dispatched to this before Starlette's router.
     Under hypercorn, a text frame goes further still: framed once per payload (:func:`text_frame`, shared by
     every subscriber of a publish) and written to the connection's socket under hypercorn's own send lock,
-    shielded as hypercorn shields it, so that a frame is never cut in half. Everything else (the handshake,
-    pings, the close) stays hypercorn's. Where hypercorn's objects are not what this expects (another server,
+    shielded as hypercorn shields it, so that a frame is never cut in half; a live frame that finds the
+    connection idle is written from the publish itself (:meth:`write_through`). Everything else (the
+    handshake, pings, the close) stays hypercorn's. Where hypercorn's objects are not what this expects (another server,
     another version), every send is plain ASGI.
     """
 
