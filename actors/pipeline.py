@@ -93,7 +93,7 @@ class ClosedCandleWriter:
         self,
         sink: CandleSink,
         *,
-        batch_max: int = 200,
+        batch_max: int = 1000,
         stages: Stages = Stages(),
         queue_size: int = 10_000,
         now_ms: Callable[[], int] | None = None,
