@@ -275,10 +275,10 @@ async def clients_worker(ws_url: str, n_clients: int, series: list[str], raw: bo
                     state["closed"] += 1
                     return
                 buf += chunk
-        except OSError as e:
+        except (OSError, trio.BrokenResourceError) as e:  # refused, or reset by klined
             state["failed"] += 1
             if len(errors) < 10:
-                errors.append(f"client {i}: {e!r}")
+                errors.append(f"client {i}: {e!r} from {e.__cause__!r}")
         finally:
             if held:
                 limiter.release_on_behalf_of(i)

@@ -308,6 +308,9 @@ def live_burst(n: int, lead_s: float, trades: bool) -> dict[str, Any]:
         to_publish = [published[s, t] - origin[s] for s in origin if (s, t) in published]
         to_receipt = [a - origin[s] for s in origin for a in result["arrivals"][s].get(str(t), [])]
         bursts.append((to_publish, to_receipt))
+    if result["errors"]:
+        failed, closed = result["failed"], result["closed"]
+        print(f"  clients: {failed} failed, {closed} closed: {result['errors'][:3]}", file=sys.stderr)
     return {
         "n": n,
         "ready": ready["ready"],
