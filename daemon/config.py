@@ -7,6 +7,7 @@ value raises :class:`ConfigError` whose message names the key, and start-up stop
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -113,6 +114,19 @@ class Settings:
     # Tests and demos only: follow a fake exchange whose clock runs this many times as fast.
     dev_clock_speed: float = attrs.field(default=1.0, metadata=_kind("pos_float"))
     projection_max_series_in_memory: int = attrs.field(default=4000, metadata=_kind("nonneg_int"))
+    # Cluster mode (docs/design.md): none of these matter while cluster_nats_urls is empty (standalone).
+    # The NATS servers of the cluster's JetStream, e.g. "nats://10.0.0.1:4222,nats://10.0.0.2:4222".
+    cluster_nats_urls: tuple[str, ...] = attrs.field(default=(), metadata=_kind("nats_url_list"))
+    # Names the stream, the lease bucket and their subjects: several klined clusters can share one NATS.
+    cluster_name: str = attrs.field(default="klined", metadata=_kind("name"))
+    # This node's name in the lease, health and `klinectl cluster`; "" takes the host name.
+    node_name: str = attrs.field(default="", metadata=_kind("name_or_empty"))
+    # "auto" competes for the writer lease; "replica" never writes (a read-only node).
+    cluster_role: str = attrs.field(default="auto", metadata=_kind("cluster_role"))
+    # A writer that stops renewing loses the lease this long after its last renewal.
+    cluster_lease_ttl_s: float = attrs.field(default=10.0, metadata=_kind("pos_float"))
+    # How long the stream keeps events (0: forever). A replica further behind is seeded from a backup.
+    cluster_stream_max_age_s: float = attrs.field(default=0.0, metadata=_kind("nonneg_float"))
 
     @property
     def data_path(self) -> Path:
@@ -262,6 +276,37 @@ def _as_history_source(raw: object, from_env: bool) -> str:
     return value
 
 
+CLUSTER_ROLES: Final = ("auto", "replica")
+_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # NATS stream, bucket and subject tokens allow these
+
+
+def _as_cluster_role(raw: object, from_env: bool) -> str:
+    value = _as_str(raw, from_env).strip().lower()
+    if value not in CLUSTER_ROLES:
+        raise ValueError(f"expected one of {', '.join(CLUSTER_ROLES)}, got {raw!r}")
+    return value
+
+
+def _as_name(raw: object, from_env: bool) -> str:
+    value = _as_str(raw, from_env)
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"expected 1-64 letters, digits, '_' or '-', got {value!r}")
+    return value
+
+
+def _as_name_or_empty(raw: object, from_env: bool) -> str:
+    value = _as_str(raw, from_env)
+    return value and _as_name(value, from_env)
+
+
+def _as_nats_url_list(raw: object, from_env: bool) -> tuple[str, ...]:
+    values = _as_list(raw, from_env)
+    for url in values:
+        if not url.startswith(("nats://", "tls://")):
+            raise ValueError(f"expected nats:// or tls:// URLs, got {url!r}")
+    return values
+
+
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
@@ -289,6 +334,10 @@ _PARSERS: Final[dict[str, Callable[[object, bool], Any]]] = {
     "timeframe_list": _as_timeframe_list,
     "history_source": _as_history_source,
     "log_level": _as_log_level,
+    "cluster_role": _as_cluster_role,
+    "name": _as_name,
+    "name_or_empty": _as_name_or_empty,
+    "nats_url_list": _as_nats_url_list,
 }
 _KIND_OF: Final = {f.name: f.metadata["kind"] for f in attrs.fields(Settings)}
 

@@ -86,6 +86,10 @@ def test_env_booleans(text: str, value: bool) -> None:
         ({"KLINED_BINANCE_WS_FLUSH_S": "nan"}, "binance_ws_flush_s.*finite"),
         ({"KLINED_BINANCE_SPOT_WS_URL": "stream.binance.com"}, "binance_spot_ws_url.*URL"),
         ({"KLINED_MARKET_HISTORY_SOURCE": "bybit"}, "market_history_source"),
+        ({"KLINED_CLUSTER_NATS_URLS": "10.0.0.1:4222"}, "cluster_nats_urls.*nats://"),
+        ({"KLINED_CLUSTER_ROLE": "leader"}, "cluster_role.*auto, replica"),
+        ({"KLINED_CLUSTER_NAME": "my cluster"}, "cluster_name.*letters, digits"),
+        ({"KLINED_NODE_NAME": "a.b"}, "node_name.*letters, digits"),
     ],
 )
 def test_bad_environment_names_the_key(env: dict[str, str], message: str) -> None:
@@ -121,3 +125,21 @@ def test_every_key_has_an_env_form() -> None:
         if raw == "":
             continue
         assert getattr(load_settings(env={f"KLINED_{key.upper()}": raw}), key) == default, key
+
+
+def test_cluster_keys_default_to_standalone_and_parse_from_the_environment() -> None:
+    s = load_settings(env={})
+    assert (s.cluster_nats_urls, s.cluster_name, s.node_name, s.cluster_role) == ((), "klined", "", "auto")
+    s = load_settings(
+        env={
+            "KLINED_CLUSTER_NATS_URLS": "nats://10.0.0.1:4222, nats://10.0.0.2:4222",
+            "KLINED_CLUSTER_NAME": "prod-1",
+            "KLINED_NODE_NAME": "vps_a",
+            "KLINED_CLUSTER_ROLE": "Replica",
+            "KLINED_CLUSTER_LEASE_TTL_S": "6",
+            "KLINED_CLUSTER_STREAM_MAX_AGE_S": "604800",
+        }
+    )
+    assert s.cluster_nats_urls == ("nats://10.0.0.1:4222", "nats://10.0.0.2:4222")
+    assert (s.cluster_name, s.node_name, s.cluster_role) == ("prod-1", "vps_a", "replica")
+    assert (s.cluster_lease_ttl_s, s.cluster_stream_max_age_s) == (6.0, 604800.0)
