@@ -1,0 +1,151 @@
+"""The writer lease: one replicated JetStream KV key, taken by create-if-absent, renewed by compare-and-set.
+
+Every ``auto`` node runs a :class:`WriterLease`. The bucket's TTL is the lease's: a holder that stops
+renewing (killed, partitioned, stopped by SIGSTOP) loses the key ``ttl_s`` after its last renewal reached the
+servers, and another node's ``create`` then succeeds. A renewal carries the revision it last saw, so a node
+that was away while another took over is refused and learns it lost. The holder acts as the writer only
+while :class:`protocol.lease.LeaseClock` says it may: a margin inside the TTL, counted from when the renewal
+was sent. That alone is not fencing: the stream's expected last sequence is (``docs/design.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+import structlog
+import trio
+from nats.errors import Error as NatsError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from daemon.cluster.bridge import AsyncioThread, BridgeClosedError
+from protocol.lease import LeaseClock
+
+log = structlog.get_logger(__name__)
+
+LEASE_KEY: Final = "writer"
+_REFUSED: Final = (KeyWrongLastSequenceError,)
+_UNREACHABLE: Final = (NatsError, OSError, TimeoutError, BridgeClosedError)
+
+
+@attrs.define
+class LeaseStats:
+    taken: int = 0
+    lost: int = 0
+    renewals: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+
+class WriterLease:
+    """This node's side of the lease over one bound KV bucket (``kv`` is nats-py's, used on the bridge)."""
+
+    def __init__(
+        self, bridge: AsyncioThread, kv: Any, node: str, ttl_s: float, *, now: Callable[[], float] = trio.current_time
+    ) -> None:
+        self._bridge, self._kv, self.node = bridge, kv, node
+        self._clock = LeaseClock(ttl_s)
+        self._now = now
+        self._revision = 0
+        self.holder: str | None = None  # the node holding the lease, as last seen
+        self.stats = LeaseStats()
+        self._changed = trio.Event()
+
+    def held(self) -> bool:
+        """Whether this node may act as the writer now."""
+        return self.holder == self.node and self._clock.held(self._now())
+
+    async def wait_changed(self) -> None:
+        """Return after the next gain or loss of the lease (or a new holder seen)."""
+        await self._changed.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                await self._attempt()
+                deadline = self._clock.next_attempt(self._now())
+                if self.holder == self.node:  # wake when the lease would go void, to say so, if renewals fail
+                    deadline = min(deadline, (self._clock.sent_at or 0) + self._clock.ttl_s)
+                await trio.sleep_until(deadline)
+                if self.holder == self.node and not self._clock.held(self._now()):
+                    self._lose("unrenewed")
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._release()
+
+    async def _attempt(self) -> None:
+        sent = self._now()
+        value = self.node.encode()
+        try:
+            if self.holder == self.node:
+                self._revision = await self._bridge.run(self._kv.update, LEASE_KEY, value, self._revision)
+                self._clock.granted(sent)
+                self.stats.renewals += 1
+            else:
+                self._revision = await self._bridge.run(self._kv.create, LEASE_KEY, value)
+                self._clock.granted(sent)
+                self._gain()
+        except _REFUSED:
+            if self.holder == self.node:
+                self._lose("taken")
+            await self._look()
+        except _UNREACHABLE as e:
+            self.stats.failures += 1
+            self.stats.last_error = repr(e)
+
+    async def _look(self) -> None:
+        """Who holds it now (a refused take or renewal)."""
+        try:
+            entry = await self._bridge.run(self._kv.get, LEASE_KEY)
+        except KeyNotFoundError:
+            holder = None
+        except _UNREACHABLE:
+            return
+        else:
+            holder = bytes(entry.value or b"").decode() or None
+        if holder != self.holder:
+            self.holder = holder
+            self._notify()
+
+    def _gain(self) -> None:
+        self.holder = self.node
+        self.stats.taken += 1
+        log.info("cluster_lease_taken", node=self.node, revision=self._revision)
+        self._notify()
+
+    def _lose(self, why: str) -> None:
+        self._clock.void()
+        self.holder = None
+        self.stats.lost += 1
+        log.warning("cluster_lease_lost", node=self.node, reason=why)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _release(self) -> None:
+        """A clean stop hands the lease on at once instead of after its TTL."""
+        if self.holder != self.node:
+            return
+        self._clock.void()
+        self.holder = None
+        with trio.move_on_after(2):
+            try:
+                await self._bridge.run(self._kv.delete, LEASE_KEY, self._revision)
+                log.info("cluster_lease_released", node=self.node)
+            except (*_REFUSED, *_UNREACHABLE):
+                pass  # lost already, or unreachable: the TTL hands it on
+
+
+async def open_lease_bucket(bridge: AsyncioThread, nc: Any, cluster_name: str, ttl_s: float, replicas: int) -> Any:
+    """The cluster's lease bucket (created on first use; its TTL is the lease TTL)."""
+    js = nc.jetstream()
+    bucket = f"{cluster_name}_lease"
+
+    async def open_bucket() -> Any:
+        return await js.create_key_value(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas)
+
+    return await bridge.run(open_bucket)
