@@ -27,7 +27,7 @@ from actors.ports import CandleLog, ProjectionStorage, ProjectionWrite
 from actors.projection_replay import ProjectorStats, SeriesReplayer
 from protocol.factors.base import Factor, fingerprint, resolve_order
 from protocol.factors.registry import DEFAULT_FACTORS
-from protocol.logrecords import AppendResult, EventKind, LogEvent
+from protocol.logrecords import AppendResult, LogEvent, append_events
 from protocol.overlays import OverlayBuilder
 from protocol.series import SeriesId
 
@@ -165,7 +165,7 @@ class Projector:
             while True:
                 after = self.pstore.checkpoint()
                 if result is not None and result.first_seq == after + 1 and result.last_seq is not None:
-                    events = _result_events(result)
+                    events = append_events(result)
                     result = None
                 else:  # appends made elsewhere: read back from the log, off the event loop
                     events = await trio.to_thread.run_sync(self.log.events_since, after, CHUNK_EVENTS)
@@ -290,26 +290,6 @@ class Projector:
     def _notify(self, sid: str, event: str, message: str) -> None:
         if self.notify is not None:
             self.notify(SeriesId.parse(sid), event, message, {"series_id": sid})
-
-
-def _result_events(result: AppendResult) -> list[LogEvent]:
-    """The events an append wrote, rebuilt from its result: each written candle is one event, in the order
-    of ``changed`` (series in batch order, candles in seq order); corrections carry the replaced candle."""
-    assert result.first_seq is not None
-    replaced = {(e.series_id, e.candle[0]): e for e in result.corrections}
-    out: list[LogEvent] = []
-    seq = result.first_seq
-    for series, candles in result.changed.items():
-        sid = str(series)
-        for c in candles:
-            corrected = replaced.get((sid, c[0])) if replaced else None
-            out.append(corrected or LogEvent(seq, EventKind.CANDLE_CLOSED, sid, c))
-            seq += 1
-    if seq - 1 != result.last_seq:
-        raise RuntimeError(
-            f"append result does not add up: events {result.first_seq}..{seq - 1}, last {result.last_seq}"
-        )
-    return out
 
 
 __all__ = ["Projector", "RebuildProgress"]

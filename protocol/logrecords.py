@@ -79,6 +79,27 @@ class AppendResult:
     heads: dict[str, SeriesHead]
 
 
+def append_events(result: AppendResult) -> list[LogEvent]:
+    """The events an append wrote, rebuilt from its result: each written candle is one event, in the order
+    of ``changed`` (series in batch order, candles in seq order); corrections carry the replaced candle."""
+    if result.first_seq is None:
+        return []
+    replaced = {(e.series_id, e.candle[0]): e for e in result.corrections}
+    out: list[LogEvent] = []
+    seq = result.first_seq
+    for series, candles in result.changed.items():
+        sid = str(series)
+        for c in candles:
+            corrected = replaced.get((sid, c[0])) if replaced else None
+            out.append(corrected or LogEvent(seq, EventKind.CANDLE_CLOSED, sid, c))
+            seq += 1
+    if seq - 1 != result.last_seq:
+        raise RuntimeError(
+            f"append result does not add up: events {result.first_seq}..{seq - 1}, last {result.last_seq}"
+        )
+    return out
+
+
 def pack_body(c: Candle) -> bytes:
     return CANDLE_BODY.pack(*c)
 

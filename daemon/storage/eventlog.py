@@ -34,6 +34,7 @@ from protocol.logrecords import (
     AppendResult,
     LogEvent,
     SeriesHead,
+    append_events,
     decode_run,
     run_count,
     unpack_bodies,
@@ -96,40 +97,76 @@ class EventLog:
         :class:`CandleError` naming it, and nothing of the batch is written.
         """
         while True:
+            pending = self.begin_append(batch)
             try:
-                return self._append_once(batch)
-            except struct.error as e:  # the txn was aborted: nothing of the batch is written
+                return pending.commit()
+            except lmdb.MapFullError:
+                self._grow()
+
+    def begin_append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> PendingAppend:
+        """The append of ``batch`` computed in an open write transaction, not yet committed: a cluster's
+        writer commits it only once the stream has taken its events, and aborts it otherwise (nothing of it
+        is written then). The caller must commit or abort before any other write of this log."""
+        while True:
+            txn = self._env.begin(write=True)
+            try:
+                return self._prepare(txn, batch)
+            except struct.error as e:  # nothing of the batch is written
+                txn.abort()
                 explain_pack_error(batch, e)
             except lmdb.MapFullError:
-                # The txn is aborted (context manager); with no txn open the map may grow.
-                new_size = self.map_size * 2
-                log.warning("eventlog_map_grow", path=str(self.path), map_size=new_size)
-                self._gate.resize(self._env, new_size)
+                txn.abort()  # with no txn open the map may grow
+                self._grow()
             except lmdb.MapResizedError:
+                txn.abort()
                 self._gate.resize(self._env, 0)  # another process grew it: adopt its size
             except lmdb.Error as e:
+                txn.abort()
                 raise StoreError(f"event log write failed: {e}") from e
+            except BaseException:
+                txn.abort()
+                raise
 
-    def _append_once(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
+    def apply(self, events: Sequence[LogEvent]) -> list[AppendResult]:
+        """Write exactly ``events`` at their seqs (a replica applying the stream). They must follow the last
+        seq; each run of them is appended, and the append must produce the very same events (kind, series,
+        candle, replaced candle) or nothing of that run is written (:class:`DivergedError`)."""
+        results = []
+        for run in _append_runs(events):
+            pending = self.begin_append(_batch_of(run))
+            produced = append_events(pending.result)
+            if produced != list(run):
+                pending.abort()
+                raise DivergedError(run[0].seq, _first_difference(run, produced))
+            results.append(pending.commit())
+        return results
+
+    def _prepare(self, txn: Any, batch: Mapping[SeriesId, Sequence[Candle]]) -> PendingAppend:
         new_series: dict[str, int] = {}
-        with self._env.begin(write=True) as txn:
-            writes = BatchAppend(
-                txn,
-                candles_db=self._candles,
-                heads_db=self._heads,
-                events_db=self._events,
-                first_seq=self._last_seq_in(txn) + 1,
-            )
-            for series, candles in batch.items():
-                if candles:
-                    sid = str(series)
-                    writes.add_series(series, sid, self._series_num(txn, sid, new_series), candles)
-            writes.write_events()
-        # The mirrors learn the new series only once the transaction has committed.
+        writes = BatchAppend(
+            txn,
+            candles_db=self._candles,
+            heads_db=self._heads,
+            events_db=self._events,
+            first_seq=self._last_seq_in(txn) + 1,
+        )
+        for series, candles in batch.items():
+            if candles:
+                sid = str(series)
+                writes.add_series(series, sid, self._series_num(txn, sid, new_series), candles)
+        writes.write_events()
+        return PendingAppend(self, txn, writes.result(), new_series)
+
+    def _adopt(self, new_series: Mapping[str, int]) -> None:
+        """The mirrors learn the new series only once their transaction has committed."""
         for sid, num in new_series.items():
             self._series_nums[sid] = num
             self._series_names[num] = sid
-        return writes.result()
+
+    def _grow(self) -> None:
+        new_size = self.map_size * 2
+        log.warning("eventlog_map_grow", path=str(self.path), map_size=new_size)
+        self._gate.resize(self._env, new_size)
 
     def _series_num(self, txn: Any, sid: str, new_series: dict[str, int]) -> int:
         """The series' number, created in ``txn`` (and noted in ``new_series``) when it is new."""
@@ -316,3 +353,64 @@ class EventLog:
             "series": len(self._series_nums),
             "last_seq": self.last_seq(),
         }
+
+
+class DivergedError(StoreError):
+    """Events to apply that this log, as it stands, would write differently: it is not the stream's."""
+
+    def __init__(self, seq: int, detail: str) -> None:
+        super().__init__(f"the log diverges from the events to apply at seq {seq}: {detail}")
+        self.seq = seq
+
+
+class PendingAppend:
+    """One append, computed in its open write transaction (see :meth:`EventLog.begin_append`)."""
+
+    def __init__(self, log: EventLog, txn: Any, result: AppendResult, new_series: dict[str, int]) -> None:
+        self._log, self._txn, self.result, self._new_series = log, txn, result, new_series
+
+    def commit(self) -> AppendResult:
+        try:
+            self._txn.commit()
+        except lmdb.MapFullError:
+            raise
+        except lmdb.Error as e:
+            raise StoreError(f"event log commit failed: {e}") from e
+        self._log._adopt(self._new_series)
+        return self.result
+
+    def abort(self) -> None:
+        self._txn.abort()
+
+
+def _append_runs(events: Sequence[LogEvent]) -> list[Sequence[LogEvent]]:
+    """``events`` cut where one append could not have written them in that order: an append writes each
+    series' candles together, each time once."""
+    runs: list[Sequence[LogEvent]] = []
+    start = 0
+    seen: set[str] = set()
+    times: set[tuple[str, int]] = set()
+    for i, e in enumerate(events):
+        back_to = e.series_id in seen and e.series_id != events[i - 1].series_id
+        if i > start and (back_to or (e.series_id, e.candle[0]) in times):
+            runs.append(events[start:i])
+            start, seen, times = i, set(), set()
+        seen.add(e.series_id)
+        times.add((e.series_id, e.candle[0]))
+    if start < len(events):
+        runs.append(events[start:])
+    return runs
+
+
+def _batch_of(run: Sequence[LogEvent]) -> dict[SeriesId, list[Candle]]:
+    batch: dict[SeriesId, list[Candle]] = {}
+    for e in run:
+        batch.setdefault(SeriesId.parse(e.series_id), []).append(e.candle)
+    return batch
+
+
+def _first_difference(expected: Sequence[LogEvent], produced: Sequence[LogEvent]) -> str:
+    for want, got in zip(expected, produced, strict=False):
+        if want != got:
+            return f"the stream has {want}, this log would write {got}"
+    return f"the stream has {len(expected)} events, this log would write {len(produced)}"

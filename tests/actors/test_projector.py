@@ -337,7 +337,7 @@ async def test_sync_is_serial_and_wait_projected_wakes(tmp_path: Path) -> None:
 
 
 def test_events_rebuilt_from_an_append_result_equal_the_log(tmp_path: Path) -> None:
-    from actors.projector import _result_events
+    from protocol.logrecords import append_events
 
     with EventLog(tmp_path / "log") as log:
         log.append({BTC: walk(20, 1), ETH: walk(5, 2)})
@@ -346,7 +346,7 @@ def test_events_rebuilt_from_an_append_result_equal_the_log(tmp_path: Path) -> N
         for batch in ({ETH: walk(8, 2)[5:], BTC: mixed}, {BTC: [base[12]._replace(volume=9.0)]}):
             before = log.last_seq()
             result = log.append(batch)
-            assert _result_events(result) == log.events_since(before)
+            assert append_events(result) == log.events_since(before)
 
 
 async def test_a_store_left_open_by_an_earlier_boot_is_wiped_and_rebuilt(tmp_path: Path) -> None:
