@@ -23,10 +23,29 @@ class StoreError(RuntimeError):
     """The log could not complete a write (a storage error other than a full map); nothing was written."""
 
 
+class PendingAppend(Protocol):
+    """An append computed in its open write transaction: committed, or aborted with nothing written."""
+
+    result: AppendResult
+
+    def commit(self) -> AppendResult: ...
+    def abort(self) -> None: ...
+
+
+class CommitPoint(Protocol):
+    """Where a batch's events become durable before the local log commits them (a cluster's stream).
+
+    ``publish`` returns once they are durable there, or raises (a :class:`StoreError`: the local append is
+    then aborted and the batch retried)."""
+
+    async def publish(self, events: Sequence[LogEvent]) -> None: ...
+
+
 class CandleLog(Protocol):
     """The event log: closed candles appended durably, read back by series or in seq order."""
 
     def append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult: ...
+    def begin_append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> PendingAppend: ...
     def last_seq(self) -> int: ...
     def head(self, series: SeriesId | str) -> SeriesHead | None: ...
     def heads(self) -> dict[str, SeriesHead]: ...

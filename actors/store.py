@@ -17,9 +17,9 @@ from typing import TypeVar
 
 import trio
 
-from actors.ports import CandleLog
+from actors.ports import CandleLog, CommitPoint
 from protocol.candle import Candle
-from protocol.logrecords import AppendResult, LogEvent, SeriesHead
+from protocol.logrecords import AppendResult, LogEvent, SeriesHead, append_events
 from protocol.series import SeriesId
 
 T = TypeVar("T")
@@ -29,8 +29,10 @@ INLINE_MAX_CANDLES = 2_000  # up to this, an append is a few ms on the loop; bey
 class Store:
     """Async access to one :class:`CandleLog`; owns nothing else."""
 
-    def __init__(self, log: CandleLog, *, max_readers: int = 4) -> None:
+    def __init__(self, log: CandleLog, *, max_readers: int = 4, commit_point: CommitPoint | None = None) -> None:
         self.log = log
+        # In cluster mode, a batch's events are made durable there first, then committed here (or aborted).
+        self._commit_point = commit_point
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(max_readers)
         self._batches = 0
@@ -40,7 +42,10 @@ class Store:
 
     async def append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
         """Durably append one batch; returns only after the transaction has committed."""
-        if sum(map(len, batch.values())) <= INLINE_MAX_CANDLES:
+        if self._commit_point is not None:
+            async with self._write_limiter:  # the local transaction stays open while the stream takes it
+                result = await self._append_through(self._commit_point, batch)
+        elif sum(map(len, batch.values())) <= INLINE_MAX_CANDLES:
             async with self._write_limiter:  # a threaded write may be in progress: wait for it
                 result = self.log.append(batch)
         else:
@@ -55,6 +60,19 @@ class Store:
         self._appended.set()
         self._appended = trio.Event()
         return result
+
+    async def _append_through(
+        self, commit_point: CommitPoint, batch: Mapping[SeriesId, Sequence[Candle]]
+    ) -> AppendResult:
+        pending = self.log.begin_append(batch)
+        try:
+            events = append_events(pending.result)
+            if events:
+                await commit_point.publish(events)
+        except BaseException:
+            pending.abort()
+            raise
+        return pending.commit()
 
     def version(self, series: SeriesId | str) -> int:
         """Changes whenever an append changes ``series``: readers key caches on it."""

@@ -16,6 +16,7 @@ import orjson
 from nats.errors import Error as NatsError
 from nats.js.api import StreamConfig
 
+from actors.ports import StoreError
 from daemon.cluster.bridge import AsyncioThread
 
 MAX_BATCH: Final = 1000  # the server's default limit of messages in one atomic batch
@@ -23,8 +24,9 @@ ACK_TIMEOUT_S: Final = 10.0
 WRONG_LAST_SEQUENCE: Final = 10071
 
 
-class StreamError(Exception):
-    """The stream did not take a batch (no leader, a timeout): nothing is known to be stored."""
+class StreamError(StoreError):
+    """The stream did not take a batch (no leader, a timeout): nothing is known to be stored. The local
+    append is aborted and the writer retries the batch, as for any storage error."""
 
 
 class StaleWriterError(StreamError):
