@@ -9,6 +9,7 @@ view is stale (another node appended since: it lost the lease) is refused with n
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from daemon.cluster.bridge import AsyncioThread
 
 MAX_BATCH: Final = 1000  # the server's default limit of messages in one atomic batch
 ACK_TIMEOUT_S: Final = 10.0
+LEADER_WAIT_S: Final = 10.0
 WRONG_LAST_SEQUENCE: Final = 10071
 
 
@@ -61,6 +63,14 @@ class EventStream:
                 await js.add_stream(config)
             except NatsError:
                 await js.update_stream(config)
+            # A new stream's RAFT group elects its leader a moment later; until then a publish has no
+            # responder. Return once it can take a batch (bounded: the caller retries a failed open).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + LEADER_WAIT_S
+            while not getattr((await js.stream_info(self.name)).cluster, "leader", None):
+                if loop.time() > deadline:
+                    raise StreamError(f"stream {self.name} has no leader after {LEADER_WAIT_S} s")
+                await asyncio.sleep(0.05)
 
         await self._bridge.run(create_or_update)
 

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -81,18 +82,32 @@ class NatsCluster:
         return [n.url for n in self.nodes]
 
     def wait_ready(self, timeout_s: float = READY_S) -> None:
-        """Until every node answers and agrees on a JetStream meta leader."""
+        """Until every node agrees on a JetStream meta leader and that leader sees every peer current:
+        before that, an R3 stream may be refused ("no suitable peers for placement")."""
         deadline = time.monotonic() + timeout_s
+        state: object = None
         while True:
             try:
-                leaders = {str((n.jsz().get("meta_cluster") or {}).get("leader") or "") for n in self.nodes}  # type: ignore[union-attr]
-            except OSError:
-                leaders = {""}
-            if len(leaders) == 1 and "" not in leaders:
-                return
+                state = [n.jsz().get("meta_cluster") or {} for n in self.nodes]
+                if _settled(state, len(self.nodes)):
+                    return
+            except OSError as e:
+                state = e
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no JetStream meta leader after {timeout_s} s: {leaders}")
+                raise TimeoutError(f"the JetStream cluster did not settle in {timeout_s} s: {state}")
             time.sleep(0.05)  # polling a separate process's monitoring endpoint: there is no event to wait on
+
+
+def _settled(meta: list[dict[str, Any]], size: int) -> bool:
+    leaders = {m.get("leader") for m in meta}
+    if len(leaders) != 1 or None in leaders:
+        return False
+    # The leader's own view lists the other peers as its replicas: every one of them must be current.
+    for m in meta:
+        replicas = m.get("replicas") or []
+        if m.get("leader") not in {r.get("name") for r in replicas}:
+            return len(replicas) == size - 1 and all(r.get("current") and not r.get("offline") for r in replicas)
+    return False
 
 
 def write_configs(root: Path, cluster_name: str = "klined-test") -> list[Node]:
