@@ -52,6 +52,18 @@ class Store:
             # abandon_on_cancel=False (the default): a cancelled caller still waits for the commit, so a
             # batch is never half-known (written to disk but reported as lost).
             result = await trio.to_thread.run_sync(self.log.append, batch, limiter=self._write_limiter)
+        self._committed(result)
+        return result
+
+    async def apply(self, events: Sequence[LogEvent]) -> list[AppendResult]:
+        """Write another log's events at their seqs (a replica); one result per append they amount to."""
+        async with self._write_limiter:
+            results = self.log.apply(events)
+        for result in results:
+            self._committed(result)
+        return results
+
+    def _committed(self, result: AppendResult) -> None:
         self._batches += 1
         self._events += result.appended + result.corrected
         for series in result.changed:
@@ -59,7 +71,6 @@ class Store:
             self._versions[sid] = self._versions.get(sid, 0) + 1
         self._appended.set()
         self._appended = trio.Event()
-        return result
 
     async def _append_through(
         self, commit_point: CommitPoint, batch: Mapping[SeriesId, Sequence[Candle]]
