@@ -9,12 +9,15 @@ one after the last; a consumer that starts past it means the stream no longer ho
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, Final
 
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 
 from daemon.cluster.bridge import AsyncioThread
 from daemon.cluster.stream import EventStream, StreamError
@@ -22,6 +25,8 @@ from protocol.cluster_events import decode_event
 from protocol.logrecords import LogEvent
 
 INACTIVE_S: Final = 10.0  # the servers drop a reader's consumer this long after its last fetch
+TRANSIENT_PAUSE_S: Final = 0.2
+_TRANSIENT: Final = (ServiceUnavailableError, NoRespondersError)
 
 
 class BehindRetentionError(StreamError):
@@ -44,7 +49,8 @@ class StreamFollower:
         self._next = 0  # the seq the held consumer delivers next
 
     async def read(self, after_seq: int, *, max_events: int = 1000, wait_s: float = 1.0) -> list[LogEvent]:
-        """The events after ``after_seq`` (at most ``max_events``; none if nothing comes within ``wait_s``)."""
+        """The events after ``after_seq`` (at most ``max_events``). None if nothing comes within ``wait_s``, or
+        if the stream has no leader this moment: the caller reads again."""
         return await self._bridge.run(self._read, after_seq, max_events, wait_s)
 
     async def close(self) -> None:
@@ -53,11 +59,15 @@ class StreamFollower:
             await self._bridge.run(sub.unsubscribe)
 
     async def _read(self, after_seq: int, max_events: int, wait_s: float) -> list[LogEvent]:
-        if self._sub is None or self._next != after_seq + 1:
-            await self._subscribe(after_seq + 1)
         try:
+            if self._sub is None or self._next != after_seq + 1:
+                await self._subscribe(after_seq + 1)
             messages = await self._sub.fetch(batch=max_events, timeout=wait_s)
         except NatsTimeoutError:
+            return []
+        except _TRANSIENT:  # no stream leader this moment (an election, a node down): nothing read yet
+            self._sub = None
+            await asyncio.sleep(min(wait_s, TRANSIENT_PAUSE_S))
             return []
         except NatsError as e:
             self._sub = None

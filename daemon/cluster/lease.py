@@ -10,6 +10,7 @@ was sent. That alone is not fencing: the stream's expected last sequence is (``d
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -17,7 +18,9 @@ import attrs
 import structlog
 import trio
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 
 from daemon.cluster.bridge import AsyncioThread, BridgeClosedError
 from protocol.lease import LeaseClock
@@ -25,6 +28,7 @@ from protocol.lease import LeaseClock
 log = structlog.get_logger(__name__)
 
 LEASE_KEY: Final = "writer"
+OPEN_TRIES: Final = 6
 _REFUSED: Final = (KeyWrongLastSequenceError,)
 _UNREACHABLE: Final = (NatsError, OSError, TimeoutError, BridgeClosedError)
 
@@ -146,6 +150,15 @@ async def open_lease_bucket(bridge: AsyncioThread, nc: Any, cluster_name: str, t
     bucket = f"{cluster_name}_lease"
 
     async def open_bucket() -> Any:
-        return await js.create_key_value(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas)
+        # Several nodes start at once, and the meta leader may be busy: a request that times out is asked
+        # again (creating a bucket with the same settings twice is no error).
+        for attempt in range(1, OPEN_TRIES + 1):
+            try:
+                return await js.create_key_value(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas)
+            except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError):
+                if attempt == OPEN_TRIES:
+                    raise
+                await asyncio.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
 
     return await bridge.run(open_bucket)

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.js.api import StreamConfig
 
 from actors.ports import StoreError
@@ -23,6 +24,8 @@ from daemon.cluster.bridge import AsyncioThread
 MAX_BATCH: Final = 1000  # the server's default limit of messages in one atomic batch
 ACK_TIMEOUT_S: Final = 10.0
 LEADER_WAIT_S: Final = 10.0
+NO_RESPONDER_TRIES: Final = 5  # just after the stream is created, its subject may not be known everywhere yet
+NO_RESPONDER_PAUSE_S: Final = 0.1
 WRONG_LAST_SEQUENCE: Final = 10071
 
 
@@ -81,19 +84,17 @@ class EventStream:
         return await self._bridge.run(self._append, list(bodies), expected_last, batch_id)
 
     async def _append(self, bodies: list[bytes], expected_last: int, batch_id: str) -> int:
-        nc, last = self._nc, len(bodies)
-        try:
-            for i, body in enumerate(bodies, start=1):
-                headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
-                if i == 1:
-                    headers["Nats-Expected-Last-Sequence"] = str(expected_last)
-                if i < last:
-                    await nc.publish(self.subject, body, headers=headers)
-                else:
-                    headers["Nats-Batch-Commit"] = "1"
-                    reply = await nc.request(self.subject, body, headers=headers, timeout=ACK_TIMEOUT_S)
-        except (NatsError, TimeoutError) as e:
-            raise StreamError(f"no acknowledgement for batch {batch_id}: {e!r}") from None
+        for attempt in range(1, NO_RESPONDER_TRIES + 1):
+            try:
+                reply = await self._publish_batch(bodies, expected_last, f"{batch_id}.{attempt}")
+                break
+            except NoRespondersError:  # nobody took the commit, so nothing of it is stored: try again
+                if attempt == NO_RESPONDER_TRIES:
+                    raise StreamError(f"no stream answers for batch {batch_id}") from None
+                await asyncio.sleep(NO_RESPONDER_PAUSE_S * attempt)
+            except (NatsError, TimeoutError) as e:
+                raise StreamError(f"no acknowledgement for batch {batch_id}: {e!r}") from None
+        last = len(bodies)
         ack = orjson.loads(reply.data)
         error = ack.get("error")
         if error is not None:
@@ -104,6 +105,20 @@ class EventStream:
         if seq != expected_last + last:
             raise StreamError(f"batch {batch_id} stored at {seq - last + 1}..{seq}, expected after {expected_last}")
         return seq
+
+    async def _publish_batch(self, bodies: list[bytes], expected_last: int, batch_id: str) -> Any:
+        """One atomic batch; the commit's reply. A batch never committed is dropped by the servers."""
+        nc, last = self._nc, len(bodies)
+        for i, body in enumerate(bodies, start=1):
+            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+            if i == 1:
+                headers["Nats-Expected-Last-Sequence"] = str(expected_last)
+            if i < last:
+                await nc.publish(self.subject, body, headers=headers)
+            else:
+                headers["Nats-Batch-Commit"] = "1"
+                return await nc.request(self.subject, body, headers=headers, timeout=ACK_TIMEOUT_S)
+        raise ValueError("an empty batch")
 
     async def last_seq(self) -> int:
         js = self._nc.jetstream()

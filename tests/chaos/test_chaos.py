@@ -433,6 +433,11 @@ async def check(data: Path, tmp: Path, market: Market, run: Run, end_s: int) -> 
                         # candle the log corrected later (the gate never sends a time twice).
                         if not matches(got, wire(symbol.candle(tf, t))) and (sid, t, got[1:6]) not in provisional:
                             bad_value += 1
+                            # Which candle, what the exchange has and what the log corrected: to tell why.
+                            seen = [p[2] for p in provisional if p[:2] == (sid, t)]
+                            report.setdefault("unequal", []).append(
+                                (sid, t, got, tuple(wire(symbol.candle(tf, t))), seen, frame["type"])
+                            )
                         if last is not None and t > tf.next_open(last):
                             want = {"expected_next_time": tf.next_open(last), "actual_time": t}
                             if pending_gap is None or {k: pending_gap[k] for k in want} != want:
@@ -476,5 +481,6 @@ def print_report(hours: int, seed: int, run: Run, report: dict[str, Any]) -> Non
     lines += [f"  missing: {w}" for w in report.get("missing", [])[:40]]
     lines += [f"  subscriber short of the head: {sid} {pair}" for sid, pair in run.end_lag.items()]
     lines += [f"  wrong: {w}" for w in report.get("wrong", [])]
+    lines += [f"  unequal to the log: {u}" for u in report.get("unequal", [])]
     lines += [f"  corrected: {c}" for c in report.get("corrections", [])]
     print("\n".join(lines))

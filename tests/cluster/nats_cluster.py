@@ -139,3 +139,12 @@ def nats_cluster(root: Path) -> Iterator[NatsCluster]:
     finally:
         for node in cluster.nodes:
             node.kill()
+
+
+async def read_events(follower: Any, after_seq: int, count: int, *, max_events: int = 1000) -> list[Any]:
+    """Exactly the next ``count`` events: a read may come back empty while the stream has no leader (under
+    load, just after it was created), and the reader reads again, as a replica does."""
+    events: list[Any] = []
+    while len(events) < count:
+        events += await follower.read(after_seq + len(events), max_events=min(max_events, count - len(events)))
+    return events

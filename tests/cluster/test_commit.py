@@ -19,7 +19,7 @@ from daemon.cluster.stream import EventStream, StaleWriterError
 from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
-from tests.cluster.nats_cluster import NatsCluster, nats_cluster
+from tests.cluster.nats_cluster import NatsCluster, nats_cluster, read_events
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
@@ -62,7 +62,7 @@ async def test_the_stream_commits_first_and_every_log_follows_it(cluster: NatsCl
 
                 # It catches up from the stream instead, seq for seq.
                 follower = StreamFollower(bridge, nc, stream)
-                log2.apply(await follower.read(log2.last_seq()))
+                log2.apply(await read_events(follower, log2.last_seq(), 5))
                 assert log2.events_since(0) == log1.events_since(0)
                 assert log2.heads() == log1.heads()
                 await follower.close()

@@ -16,7 +16,7 @@ from daemon.cluster.stream import EventStream, StaleWriterError
 from protocol.candle import Candle
 from protocol.cluster_events import decode_event, encode_event
 from protocol.logrecords import EventKind, LogEvent
-from tests.cluster.nats_cluster import NatsCluster, nats_cluster
+from tests.cluster.nats_cluster import NatsCluster, nats_cluster, read_events
 
 S = "binance:spot:BTC/USDT:1m"
 
@@ -63,11 +63,11 @@ async def test_a_follower_reads_in_order_from_any_seq_and_says_when_retention_pa
             await stream.append(bodies(60, 120, 180), expected_last=0, batch_id="n1-1")
             await stream.append(bodies(240, 300), expected_last=3, batch_id="n1-2")
             follower = StreamFollower(bridge, nc, stream)
-            assert [e.seq for e in await follower.read(0)] == [1, 2, 3, 4, 5]
+            assert [e.seq for e in await read_events(follower, 0, 5)] == [1, 2, 3, 4, 5]
             assert await follower.read(5, wait_s=0.2) == []  # nothing new: an empty read, not an error
             await stream.append(bodies(360), expected_last=5, batch_id="n1-3")
-            assert [(e.seq, e.candle.candle_time) for e in await follower.read(5)] == [(6, 360)]
-            assert [e.seq for e in await follower.read(3, max_events=2)] == [4, 5]  # a restart from its log
+            assert [(e.seq, e.candle.candle_time) for e in await read_events(follower, 5, 1)] == [(6, 360)]
+            assert [e.seq for e in await read_events(follower, 3, 2, max_events=2)] == [4, 5]  # a restart
             js = nc.jetstream()
             await bridge.run(js.purge_stream, stream.name, 4)  # retention removed 1..3
             with pytest.raises(BehindRetentionError, match="needs event 2, but the stream starts at 4"):
