@@ -196,42 +196,16 @@ def _combined(
         symbol_id = data.s
         if symbol_id not in symbols or frame.stream != (_TRADE_STREAMS.get(symbol_id) or _trade_stream(symbol_id)):
             return None
-        text = f"[{data.p},{data.q}]"
-        if "e" in text or "E" in text:
-            return None
-        price, quantity = _loads(text)
-        if not (type(price) is type(quantity) is float and price > 0.0 and quantity >= 0.0):
-            return None
-        return _new_tuple(AggTrade, (symbol_id, data.a, price, quantity, data.T, data.E, data.m))
+        return _trade(symbol_id, data.p, data.q, data.a, data.T, data.E, data.m)
     k = data.k
     symbol_id = k.s
     if data.s != symbol_id or symbol_id not in symbols:
         return None
     found = _kline_series(exchange, market, symbols[symbol_id], symbol_id, k.i)
-    if found is None:
+    if found is None or frame.stream != found[1]:
         return None
-    series, expected_stream, period_ms, offset_ms = found
-    open_ms, close_ms = k.t, k.T
-    if (
-        frame.stream != expected_stream
-        or open_ms < 0
-        or (open_ms - offset_ms) % period_ms
-        or close_ms != open_ms + period_ms - 1
-    ):
-        return None
-    text = f"[{k.o},{k.h},{k.l},{k.c},{k.v},{k.q},{k.V},{k.Q}]"
-    if "e" in text or "E" in text:
-        return None
-    o, h, low, c, v, q, tv, tq = _loads(text)
-    if not (
-        type(o) is type(h) is type(low) is type(c) is type(v) is type(q) is type(tv) is type(tq) is float
-        and low <= o <= h
-        and low <= c <= h
-        and v >= 0.0
-    ):
-        return None
-    candle = _new_tuple(Candle, (open_ms // 1000, o, h, low, c, v, False))
-    return _new_tuple(KlineUpdate, (series, candle, k.x, data.E, close_ms, k.n, q))
+    decimals = f"[{k.o},{k.h},{k.l},{k.c},{k.v},{k.q},{k.V},{k.Q}]"
+    return _kline(found, k.t, k.T, decimals, k.x, data.E, k.n)
 
 
 _KLINE_VALUES: Final = operator.itemgetter(*_KLINE_FIELDS)
@@ -266,16 +240,10 @@ def _well_formed_trade(data: dict[str, Any], stream: object, symbols: Mapping[st
         and type(agg_id) is type(trade_ms) is type(event_ms) is type(first) is type(last) is int
         and type(maker) is bool
         and type(p) is type(q) is str
-        and (stream is None or stream == symbol_id.lower() + "@aggTrade")
+        and (stream is None or stream == (_TRADE_STREAMS.get(symbol_id) or _trade_stream(symbol_id)))
     ):
         return None
-    text = f"[{p},{q}]"
-    if "e" in text or "E" in text:
-        return None
-    price, quantity = _loads(text)
-    if not (type(price) is type(quantity) is float and price > 0.0 and quantity >= 0.0):
-        return None
-    return _new_tuple(AggTrade, (symbol_id, agg_id, price, quantity, trade_ms, event_ms, maker))
+    return _trade(symbol_id, p, q, agg_id, trade_ms, event_ms, maker)
 
 
 def _well_formed_kline(
@@ -293,20 +261,42 @@ def _well_formed_kline(
     ):
         return None
     found = _kline_series(exchange, market, symbols[symbol_id], symbol_id, interval)
-    if found is None:
+    if found is None or (stream is not None and stream != found[1]):
         return None
-    series, expected_stream, period_ms, offset_ms = found
-    if (
-        (stream is not None and stream != expected_stream)
-        or open_ms < 0
-        or (open_ms - offset_ms) % period_ms
-        or close_ms != open_ms + period_ms - 1
-    ):
-        return None
-    text = f"[{','.join((o, h, low, c, v, q, tv, tq))}]"
+    decimals = f"[{','.join((o, h, low, c, v, q, tv, tq))}]"
+    return _kline(found, open_ms, close_ms, decimals, is_final, event_ms, trades)
+
+
+def _trade(symbol_id: str, p: str, q: str, agg_id: int, trade_ms: int, event_ms: int, maker: bool) -> AggTrade | None:
+    """A trade whose fields are of the right kinds (both fast paths check that their own way): its decimals
+    read and checked as the precise path checks them."""
+    text = f"[{p},{q}]"
     if "e" in text or "E" in text:
         return None
-    o, h, low, c, v, q, tv, tq = _loads(text)
+    price, quantity = _loads(text)
+    if not (type(price) is type(quantity) is float and price > 0.0 and quantity >= 0.0):
+        return None
+    return _new_tuple(AggTrade, (symbol_id, agg_id, price, quantity, trade_ms, event_ms, maker))
+
+
+def _kline(
+    found: tuple[SeriesId, str, int, int],
+    open_ms: int,
+    close_ms: int,
+    decimals: str,
+    is_final: bool,
+    event_ms: int,
+    trades: int,
+) -> KlineUpdate | None:
+    """A kline of a known series whose fields are of the right kinds, ``decimals`` its eight decimal texts
+    as one JSON array (o, h, l, c, v, q, V, Q): its period and decimals checked as the precise path checks
+    them."""
+    series, _, period_ms, offset_ms = found
+    if open_ms < 0 or (open_ms - offset_ms) % period_ms or close_ms != open_ms + period_ms - 1:
+        return None
+    if "e" in decimals or "E" in decimals:
+        return None
+    o, h, low, c, v, q, tv, tq = _loads(decimals)
     if not (
         type(o) is type(h) is type(low) is type(c) is type(v) is type(q) is type(tv) is type(tq) is float
         and low <= o <= h
