@@ -3,7 +3,6 @@ nothing anywhere; a lost acknowledgement is recognised; a node that fell behind 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from daemon.cluster.stream import EventStream, StaleWriterError
 from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
-from tests.cluster.nats_cluster import NatsCluster, nats_cluster, read_events
+from tests.cluster.nats_cluster import NatsCluster, read_events
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
@@ -27,12 +26,6 @@ ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
 
 def c(t: int, close: float = 10.0) -> Candle:
     return Candle(t, close, close + 1, close - 1, close, 1.0)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    with nats_cluster(tmp_path / "nats") as c:
-        yield c
 
 
 async def test_the_stream_commits_first_and_every_log_follows_it(cluster: NatsCluster, tmp_path: Path) -> None:

@@ -7,24 +7,15 @@ create-if-absent. If a server upgrade changed any of these, this file says so be
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from daemon.cluster.bridge import AsyncioThread
-from tests.cluster.nats_cluster import NatsCluster, nats_cluster
+from tests.cluster.nats_cluster import NatsCluster
 
 SUBJECT = "klined.test.events"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    with nats_cluster(tmp_path / "nats") as c:
-        yield c
 
 
 async def stream_facts(urls: list[str]) -> dict[str, Any]:

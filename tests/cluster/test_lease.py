@@ -4,26 +4,18 @@ stops renewing loses the lease within its TTL, and a renewal after another node 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 import trio
 
 from daemon.cluster.bridge import AsyncioThread, BridgeClosedError
 from daemon.cluster.lease import WriterLease, open_lease_bucket
-from tests.cluster.nats_cluster import NatsCluster, nats_cluster
+from tests.cluster.nats_cluster import NatsCluster
 
 TTL_S = 2.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    with nats_cluster(tmp_path / "nats") as c:
-        yield c
 
 
 @asynccontextmanager

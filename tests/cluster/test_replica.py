@@ -3,12 +3,10 @@ stages in order, and a restarted replica resumes from its own log without doubli
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 import trio
 
 from actors.pipeline import Stages
@@ -22,7 +20,7 @@ from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.logrecords import AppendResult
 from protocol.series import SeriesId
-from tests.cluster.nats_cluster import NatsCluster, nats_cluster
+from tests.cluster.nats_cluster import NatsCluster
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
@@ -30,12 +28,6 @@ ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
 
 def c(t: int, close: float = 10.0) -> Candle:
     return Candle(t, close, close + 1, close - 1, close, 1.0)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    with nats_cluster(tmp_path / "nats") as c:
-        yield c
 
 
 async def caught_up(replica: Replica, seq: int) -> None:

@@ -3,8 +3,6 @@ refused with nothing stored."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -16,15 +14,9 @@ from daemon.cluster.stream import EventStream, StaleWriterError
 from protocol.candle import Candle
 from protocol.cluster_events import decode_event, encode_event
 from protocol.logrecords import EventKind, LogEvent
-from tests.cluster.nats_cluster import NatsCluster, nats_cluster, read_events
+from tests.cluster.nats_cluster import NatsCluster, read_events
 
 S = "binance:spot:BTC/USDT:1m"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    with nats_cluster(tmp_path / "nats") as c:
-        yield c
 
 
 def bodies(*times: int) -> list[bytes]:
