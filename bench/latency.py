@@ -237,10 +237,6 @@ class FakeExchangeProcess:
         self.proc.wait(timeout=10)
 
 
-def boundary_wall_of(fake: FakeExchangeProcess) -> float:
-    return fake.wall(fake.boundary_ms)
-
-
 def live_burst(n: int, lead_s: float, trades: bool) -> dict[str, Any]:
     """klined follows ``n`` series of the fake exchange (their klines, or with ``trades`` their trades) and
     ``n`` subscribers watch one series each through a minute boundary."""
@@ -269,13 +265,10 @@ def live_burst(n: int, lead_s: float, trades: bool) -> dict[str, Any]:
                 assert worker.stdout is not None
                 try:
                     ready = json.loads(worker.stdout.readline())
-                    print(
-                        f"  ({ready['ready']} subscribers ready {boundary_wall_of(fake) - time.time():.1f} s before"
-                        " the boundary)",
-                        file=sys.stderr,
-                    )
                     boundary_wall = fake.wall(fake.boundary_ms)
-                    if time.time() > boundary_wall - 1:
+                    ahead_s = boundary_wall - time.time()
+                    print(f"  ({ready['ready']} subscribers ready {ahead_s:.1f} s ahead)", file=sys.stderr)
+                    if ahead_s < 1:
                         raise SystemExit(f"not ready before the boundary; raise --lead (now {lead_s:.0f} s)")
                     time.sleep(boundary_wall + 60 * (BOUNDARIES - 1) + 4 - time.time())
                     worker.stdin.write("stop\n")
