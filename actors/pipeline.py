@@ -22,7 +22,7 @@ import attrs
 import structlog
 import trio
 
-from actors.ports import StoreError
+from actors.ports import NotWriterError, StoreError
 from protocol.backoff import Backoff, Jitter
 from protocol.candle import Candle, check_candle
 from protocol.logrecords import AppendResult
@@ -74,6 +74,15 @@ class _Pending:
     result: AppendResult | None = None
     sent_ms: int | None = None  # exchange time the exchange sent it (kline ``E``), for latency
     more: Mapping[SeriesId, Sequence[Candle]] | None = None  # other series that must land in the same flush
+    error: NotWriterError | None = None  # the batch was dropped: this node is not the cluster's writer
+
+    async def outcome(self) -> AppendResult:
+        assert self.done is not None
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 @attrs.define
@@ -82,6 +91,7 @@ class WriterStats:
     flushes: int = 0
     written_events: int = 0
     duplicates_dropped: int = 0
+    dropped_not_writer: int = 0  # candles dropped because this node lost (or never held) the cluster's lease
     append_failures: int = 0
     last_flush_size: int = 0
 
@@ -132,10 +142,7 @@ class ClosedCandleWriter:
         self.stats.submitted += len(candles)
         pending = _Pending(series, candles, trio.Event())
         await self._send.send(pending)
-        assert pending.done is not None
-        await pending.done.wait()
-        assert pending.result is not None
-        return pending.result
+        return await pending.outcome()
 
     def queue_depth(self) -> int:
         return self._receive.statistics().current_buffer_used
@@ -152,10 +159,7 @@ class ClosedCandleWriter:
         (first_series, first_candles), *rest = items
         pending = _Pending(first_series, first_candles, trio.Event(), more=dict(rest))
         await self._send.send(pending)
-        assert pending.done is not None
-        await pending.done.wait()
-        assert pending.result is not None
-        return pending.result
+        return await pending.outcome()
 
     def statistics(self) -> dict[str, object]:
         samples = sorted(self.latencies_ms)
@@ -206,7 +210,11 @@ class ClosedCandleWriter:
     async def _flush(self, buffer: list[_Pending]) -> None:
         batch, dropped = merge(buffer)
         self.stats.duplicates_dropped += dropped
-        result = await self._append_with_retry(batch)
+        try:
+            result = await self._append_with_retry(batch)
+        except NotWriterError as e:
+            self._drop(buffer, batch, e)
+            return
         if self._now_ms is not None:
             now = self._now_ms()
             self.latencies_ms.extend(now - p.sent_ms for p in buffer if p.sent_ms is not None)
@@ -219,11 +227,24 @@ class ClosedCandleWriter:
                 pending.result = result
                 pending.done.set()
 
+    def _drop(self, buffer: list[_Pending], batch: dict[SeriesId, list[Candle]], error: NotWriterError) -> None:
+        """Not the cluster's writer (any more): the batch is the writer's to ingest, not this node's; a waiter
+        (an HTTP write) is told who the writer is."""
+        candles = sum(map(len, batch.values()))
+        self.stats.dropped_not_writer += candles
+        log.info("append_dropped_not_writer", candles=candles, writer=error.writer)
+        for pending in buffer:
+            if pending.done is not None:
+                pending.error = error
+                pending.done.set()
+
     async def _append_with_retry(self, batch: dict[SeriesId, list[Candle]]) -> AppendResult:
         backoff = Backoff(first_s=RETRY_FIRST_S, cap_s=RETRY_MAX_S)
         while True:
             try:
                 return await self._sink.append(batch)
+            except NotWriterError:
+                raise
             except (OSError, StoreError) as e:  # disk trouble, an LMDB error: keep the batch, try again
                 self.stats.append_failures += 1
                 delay = backoff.next_delay(self._jitter())

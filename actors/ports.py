@@ -23,6 +23,16 @@ class StoreError(RuntimeError):
     """The log could not complete a write (a storage error other than a full map); nothing was written."""
 
 
+class NotWriterError(StoreError):
+    """This node may not append now: in a cluster, another node holds the writer lease (``writer`` names it,
+    when known). Unlike other storage errors it is not retried: the batch is dropped here, because the writer
+    ingests and repairs the same candles itself."""
+
+    def __init__(self, detail: str, writer: str | None = None) -> None:
+        super().__init__(detail)
+        self.writer = writer
+
+
 class PendingAppend(Protocol):
     """An append computed in its open write transaction: committed, or aborted with nothing written."""
 

@@ -26,6 +26,7 @@ class ReplicaStats:
     applied: int = 0
     batches: int = 0
     last_seq: int = 0
+    caught_up: bool = False  # the last read found nothing newer: this node holds the stream's tip
 
 
 class Replica:
@@ -46,15 +47,19 @@ class Replica:
         task_status.started()
         while True:
             events = await self._source.read(self.stats.last_seq, max_events=self._max_events)
+            self.stats.caught_up = not events
             if not events:
                 continue
-            try:
-                results = await self._store.apply(events)
-            except StoreError:
-                log.exception("replica_apply_failed", after_seq=self.stats.last_seq, events=len(events))
-                raise
-            for result in results:
-                await self._stages.after_append(result)
+            # Applied and published whole even if the replica is being stopped (this node takes the lease):
+            # a subscriber never misses what the local log already holds.
+            with trio.CancelScope(shield=True):
+                try:
+                    results = await self._store.apply(events)
+                except StoreError:
+                    log.exception("replica_apply_failed", after_seq=self.stats.last_seq, events=len(events))
+                    raise
+                for result in results:
+                    await self._stages.after_append(result)
             self.stats.applied += len(events)
             self.stats.batches += len(results)
             self.stats.last_seq = events[-1].seq

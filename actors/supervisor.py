@@ -96,11 +96,18 @@ class Supervisor:
     # -- life cycle -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._reap_forever)
-            task_status.started()
-            await trio.sleep_forever()
+        """Until cancelled; every actor stops with it. It may run again (a cluster node's next writer term):
+        it starts from no series, as at first."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._reap_forever)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._jobs.clear()
+            self._idle_since.clear()
 
     # -- the API of subscribers and configuration (sync: none of it blocks) -------------------------
 

@@ -22,11 +22,13 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
 from actors.clock import ExchangeClock
-from actors.fanout.hub import FanOut
+from actors.fanout.hub import FanOut, IngestControl
 from actors.pipeline import ClosedCandleWriter, Stages
 from actors.projector import Projector
 from actors.store import Store
 from daemon import __version__
+from daemon.cluster.demand import ClusterDemand
+from daemon.cluster.node import ClusterLink, ClusterNode, open_cluster
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.control_socket import serve_control
 from daemon.factor_reads import ProjectionReader
@@ -112,7 +114,14 @@ class Wiring:
     history: History
     pins: RuntimePins
     projector: Projector
+    cluster: ClusterNode | None = None  # None: standalone
+    demand: ClusterDemand | None = None  # a cluster's on-demand ingest (every node's subscribers)
     started_at: float = attrs.field(factory=time.time)
+
+    def require_writer(self) -> None:
+        """Raise ``NotWriterError`` (HTTP 409, naming the writer) on a node that may not write now."""
+        if self.cluster is not None and not self.cluster.may_write():
+            raise self.cluster.commit_point.refusal()
 
     def projection_reader(self) -> ProjectionReader:
         """The factor read models' view: the stores themselves, and the projector's failed series."""
@@ -130,11 +139,18 @@ class Wiring:
     def apply_whitelist(self) -> None:
         if self.live is not None and self.settings.enable_whitelist_ingest:
             live = self.live
-            live.apply_whitelist(self.whitelist(), lambda s: self.hub.holders(live.upstream_series, s))
+            demand = self.demand
+            holders = demand.holders if demand is not None else lambda s: self.hub.holders(live.upstream_series, s)
+            live.apply_whitelist(self.whitelist(), holders)
 
 
-def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionStore) -> Wiring:
-    store = Store(eventlog)
+def build_services(
+    settings: Settings, eventlog: EventLog, pstore: ProjectionStore, link: ClusterLink | None = None
+) -> Wiring:
+    """Every part, wired once. In a cluster (``link``), appends go through the stream first, and the node's
+    role decides who ingests (:class:`daemon.cluster.node.ClusterNode`)."""
+    node = ClusterNode(link) if link is not None else None
+    store = Store(eventlog, commit_point=node.commit_point if node is not None else None)
     clock = ExchangeClock(speed=settings.dev_clock_speed)
     hub = FanOut(
         store,
@@ -179,13 +195,36 @@ def build_services(settings: Settings, eventlog: EventLog, pstore: ProjectionSto
             writer=writer,
             clock=clock,
             deriver=deriver,
-            broadcast_forming=hub.publish_forming,
+            broadcast_forming=node.relay_forming if node is not None else hub.publish_forming,
             whitelist=pins.effective(),
             trade_symbols=pins.trade_symbols,
             on_listed=pins.listed,
             repair_hole=history.repair_hole,  # holes the actors find (reconnects, late closes)
         )
-    return Wiring(settings, eventlog, pstore, store, clock, hub, writer, deriver, live, top, history, pins, projector)
+    demand: ClusterDemand | None = None
+    if node is not None:
+        ingest_live = live
+        demand = ClusterDemand(ingest_live.upstream_series if ingest_live is not None else lambda s: s)
+        # A replica's events include the writer's derived candles: it projects and publishes, never derives.
+        node.attach(store, Stages(project=projector.stage, publish=hub.publish_stage), demand, hub.publish_forming)
+        history.may_write = node.may_write
+    return Wiring(
+        settings,
+        eventlog,
+        pstore,
+        store,
+        clock,
+        hub,
+        writer,
+        deriver,
+        live,
+        top,
+        history,
+        pins,
+        projector,
+        node,
+        demand,
+    )
 
 
 async def serve_daemon(
@@ -202,12 +241,15 @@ async def serve_daemon(
     async with (
         open_eventlog(settings) as eventlog,
         open_projections(settings) as pstore,
+        maybe_cluster(settings) as link,
         trio.open_nursery() as nursery,
     ):
-        services = build_services(settings, eventlog, pstore)
+        services = build_services(settings, eventlog, pstore, link)
         live_scope = trio.CancelScope()
         await start_actors(services, nursery, notifier, live_scope)
         http = await serve_http(services, nursery)
+        if services.cluster is not None:
+            services.cluster.http_url = http.url
         announce_ready(services, notifier, http.url)
         nursery.start_soon(notifier.watchdog)
         task_status.started(
@@ -220,13 +262,25 @@ async def serve_daemon(
             await services.top_markets.aclose()
 
 
+@asynccontextmanager
+async def maybe_cluster(settings: Settings) -> AsyncIterator[ClusterLink | None]:
+    """The NATS link in cluster mode; nothing standalone."""
+    if not settings.cluster:
+        yield None
+        return
+    async with open_cluster(settings) as link:
+        yield link
+
+
 async def start_actors(
     services: Wiring, nursery: trio.Nursery, notifier: Notifier, live_scope: trio.CancelScope
 ) -> None:
     """The hub, projections, writer, repairs and the control socket; the startup sync; then live ingest
     (inside ``live_scope``, which shutdown cancels first)."""
     settings, projector, live = services.settings, services.projector, services.live
-    ingest = live if live is not None and settings.enable_ondemand_ingest else None
+    ingest: IngestControl | None = live if live is not None and settings.enable_ondemand_ingest else None
+    if services.demand is not None and ingest is not None:
+        ingest = services.demand  # every node's subscribers, served by whichever node writes
     # Holes before a live candle: the log, then a bounded gap backfill when on.
     await nursery.start(functools.partial(services.hub.run, ingest=ingest, heal=services.history.heal))
     if projector.needs_rebuild():
@@ -237,6 +291,9 @@ async def start_actors(
     await nursery.start(services.writer.run)
     await nursery.start(services.history.run)
     await nursery.start(serve_control, services, settings.control_socket_path)
+    if services.cluster is not None:
+        await nursery.start(services.cluster.run, functools.partial(writer_term, services))
+        return
     whitelist = services.whitelist()
     if settings.enable_startup_kline_sync and whitelist:
         notifier.send(f"STATUS=startup sync of {len(whitelist)} series")
@@ -251,6 +308,23 @@ async def start_actors(
                 await live.run(task_status=task_status)
 
         await nursery.start(run_live)
+
+
+async def writer_term(services: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A cluster node's writer term, until cancelled (the lease lost, or shutdown): live ingest with every
+    node's on-demand series, then the startup sync in the background (the hole the handover left is
+    repaired as any reconnect's, by the series actors' gap backfill and this sync)."""
+    settings, live, demand = services.settings, services.live, services.demand
+    async with trio.open_nursery() as nursery:
+        if live is not None:
+            await nursery.start(live.run)
+            if demand is not None and settings.enable_ondemand_ingest:
+                demand.writing(live)
+        task_status.started()
+        whitelist = services.whitelist()
+        if settings.enable_startup_kline_sync and whitelist:
+            nursery.start_soon(services.history.startup_sync, whitelist)
+        await trio.sleep_forever()
 
 
 @attrs.frozen
@@ -312,6 +386,8 @@ async def shut_down(services: Wiring, notifier: Notifier, live_scope: trio.Cance
     log.info("daemon_stopping")
     notifier.send("STOPPING=1", "STATUS=stopping: flushing closed candles, closing subscribers")
     live_scope.cancel()
+    if services.cluster is not None:
+        services.cluster.stop_ingest()  # the lease is kept until the writer has drained
     http.shutdown.set()  # hypercorn stops accepting
     with trio.move_on_after(2.0):
         await services.writer.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -127,6 +128,18 @@ class Settings:
     cluster_lease_ttl_s: float = attrs.field(default=10.0, metadata=_kind("pos_float"))
     # How long the stream keeps events (0: forever). A replica further behind is seeded from a backup.
     cluster_stream_max_age_s: float = attrs.field(default=0.0, metadata=_kind("nonneg_float"))
+    # Copies NATS keeps of the stream and buckets (RAFT): 3 survives one server down; at most the servers.
+    cluster_replicas: int = attrs.field(default=3, metadata=_kind("pos_int"))
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this daemon is a node of a cluster (else standalone, the embedded default)."""
+        return bool(self.cluster_nats_urls)
+
+    @property
+    def cluster_node(self) -> str:
+        """This node's name: ``node_name``, else the host's."""
+        return self.node_name or socket.gethostname()
 
     @property
     def data_path(self) -> Path:

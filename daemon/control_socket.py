@@ -189,6 +189,8 @@ async def _handle(services: Wiring, request: dict[str, Any], fds: list[int], sen
         await send({"event": "done", **data})
     elif cmd == "rebuild":
         await _rebuild(services, request, send)
+    elif cmd == "cluster":
+        await send({"event": "done", **cluster_view(services)})
     else:
         raise BadControlRequestError(f"unknown command: {cmd!r}")
 
@@ -198,6 +200,25 @@ def _series(request: dict[str, Any]) -> SeriesId:
         return SeriesId.parse(request.get("series_id"))
     except ProtocolError as e:
         raise BadControlRequestError(f"invalid series_id: {e}") from None
+
+
+def cluster_view(services: Wiring) -> dict[str, Any]:
+    """``klinectl cluster``: every node with a live heartbeat, as this node last read them."""
+    node = services.cluster
+    if node is None:
+        return {"enabled": False}
+    here = node.describe()
+    entries = {**node.link.registry.nodes, node.node: {**here, "node": node.node, "age_s": 0.0}}
+    tip = max([here["stream_seq"], *(e.get("stream_seq", 0) for e in entries.values())])
+    rows = [{**e, "lag_events": max(0, tip - int(e.get("applied_seq", 0)))} for _, e in sorted(entries.items())]
+    return {
+        "enabled": True,
+        "cluster": services.settings.cluster_name,
+        "node": node.node,
+        "writer": node.writer_name(),
+        "stream_seq": tip,
+        "nodes": rows,
+    }
 
 
 async def _status(services: Wiring) -> dict[str, Any]:

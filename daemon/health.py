@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from daemon.status import stored_status
 from protocol.health import series_health_view
@@ -12,6 +12,8 @@ from protocol.series import SeriesId
 
 if TYPE_CHECKING:
     from daemon.app import Wiring
+
+LAG_YELLOW_S: Final = 5.0
 
 
 async def health_views(services: Wiring, now_time: int) -> list[dict[str, Any]]:
@@ -56,3 +58,20 @@ def upstream_health(services: Wiring) -> dict[str, Any]:
             "reconnects": ingest.stats.reconnects,
         }
     return out
+
+
+def cluster_health(services: Wiring) -> dict[str, Any] | None:
+    """This node's place in the cluster (None standalone): role, the writer, replication lag, and whether it
+    was fenced. ``status`` is green while it follows or writes, yellow while catching up or lagging by more
+    than a few seconds, red when it cannot follow the stream at all."""
+    node = services.cluster
+    if node is None:
+        return None
+    view = node.describe()
+    if view["broken"] or view["role"] == "broken":
+        status = "red"
+    elif view["role"] in ("catching_up", "starting") or view["lag_s"] > LAG_YELLOW_S:
+        status = "yellow"
+    else:
+        status = "green"
+    return {"node": node.node, "status": status, **view, "nodes": sorted(node.link.registry.nodes)}

@@ -279,6 +279,18 @@ def show(command: str, answer: dict[str, Any]) -> None:
         print(f"{command}ned {answer['series_id']}; whitelist: {', '.join(answer['whitelist']) or '(empty)'}")
     elif command == "top-markets":
         show_table(answer["items"], ["symbol", "last_price", "quote_volume", "price_change_percent"])
+    elif command == "cluster":
+        show_cluster(answer)
+
+
+def show_cluster(answer: dict[str, Any]) -> None:
+    if not answer.get("enabled"):
+        print("standalone (no cluster_nats_urls): this daemon is its own writer")
+        return
+    print(f"cluster {answer['cluster']}: this node {answer['node']}, writer {answer.get('writer') or '(none)'}")
+    print(f"stream seq {answer['stream_seq']}")
+    columns = ["node", "role", "applied_seq", "lag_events", "lag_s", "age_s", "http_url", "fenced", "broken"]
+    show_table(answer["nodes"], columns)
 
 
 def run_one(path: Path, command: str, args: argparse.Namespace) -> int:
@@ -296,6 +308,8 @@ def run_one(path: Path, command: str, args: argparse.Namespace) -> int:
         show(command, answer)
     if command == "health" and not all(r["status"] == "green" for r in answer["series"]):
         return EXIT_UNHEALTHY
+    if command == "cluster" and answer.get("enabled") and not answer.get("writer"):
+        return EXIT_UNHEALTHY  # nobody writes: scripts and monitors hear it
     return 0
 
 
@@ -327,6 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     command("status", "uptime, series, connections, LMDB size")
     command("series", "one line per active series")
     command("health", "the health table of every active series")
+    command("cluster", "the cluster's nodes, their roles, the writer, applied seqs and lag")
     for name in ("pin", "unpin"):
         command(name, f"{name} a series (persisted)").add_argument("series_id")
     backfill = command("backfill", "repair a range of a series now, with progress")

@@ -156,10 +156,7 @@ class LiveIngest:
         self.writer = writer
         self._broadcast_forming = broadcast_forming
         self.repair_hole = repair_hole
-        self.rest: dict[Market, BinanceRest] = {
-            "spot": BinanceRest(settings.binance_spot_rest_url, futures=False),
-            "futures": BinanceRest(settings.binance_futures_rest_url, futures=True),
-        }
+        self.rest = self._rest_clients()
         self.actors: dict[SeriesId, SeriesActor] = {}
         self.trade_actors: dict[SeriesId, TradeSeriesActor] = {}
         self.trade_symbols: set[str] = {*settings.trade_sources, *trade_symbols}
@@ -171,6 +168,12 @@ class LiveIngest:
         self.supervisor = Supervisor(
             self._actor_main, max_jobs=settings.ondemand_max_jobs, idle_ttl_s=settings.ondemand_idle_ttl_s
         )
+
+    def _rest_clients(self) -> dict[Market, BinanceRest]:
+        return {
+            "spot": BinanceRest(self.settings.binance_spot_rest_url, futures=False),
+            "futures": BinanceRest(self.settings.binance_futures_rest_url, futures=True),
+        }
 
     # -- on-demand ingest (the fan-out's IngestControl) ---------------------------------------------
 
@@ -274,7 +277,8 @@ class LiveIngest:
                     self.apply_whitelist(self.whitelist)
                 task_status.started()
         finally:
-            for rest in self.rest.values():
+            closed, self.rest = self.rest, self._rest_clients()  # a next run (a cluster's next writer term)
+            for rest in closed.values():
                 with trio.CancelScope(shield=True):
                     await rest.aclose()
 

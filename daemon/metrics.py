@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from actors.fanout.hub import FanOut
     from actors.projector import Projector
     from daemon.app import Wiring
+    from daemon.cluster.node import ClusterNode
     from daemon.history.service import History
     from daemon.live import LiveIngest
 
@@ -49,6 +50,8 @@ class KlinedCollector(Collector):
         yield _lag_metric(s, stored)
         yield from _projection_metrics(s.projector, stored)
         yield from _lmdb_metrics(stored.log)
+        if s.cluster is not None:
+            yield from _cluster_metrics(s.cluster)
 
 
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
@@ -67,7 +70,33 @@ def _writer_metrics(s: Wiring) -> Iterator[Metric]:
         "klined_writer_duplicates_dropped", "closed candles merged away before an append", writer.duplicates_dropped
     )
     yield _counter("klined_writer_append_failures", "appends that failed and were retried", writer.append_failures)
+    yield _counter(
+        "klined_writer_dropped_not_writer",
+        "closed candles dropped: this node is not the cluster's writer",
+        writer.dropped_not_writer,
+    )
     yield _gauge("klined_writer_queue_depth", "closed candles waiting for the writer", s.writer.queue_depth())
+
+
+ROLES: Final = ("starting", "replica", "catching_up", "writer", "broken", "stopping")
+
+
+def _cluster_metrics(node: ClusterNode) -> Iterator[Metric]:
+    view = node.describe()
+    role = GaugeMetricFamily(
+        "klined_cluster_role", "this node's role in the cluster (1 for the current)", labels=["role"]
+    )
+    for name in ROLES:
+        role.add_metric([name], 1.0 if view["role"] == name else 0.0)
+    yield role
+    yield _gauge("klined_cluster_lease_held", "1 while this node holds the writer lease", float(view["lease_held"]))
+    yield _counter("klined_cluster_lease_renewals", "writer lease renewals by this node", view["lease_renewals"])
+    yield _counter("klined_cluster_lease_failures", "lease tries NATS did not answer", view["lease_failures"])
+    yield _gauge("klined_cluster_applied_seq", "the last stream event in this node's log", view["applied_seq"])
+    yield _gauge("klined_cluster_stream_seq", "the stream's last event, as last asked", view["stream_seq"])
+    yield _gauge("klined_cluster_replication_lag_events", "stream events this node has not applied", view["lag_events"])
+    yield _gauge("klined_cluster_replication_lag_seconds", "age of the oldest event not applied here", view["lag_s"])
+    yield _gauge("klined_cluster_nodes", "nodes with a live heartbeat", len(node.link.registry.nodes))
 
 
 def _fanout_metrics(hub: FanOut) -> Iterator[Metric]:

@@ -49,3 +49,19 @@ def _candle(fields: list[Any]) -> Candle:
     if type(t) is not int or type(synthetic) is not bool:
         raise TypeError("candle time must be an integer and synthetic a boolean")
     return Candle(t, float(o), float(h), float(low), float(c), float(v), synthetic)
+
+
+def encode_forming(series_id: str, candle: Candle) -> bytes:
+    """A forming candle the writer relays to the replicas (core NATS, never stored)."""
+    return orjson.dumps({"s": series_id, "c": list(candle)})
+
+
+def decode_forming(data: bytes) -> tuple[str, Candle]:
+    try:
+        body = orjson.loads(data)
+        series_id, candle = body["s"], _candle(body["c"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ClusterEventError(f"not a forming candle: {e!r}") from None
+    if type(series_id) is not str:
+        raise ClusterEventError("a forming candle without a series id")
+    return series_id, candle

@@ -81,6 +81,12 @@ class AsyncioThread:
         except concurrent.futures.CancelledError:
             raise BridgeClosedError("the asyncio loop closed during the call") from None
 
+    def submit(self, fn: Callable[..., Coroutine[Any, Any, object]], *args: Any) -> None:
+        """Start ``fn(*args)`` on the loop and do not wait (a relay of display-only data); dropped if closed."""
+        if self._closing or not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(fn(*args), self._loop)
+
     async def aclose(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Cancel what runs on the loop, stop it and join its thread (at most ``timeout_s``)."""
         if self._closing:

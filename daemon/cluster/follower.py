@@ -47,6 +47,7 @@ class StreamFollower:
         self._bridge, self._nc, self._stream = bridge, nc, stream
         self._sub: Any = None
         self._next = 0  # the seq the held consumer delivers next
+        self.last_stored_ms = 0  # when the stream stored the last event read (its replication lag's start)
 
     async def read(self, after_seq: int, *, max_events: int = 1000, wait_s: float = 1.0) -> list[LogEvent]:
         """The events after ``after_seq`` (at most ``max_events``). None if nothing comes within ``wait_s``, or
@@ -81,6 +82,7 @@ class StreamFollower:
                     raise BehindRetentionError(self._next, seq)
                 break
             events.append(decode_event(seq, msg.data))
+            self.last_stored_ms = int(msg.metadata.timestamp.timestamp() * 1000) if msg.metadata.timestamp else 0
             self._next += 1
         return events
 

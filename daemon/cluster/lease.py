@@ -55,6 +55,9 @@ class WriterLease:
         self.holder: str | None = None  # the node holding the lease, as last seen
         self.stats = LeaseStats()
         self._changed = trio.Event()
+        # Whether this node may take the lease now: not while it cannot follow the stream (behind its
+        # retention, diverged) nor before it has caught up once (a failover then prefers an up-to-date node).
+        self.eligible: Callable[[], bool] = lambda: True
 
     def held(self) -> bool:
         """Whether this node may act as the writer now."""
@@ -87,10 +90,12 @@ class WriterLease:
                 self._revision = await self._bridge.run(self._kv.update, LEASE_KEY, value, self._revision)
                 self._clock.granted(sent)
                 self.stats.renewals += 1
-            else:
+            elif self.eligible():
                 self._revision = await self._bridge.run(self._kv.create, LEASE_KEY, value)
                 self._clock.granted(sent)
                 self._gain()
+            else:
+                await self._look()
         except _REFUSED:
             if self.holder == self.node:
                 self._lose("taken")

@@ -24,6 +24,7 @@ import attrs
 import structlog
 import trio
 
+from actors.ports import NotWriterError
 from actors.store import Store
 from daemon.config import Settings
 from daemon.history.exchange import CcxtSource, HistoryError
@@ -59,6 +60,10 @@ class CoverageResult:
         return "tail_coverage_done" if self.still_missing == 0 else "tail_coverage_partial"
 
 
+def _always() -> bool:
+    return True
+
+
 class History:
     def __init__(
         self,
@@ -84,6 +89,8 @@ class History:
         self.candles_repaired = 0  # candles any repair appended
         self._running: dict[tuple[str, str], trio.Event] = {}
         self.nursery: trio.Nursery | None = None
+        # In a cluster, only the lease holder repairs: a replica's log is the stream's, filled by the writer.
+        self.may_write: Callable[[], bool] = _always
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -191,7 +198,7 @@ class History:
         candles = await self._store.range(series, after, before - 1, None)
         tf = series.timeframe
         complete = len(candles) == tf.count_between(tf.next_open(after), tf.prev_open(before))
-        if not complete and self.settings.enable_market_gap_backfill:
+        if not complete and self.settings.enable_market_gap_backfill and self.may_write():
             with trio.move_on_after(HEAL_WAIT_S):
                 await self.gap_backfill(series, tf.next_open(after), before)
             candles = await self._store.range(series, after, before - 1, None)
@@ -256,7 +263,7 @@ class History:
                 ranges = await self._missing(series, first, last)
                 if not ranges:
                     break
-        except HistoryError as e:
+        except (HistoryError, NotWriterError) as e:  # the source failed, or this node stopped being the writer
             self.progress.fail(progress, str(e))
             result.still_missing = count_missing(tf, ranges)
             result.error = str(e)
@@ -270,7 +277,7 @@ class History:
 
     async def tail_for_read(self, series: SeriesId, target: int) -> None:
         """``GET /candles``: start (or join) tail coverage in the background and wait for it, bounded."""
-        if not self.settings.enable_market_auto_tail_backfill or self.nursery is None:
+        if not self.settings.enable_market_auto_tail_backfill or self.nursery is None or not self.may_write():
             return
         key = (str(series), "tail")
         done = self._running.get(key)

@@ -58,6 +58,7 @@ def write_routes(services: Wiring) -> list[Route]:
         if type(publish) is not bool:
             raise bad_param("invalid publish_ws")
         batch = sorted({c.candle_time: c for c in (body_candle(series, r) for r in raw)}.values())
+        services.require_writer()
         if publish:
             await services.writer.write(series, batch)
         else:  # durable, derived and projected, not pushed to WebSocket subscribers (they get it by catchup)

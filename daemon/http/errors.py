@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
+from actors.ports import NotWriterError
+
 log = structlog.get_logger(__name__)
 
 
@@ -42,6 +44,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"code": code, "detail": exc.detail}, status_code=exc.status_code)
 
 
+async def not_writer(request: Request, exc: Exception) -> Response:
+    """A write to a cluster node that does not hold the writer lease: the client is told which node does."""
+    assert isinstance(exc, NotWriterError)
+    return JSONResponse({"code": "not_writer", "detail": str(exc), "writer": exc.writer}, status_code=409)
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     """A bug: logged with the path, answered 500 without a trace of it."""
     log.error("http_internal_error", path=request.url.path, error=repr(exc))
@@ -51,5 +59,6 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: Final[Mapping[Any, ExceptionHandler]] = {
     ApiError: api_error,
     HTTPException: http_error,
+    NotWriterError: not_writer,
     Exception: internal_error,
 }

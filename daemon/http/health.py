@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon.health import health_views, live_health_view, upstream_health
+from daemon.health import cluster_health, health_views, live_health_view, upstream_health
 from daemon.http.errors import ApiError, JSONResponse
 from daemon.http.params import int_param, series_param
 
@@ -29,6 +29,10 @@ def routes(services: Wiring) -> list[Route]:
             series = series_param(request)
             return JSONResponse(live_health_view(services, series, now, await store.head(series)))
         views = await health_views(services, now)
-        return JSONResponse({"now_time": now, "upstream": upstream_health(services), "series": views})
+        body = {"now_time": now, "upstream": upstream_health(services), "series": views}
+        cluster = cluster_health(services)
+        if cluster is not None:
+            body["cluster"] = cluster
+        return JSONResponse(body)
 
     return [Route("/api/market/health", health, methods=["GET"])]

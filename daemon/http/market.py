@@ -82,6 +82,7 @@ def routes(services: Wiring) -> list[Route]:
 
     async def ingest_closed(request: Request) -> Response:
         series, candle = body_single_candle(await write_body(settings, request))
+        services.require_writer()  # a cluster's replica answers 409 naming the writer
         await services.writer.write(series, [candle])  # durable and published when this returns
         return JSONResponse({"ok": True, "series_id": str(series), "candle_time": candle.candle_time})
 
