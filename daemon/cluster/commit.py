@@ -55,7 +55,10 @@ class StreamCommitPoint:
 
     def refusal(self) -> NotWriterError:
         holder = self._writer()
-        detail = f"node {self._node} is a replica: the writer is node {holder}" if holder else NOT_WRITER
+        if holder:
+            detail = f"node {self._node} is a replica: the writer is node {holder}"
+        else:
+            detail = f"node {self._node} is a replica, and no node holds the writer lease now: try again shortly"
         return NotWriterError(detail, holder)
 
     async def publish(self, events: Sequence[LogEvent]) -> None:

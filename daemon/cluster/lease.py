@@ -53,6 +53,9 @@ class WriterLease:
         self._now = now
         self._revision = 0
         self.holder: str | None = None  # the node holding the lease, as last seen
+        # Taken by this process. Not ``holder == node``: a restarted node finds the key its previous life
+        # left, with its own name in it, and must wait for that key's TTL like any other node.
+        self._holding = False
         self.stats = LeaseStats()
         self._changed = trio.Event()
         # Whether this node may take the lease now: not while it cannot follow the stream (behind its
@@ -61,7 +64,7 @@ class WriterLease:
 
     def held(self) -> bool:
         """Whether this node may act as the writer now."""
-        return self.holder == self.node and self._clock.held(self._now())
+        return self._holding and self._clock.held(self._now())
 
     async def wait_changed(self) -> None:
         """Return after the next gain or loss of the lease (or a new holder seen)."""
@@ -73,10 +76,10 @@ class WriterLease:
             while True:
                 await self._attempt()
                 deadline = self._clock.next_attempt(self._now())
-                if self.holder == self.node:  # wake when the lease would go void, to say so, if renewals fail
+                if self._holding:  # wake when the lease would go void, to say so, if renewals fail
                     deadline = min(deadline, (self._clock.sent_at or 0) + self._clock.ttl_s)
                 await trio.sleep_until(deadline)
-                if self.holder == self.node and not self._clock.held(self._now()):
+                if self._holding and not self._clock.held(self._now()):
                     self._lose("unrenewed")
         finally:
             with trio.CancelScope(shield=True):
@@ -86,7 +89,7 @@ class WriterLease:
         sent = self._now()
         value = self.node.encode()
         try:
-            if self.holder == self.node:
+            if self._holding:
                 self._revision = await self._bridge.run(self._kv.update, LEASE_KEY, value, self._revision)
                 self._clock.granted(sent)
                 self.stats.renewals += 1
@@ -97,7 +100,7 @@ class WriterLease:
             else:
                 await self._look()
         except _REFUSED:
-            if self.holder == self.node:
+            if self._holding:
                 self._lose("taken")
             await self._look()
         except _UNREACHABLE as e:
@@ -120,12 +123,14 @@ class WriterLease:
 
     def _gain(self) -> None:
         self.holder = self.node
+        self._holding = True
         self.stats.taken += 1
         log.info("cluster_lease_taken", node=self.node, revision=self._revision)
         self._notify()
 
     def _lose(self, why: str) -> None:
         self._clock.void()
+        self._holding = False
         self.holder = None
         self.stats.lost += 1
         log.warning("cluster_lease_lost", node=self.node, reason=why)
@@ -137,9 +142,10 @@ class WriterLease:
 
     async def _release(self) -> None:
         """A clean stop hands the lease on at once instead of after its TTL."""
-        if self.holder != self.node:
+        if not self._holding:
             return
         self._clock.void()
+        self._holding = False
         self.holder = None
         with trio.move_on_after(2):
             try:

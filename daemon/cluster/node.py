@@ -194,8 +194,8 @@ class ClusterNode:
     def writer_name(self) -> str | None:
         """The writer as this node last saw it: the lease's holder, else the node whose heartbeat says so."""
         lease = self.link.lease
-        if lease is not None and lease.holder:
-            return lease.holder
+        if lease is not None and lease.holder and (lease.holder != self.node or self.may_write()):
+            return lease.holder  # (this node's own name in the key, not held: its previous life's, expiring)
         for name, entry in self.link.registry.nodes.items():
             if entry.get("role") == "writer":
                 return name

@@ -47,7 +47,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def not_writer(request: Request, exc: Exception) -> Response:
     """A write to a cluster node that does not hold the writer lease: the client is told which node does."""
     assert isinstance(exc, NotWriterError)
-    return JSONResponse({"code": "not_writer", "detail": str(exc), "writer": exc.writer}, status_code=409)
+    body = {"code": "not_writer", "detail": str(exc), "writer": exc.writer}
+    # No writer named: the lease is being handed over, which takes about the lease's TTL.
+    return JSONResponse(body, status_code=409, headers=None if exc.writer else {"Retry-After": "1"})
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

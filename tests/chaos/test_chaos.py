@@ -41,12 +41,11 @@ from daemon.fakex.market import Market
 from daemon.fakex.server import FakeExchange, exchange_clock
 from daemon.storage.eventlog import EventLog
 from daemon.storage.projection_store import ProjectionStore
-from protocol.binance import format_decimal
-from protocol.candle import Candle
 from protocol.logrecords import EventKind
 from protocol.series import SeriesId
 from tests.actors.test_projector import outputs
 from tests.chaos.hostile_peers import PEERS, Listener, listeners, must_be_cut
+from tests.exchange_truth import check_frames, matches, wire
 from tests.klined_process import klined
 
 SPEED = 240.0  # exchange seconds per wall second: a 1m period every 0.25 s
@@ -79,21 +78,8 @@ class Run:
     hostile: Counter[str] = attrs.field(factory=Counter)  # "listener/peer: outcome" -> count
 
 
-def wire(c: Candle) -> Candle:
-    """The exchange's kline as it publishes it: Binance's fixed-point text, 8 places."""
-    return c._replace(**{f: float(format_decimal(getattr(c, f))) for f in ("open", "high", "low", "close", "volume")})
-
-
 def is_trade_built(sid: str) -> bool:
     return any(sid.startswith(f"{source}:") for source in TRADE_SOURCES)
-
-
-def matches(stored: tuple[Any, ...], kline: Candle) -> bool:
-    """The exchange's kline in every number; flagged synthetic only where the exchange had no trade (a
-    flat candle at the previous close with volume 0, as Binance's own kline of such a period)."""
-    if tuple(stored[:6]) != tuple(kline[:6]):
-        return False
-    return not stored[6] or kline.volume == 0
 
 
 def ack_candle(t: int) -> dict[str, Any]:
@@ -410,42 +396,14 @@ async def check(data: Path, tmp: Path, market: Market, run: Run, end_s: int) -> 
         report["trade_corrections"] = trade_corrections
         acked_stored = {c.candle_time for c in log.range(ACKED)}
         row("acknowledged HTTP candles kept", len(run.acked), len(set(run.acked) - acked_stored), "lost")
-        sent = bad_order = bad_value = bad_gap = 0
-        for frames_of in run.sessions:
-            for sid, frames in frames_of.items():
-                series = SeriesId.parse(sid)
-                symbol, tf = market.spot[series.symbol.replace("/", "")], series.timeframe
-                last: int | None = None
-                pending_gap: dict[str, Any] | None = None
-                for frame in frames:
-                    if frame["type"] == "gap":
-                        pending_gap = frame
-                        continue
-                    if frame["type"] not in ("candle_closed", "candles_batch"):
-                        continue
-                    for c in frame["candles"] if frame["type"] == "candles_batch" else [frame["candle"]]:
-                        sent += 1
-                        t = c["candle_time"]
-                        if last is not None and t <= last:
-                            bad_order += 1
-                        got = (t, c["open"], c["high"], c["low"], c["close"], c["volume"], c.get("synthetic", False))
-                        # What the log held when it was sent: the exchange's kline, or (built from trades) a
-                        # candle the log corrected later (the gate never sends a time twice).
-                        if not matches(got, wire(symbol.candle(tf, t))) and (sid, t, got[1:6]) not in provisional:
-                            bad_value += 1
-                            # Which candle, what the exchange has and what the log corrected: to tell why.
-                            seen = [p[2] for p in provisional if p[:2] == (sid, t)]
-                            report.setdefault("unequal", []).append(
-                                (sid, t, got, tuple(wire(symbol.candle(tf, t))), seen, frame["type"])
-                            )
-                        if last is not None and t > tf.next_open(last):
-                            want = {"expected_next_time": tf.next_open(last), "actual_time": t}
-                            if pending_gap is None or {k: pending_gap[k] for k in want} != want:
-                                bad_gap += 1
-                        elif pending_gap is not None and last is not None:
-                            bad_gap += 1  # a gap frame where there was no hole
-                        pending_gap = None
-                        last = t
+        frames_check = check_frames(run.sessions, market, provisional)
+        sent, bad_order, bad_value, bad_gap = (
+            frames_check.sent,
+            frames_check.bad_order,
+            frames_check.bad_value,
+            frames_check.bad_gap,
+        )
+        report["unequal"] = frames_check.unequal
         row("subscriber candles strictly ascending, each once", sent, bad_order)
         row("subscriber candles equal what the log held", sent, bad_value)
         row("gap frame exactly at each hole a subscriber saw", sent, bad_gap)

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from daemon.fakex.server import FakeExchangeUrls
 from daemon.klinectl import one
@@ -70,3 +72,44 @@ async def wait_for(check: Any, what: str, timeout_s: float = 60.0, poll_s: float
                 return got
             await trio.sleep(poll_s)
     raise AssertionError(what)
+
+
+@attrs.define
+class Chart:
+    """A chart front end on one node: subscribes to ``series`` from its last candle, records every frame of
+    each connection (one session per connection); reconnects whenever its node is back."""
+
+    series: list[str]
+    sessions: list[dict[str, list[dict[str, Any]]]] = attrs.field(factory=list)
+    since: dict[str, int | None] = attrs.field(factory=dict)
+    received: int = 0
+
+    async def watch(self, url: str) -> None:
+        """One connection, until it goes (its node killed or stopped)."""
+        frames: dict[str, list[dict[str, Any]]] = {sid: [] for sid in self.series}
+        self.sessions.append(frames)
+        try:
+            async with open_websocket_url(ws_url(url), max_message_size=64 << 20) as ws:
+                for sid in self.series:
+                    since = self.since.get(sid)
+                    await ws.send_message(
+                        orjson.dumps({"type": "subscribe", "series_id": sid, "since": since, "supports_batch": True})
+                    )
+                while True:
+                    frame = orjson.loads(await ws.get_message())
+                    sid = frame.get("series_id")
+                    if sid not in frames:
+                        continue
+                    frames[sid].append(frame)
+                    if frame["type"] == "candle_closed":
+                        self.since[sid] = frame["candle"]["candle_time"]
+                        self.received += 1
+                    elif frame["type"] == "candles_batch":
+                        self.since[sid] = frame["candles"][-1]["candle_time"]
+                        self.received += len(frame["candles"])
+        except (ConnectionClosed, HandshakeError, OSError):
+            return
+
+
+def ws_url(http_url: str) -> str:
+    return http_url.replace("http://", "ws://") + "/ws/market"

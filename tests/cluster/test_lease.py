@@ -74,3 +74,18 @@ async def test_a_holder_that_stops_renewing_loses_it_within_its_ttl(cluster: Nat
             await until(n2.held, n2)
             assert trio.current_time() - lost_at < TTL_S * 2.5
             assert not n1.held()  # its own clock voided it before the servers let the key expire
+
+
+async def test_a_restarted_node_waits_out_the_key_its_previous_life_left(cluster: NatsCluster) -> None:
+    """The key still names n1 after n1 was killed: the new n1 does not hold it, and takes it after its TTL."""
+    with trio.fail_after(30):
+        async with node(cluster, "n1") as (old, bridge1, _):
+            await until(old.held, old)
+            await bridge1.aclose()  # killed: no renewal, no release
+        async with node(cluster, "n1") as (new, _, _):
+            restarted = trio.current_time()
+            await until(lambda: new.holder == "n1", new)  # its previous life's key
+            assert not new.held()
+            await until(new.held, new)
+            assert (new.stats.taken, new.stats.lost) == (1, 0)  # never "lost" what it never held
+            assert TTL_S * 0.25 < trio.current_time() - restarted < TTL_S * 2.5
