@@ -15,6 +15,7 @@ that lost it appended in between: this node catches up (``on_behind``) and the b
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -26,6 +27,11 @@ from protocol.logrecords import LogEvent
 __all__ = ["NOT_WRITER", "NotWriterError", "StreamCommitPoint"]
 
 NOT_WRITER: Final = "this node does not hold the writer lease"
+
+
+def batch_id() -> str:
+    """Unique per batch (the server keeps a batch's messages apart by it), within its 64 characters."""
+    return uuid.uuid4().hex
 
 
 def _nobody() -> str | None:
@@ -55,7 +61,9 @@ class StreamCommitPoint:
 
     def refusal(self) -> NotWriterError:
         holder = self._writer()
-        if holder:
+        if holder == self._node:
+            detail = f"node {self._node} takes over as the writer once it holds the stream's tip: try again shortly"
+        elif holder:
             detail = f"node {self._node} is a replica: the writer is node {holder}"
         else:
             detail = f"node {self._node} is a replica, and no node holds the writer lease now: try again shortly"
@@ -69,7 +77,7 @@ class StreamCommitPoint:
             first = chunk[0].seq
             bodies = [encode_event(e.kind, e.series_id, e.candle, e.previous) for e in chunk]
             try:
-                await self._stream.append(bodies, expected_last=first - 1, batch_id=f"{self._node}-{first}")
+                await self._stream.append(bodies, expected_last=first - 1, batch_id=batch_id())
             except StaleWriterError:
                 if await self._stored_already(first, bodies):
                     continue  # an earlier try of this very batch was stored and its acknowledgement lost

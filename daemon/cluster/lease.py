@@ -10,7 +10,6 @@ was sent. That alone is not fencing: the stream's expected last sequence is (``d
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -18,11 +17,10 @@ import attrs
 import structlog
 import trio
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from daemon.cluster.bridge import AsyncioThread, BridgeClosedError
+from daemon.cluster.buckets import open_kv
 from protocol.lease import LeaseClock
 
 log = structlog.get_logger(__name__)
@@ -140,6 +138,10 @@ class WriterLease:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def release(self) -> None:
+        """Give the lease up now (this node cannot use it: another may); it may take it again later."""
+        await self._release()
+
     async def _release(self) -> None:
         """A clean stop hands the lease on at once instead of after its TTL."""
         if not self._holding:
@@ -147,6 +149,7 @@ class WriterLease:
         self._clock.void()
         self._holding = False
         self.holder = None
+        self._notify()
         with trio.move_on_after(2):
             try:
                 await self._bridge.run(self._kv.delete, LEASE_KEY, self._revision)
@@ -157,19 +160,4 @@ class WriterLease:
 
 async def open_lease_bucket(bridge: AsyncioThread, nc: Any, cluster_name: str, ttl_s: float, replicas: int) -> Any:
     """The cluster's lease bucket (created on first use; its TTL is the lease TTL)."""
-    js = nc.jetstream()
-    bucket = f"{cluster_name}_lease"
-
-    async def open_bucket() -> Any:
-        # Several nodes start at once, and the meta leader may be busy: a request that times out is asked
-        # again (creating a bucket with the same settings twice is no error).
-        for attempt in range(1, OPEN_TRIES + 1):
-            try:
-                return await js.create_key_value(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas)
-            except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError):
-                if attempt == OPEN_TRIES:
-                    raise
-                await asyncio.sleep(0.2 * attempt)
-        raise AssertionError("unreachable")
-
-    return await bridge.run(open_bucket)
+    return await open_kv(bridge, nc, f"{cluster_name}_lease", ttl_s=ttl_s, replicas=replicas)

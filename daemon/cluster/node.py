@@ -48,6 +48,7 @@ from daemon.storage.eventlog import DivergedError
 from protocol.backoff import Backoff
 from protocol.candle import Candle
 from protocol.cluster_events import ClusterEventError, decode_forming, encode_event, encode_forming
+from protocol.logrecords import LogEvent
 from protocol.series import SeriesId
 
 log = structlog.get_logger(__name__)
@@ -177,6 +178,11 @@ class ClusterNode:
         self._behind_event = trio.Event()
         self._term_scope: trio.CancelScope | None = None
         self._stopping = False
+        # Appends are this node's from its writer term's start until it steps down, and also through a
+        # shutdown's drain (the term is over, the lease still held): queued candles are made durable.
+        self._appending = False
+        self._synced = False  # it has been at the stream's tip once since it started or stepped down
+        self._at_tip_at = time.time()  # when this node last held every event of the stream
         self._changed = trio.Event()
         if link.lease is not None:
             link.lease.eligible = self._eligible
@@ -189,12 +195,12 @@ class ClusterNode:
 
     def may_write(self) -> bool:
         lease = self.link.lease
-        return self.role == "writer" and lease is not None and lease.held()
+        return self._appending and lease is not None and lease.held()
 
     def writer_name(self) -> str | None:
         """The writer as this node last saw it: the lease's holder, else the node whose heartbeat says so."""
         lease = self.link.lease
-        if lease is not None and lease.holder and (lease.holder != self.node or self.may_write()):
+        if lease is not None and lease.holder and (lease.holder != self.node or lease.held()):
             return lease.holder  # (this node's own name in the key, not held: its previous life's, expiring)
         for name, entry in self.link.registry.nodes.items():
             if entry.get("role") == "writer":
@@ -220,8 +226,10 @@ class ClusterNode:
         """This node as its heartbeat, health and ``klinectl cluster`` show it."""
         applied = self._store.log.last_seq() if self._store is not None else 0
         lag_events = max(0, self.stream_seq - applied)
-        stored_ms = self.link.follower.last_stored_ms
-        lag_s = 0.0 if lag_events == 0 or not stored_ms else max(0.0, time.time() - stored_ms / 1000)
+        now = time.time()
+        if lag_events == 0:
+            self._at_tip_at = now
+        lag_s = now - self._at_tip_at  # how long it has been behind the stream (0 while at its tip)
         lease = self.link.lease
         return {
             "role": self.role,
@@ -263,7 +271,8 @@ class ClusterNode:
                 await self._follow_until_lease()
                 if not self._stopping and await self._catch_up():
                     await self._write_while_held(term)
-            self._set_role("stopping")
+            if not self._appending:
+                self._set_role("stopping")  # a writer stays one while the shutdown drains its queue
             await trio.sleep_forever()
 
     def _set_role(self, role: str) -> None:
@@ -274,8 +283,7 @@ class ClusterNode:
             self._changed = trio.Event()
 
     def _eligible(self) -> bool:
-        replica = self._replica
-        return self.broken is None and not self._stopping and (replica is None or replica.stats.caught_up)
+        return self.broken is None and not self._stopping and self._synced
 
     def _lease_held(self) -> bool:
         return self.link.lease is not None and self.link.lease.held()
@@ -285,7 +293,7 @@ class ClusterNode:
         assert self._store is not None
         self._set_role("replica" if self.broken is None else "broken")
         while not self._stopping:
-            replica = self._replica = Replica(self._store, self.link.follower, self._stages)
+            replica = self._replica = Replica(self._store, _Tracked(self), self._stages)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._cancel_when_held, nursery.cancel_scope)
                 try:
@@ -309,6 +317,15 @@ class ClusterNode:
             await lease.wait_changed()
         scope.cancel()
 
+    def _read_ok(self, events: int) -> None:
+        """A read of the stream succeeded: a node that could not follow can again; at its tip, it may write."""
+        if self.broken is not None:
+            log.info("cluster_node_following_again", node=self.node, was=self.broken)
+            self.broken = None
+            self._set_role("replica")
+        if events == 0:
+            self._synced = True
+
     def _broke(self, why: str) -> None:
         if self.broken != why:
             log.error("cluster_node_cannot_follow", node=self.node, reason=why)
@@ -331,13 +348,18 @@ class ClusterNode:
                     await self._apply_from_stream(local)
                 else:
                     await self._publish_local(tip, local)
-            except DivergedError as e:
+            except (DivergedError, BehindRetentionError) as e:
                 self._broke(str(e))
+                await self._hand_over()  # another node may be able to write: never hold a lease it cannot use
                 return False
             except (StoreError, *_UNREACHABLE, BridgeClosedError) as e:
                 log.warning("cluster_catch_up_failed", node=self.node, error=repr(e))
                 await trio.sleep(RETRY_PAUSE_S)
         return False
+
+    async def _hand_over(self) -> None:
+        if self.link.lease is not None:
+            await self.link.lease.release()
 
     async def _apply_from_stream(self, after: int) -> None:
         assert self._store is not None
@@ -352,10 +374,7 @@ class ClusterNode:
         assert self._store is not None
         log_ = self._store.log
         if tip > 0:
-            mine = log_.events_since(tip - 1, 1)
-            body = encode_event(mine[0].kind, mine[0].series_id, mine[0].candle, mine[0].previous)
-            if await self.link.stream.message(tip) != body:
-                raise DivergedError(tip, "this node's log and the stream hold different events there")
+            await self._check_continues(tip)
         log.info("cluster_publishing_local_log", node=self.node, stream_seq=tip, local_seq=local)
         after = tip
         while after < local and self._lease_held():
@@ -370,9 +389,19 @@ class ClusterNode:
             self.stream_seq = after
         log.info("cluster_published_local_log", node=self.node, stream_seq=after)
 
+    async def _check_continues(self, tip: int) -> None:
+        """This log holds more than the stream: raise ``DivergedError`` unless the event at the stream's tip
+        is the same here (the log then continues the stream: it was published from a log like it)."""
+        assert self._store is not None
+        mine = self._store.log.events_since(tip - 1, 1)
+        body = encode_event(mine[0].kind, mine[0].series_id, mine[0].candle, mine[0].previous)
+        if await self.link.stream.message(tip) != body:
+            raise DivergedError(tip, "this node's log and the stream hold different events there")
+
     async def _write_while_held(self, term: Term) -> None:
         assert self._demand is not None
         self._set_role("writer")
+        self._appending = True
         try:
             async with trio.open_nursery() as nursery:
                 self._term_scope = nursery.cancel_scope
@@ -390,6 +419,7 @@ class ClusterNode:
             self._term_scope = None
             self._demand.writing(None)
             if not self._stopping:
+                self._appending = self._synced = False
                 self._set_role("replica")
 
     def _behind(self, events: int) -> None:
@@ -423,11 +453,17 @@ class ClusterNode:
     async def _watch_cluster(self) -> None:
         """After each heartbeat read: the stream's tip (lag), and the other nodes' demand (the writer's to serve)."""
         assert self._demand is not None
+        assert self._store is not None
         while True:
             await self.link.registry.wait_seen()
             self._demand.set_remote(self.link.registry.demand())
             try:
+                local = self._store.log.last_seq()  # first: the stream's tip, read after, is never older
                 self.stream_seq = await self.link.stream.last_seq()
+                if self.role == "replica" and local > self.stream_seq > 0:
+                    await self._check_continues(self.stream_seq)
+            except DivergedError as e:
+                self._broke(str(e))
             except (*_UNREACHABLE, BridgeClosedError):
                 pass
 
@@ -453,3 +489,15 @@ class ClusterNode:
             log.warning("cluster_forming_invalid", error=str(e))
             return
         self._forming_out(series, candle)
+
+
+class _Tracked:
+    """The stream as the replica reads it, telling the node of each successful read."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self._node = node
+
+    async def read(self, after_seq: int, *, max_events: int = 1000, wait_s: float = 1.0) -> list[LogEvent]:
+        events = await self._node.link.follower.read(after_seq, max_events=max_events, wait_s=wait_s)
+        self._node._read_ok(len(events))
+        return events

@@ -9,7 +9,6 @@ after a failover, with no replica having to notice).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
@@ -20,11 +19,10 @@ import orjson
 import structlog
 import trio
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import KeyNotFoundError, NoKeysError, ServiceUnavailableError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from daemon.cluster.bridge import AsyncioThread, BridgeClosedError
+from daemon.cluster.buckets import open_kv
 
 log = structlog.get_logger(__name__)
 
@@ -115,18 +113,4 @@ class NodeRegistry:
 
 
 async def open_registry_bucket(bridge: AsyncioThread, nc: Any, cluster_name: str, replicas: int) -> Any:
-    js = nc.jetstream()
-
-    async def open_bucket() -> Any:
-        for attempt in range(1, OPEN_TRIES + 1):
-            try:
-                return await js.create_key_value(
-                    bucket=f"{cluster_name}_nodes", history=1, ttl=ENTRY_TTL_S, replicas=replicas
-                )
-            except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError):
-                if attempt == OPEN_TRIES:
-                    raise
-                await asyncio.sleep(0.2 * attempt)
-        raise AssertionError("unreachable")
-
-    return await bridge.run(open_bucket)
+    return await open_kv(bridge, nc, f"{cluster_name}_nodes", ttl_s=ENTRY_TTL_S, replicas=replicas)

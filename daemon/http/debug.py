@@ -42,7 +42,11 @@ def write_routes(services: Wiring) -> list[Route]:
     async def ingest_forming(request: Request) -> Response:
         require_debug(settings)  # a disabled debug write is a missing route, as for any peer
         series, candle = body_single_candle(await write_body(settings, request))
-        hub.publish_forming(series, candle)
+        services.require_writer()  # a cluster's forming candles come from its writer, relayed to every node
+        if services.cluster is not None:
+            services.cluster.relay_forming(series, candle)
+        else:
+            hub.publish_forming(series, candle)
         return JSONResponse({"ok": True, "series_id": str(series), "candle_time": candle.candle_time})
 
     async def ingest_closed_batch(request: Request) -> Response:
