@@ -292,6 +292,11 @@ async def start_actors(
     await nursery.start(services.history.run)
     await nursery.start(serve_control, services, settings.control_socket_path)
     if services.cluster is not None:
+        if live is not None:
+            # Every node, writer or not, tells closed periods by the exchange's clock (the fan-out's gate).
+            with trio.move_on_after(STARTUP_CLOCK_S):
+                await live.measure_clock()
+            nursery.start_soon(live.keep_clock_measured)
         await nursery.start(services.cluster.run, functools.partial(writer_term, services))
         return
     whitelist = services.whitelist()

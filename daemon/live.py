@@ -269,7 +269,7 @@ class LiveIngest:
                     await nursery.start(self.ingest[market].run)
                 # Measured in the background: series start from their stored heads with no exchange call,
                 # on the host's (NTP) time; a measured offset re-aims every ticker when it arrives.
-                nursery.start_soon(self._keep_clock_measured)
+                nursery.start_soon(self.keep_clock_measured)
                 for spec in self.settings.trade_discover:
                     nursery.start_soon(self._discover_listings, spec)
                 await nursery.start(self.supervisor.run)
@@ -293,7 +293,7 @@ class LiveIngest:
         except (RestError, OSError) as e:
             log.warning("clock_offset_unmeasured", error=repr(e), offset_ms=self.clock.offset_ms)
 
-    async def _keep_clock_measured(self) -> None:
+    async def keep_clock_measured(self) -> None:
         while True:
             await self._measure_clock()
             await trio.sleep(CLOCK_REMEASURE_S if self.clock.last_sample else RETRY_MEASURE_S)

@@ -161,6 +161,7 @@ class ClusterNode:
         self.broken: str | None = None  # why this node cannot follow the stream, when it cannot
         self.fenced: dict[str, Any] | None = None  # the last time a stale write of this node was refused
         self.stream_seq = 0  # the stream's last seq, as last asked
+        self.stream_first_seq = 0  # and its first (retention moves it on)
         self.http_url = ""
         self.commit_point = StreamCommitPoint(
             link.stream,
@@ -240,6 +241,7 @@ class ClusterNode:
             "lease_failures": lease.stats.failures if lease else 0,
             "applied_seq": applied,
             "stream_seq": self.stream_seq,
+            "stream_first_seq": self.stream_first_seq,
             "lag_events": lag_events,
             "lag_s": round(lag_s, 3),
             "broken": self.broken,
@@ -459,7 +461,7 @@ class ClusterNode:
             self._demand.set_remote(self.link.registry.demand())
             try:
                 local = self._store.log.last_seq()  # first: the stream's tip, read after, is never older
-                self.stream_seq = await self.link.stream.last_seq()
+                self.stream_first_seq, self.stream_seq = await self.link.stream.bounds()
                 if self.role == "replica" and local > self.stream_seq > 0:
                     await self._check_continues(self.stream_seq)
             except DivergedError as e:

