@@ -124,8 +124,10 @@ class Settings:
     node_name: str = attrs.field(default="", metadata=_kind("name_or_empty"))
     # "auto" competes for the writer lease; "replica" never writes (a read-only node).
     cluster_role: str = attrs.field(default="auto", metadata=_kind("cluster_role"))
-    # A writer that stops renewing loses the lease this long after its last renewal.
-    cluster_lease_ttl_s: float = attrs.field(default=10.0, metadata=_kind("pos_float"))
+    # A writer that stops renewing loses the lease this long after its last renewal: a failover takes about
+    # this plus catch-up. It acts on it for 60 % of this after each renewal, renewed every 25 %, so NATS may
+    # stall for up to ~35 % of it without a handover.
+    cluster_lease_ttl_s: float = attrs.field(default=5.0, metadata=_kind("pos_float"))
     # How long the stream keeps events (0: forever). A replica further behind is seeded from a backup.
     cluster_stream_max_age_s: float = attrs.field(default=0.0, metadata=_kind("nonneg_float"))
     # Copies NATS keeps of the stream and buckets (RAFT): 3 survives one server down; at most the servers.

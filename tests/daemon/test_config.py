@@ -130,6 +130,7 @@ def test_every_key_has_an_env_form() -> None:
 def test_cluster_keys_default_to_standalone_and_parse_from_the_environment() -> None:
     s = load_settings(env={})
     assert (s.cluster_nats_urls, s.cluster_name, s.node_name, s.cluster_role) == ((), "klined", "", "auto")
+    assert (s.cluster_lease_ttl_s, s.cluster_replicas, s.cluster) == (5.0, 3, False)  # a failover within ~5 s
     s = load_settings(
         env={
             "KLINED_CLUSTER_NATS_URLS": "nats://10.0.0.1:4222, nats://10.0.0.2:4222",
