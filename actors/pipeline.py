@@ -36,6 +36,10 @@ RETRY_MAX_S = 30.0
 LATENCY_SAMPLES = 10_000
 
 
+class WriterClosedError(Exception):
+    """The writer takes no more candles: the daemon is stopping."""
+
+
 class CandleSink(Protocol):
     """What the writer appends to (``actors.store.Store``)."""
 
@@ -141,7 +145,7 @@ class ClosedCandleWriter:
         _check(series, candles)
         self.stats.submitted += len(candles)
         pending = _Pending(series, candles, trio.Event())
-        await self._send.send(pending)
+        await self._queue(pending)
         return await pending.outcome()
 
     def queue_depth(self) -> int:
@@ -158,8 +162,14 @@ class ClosedCandleWriter:
         self.stats.submitted += sum(len(c) for _, c in items)
         (first_series, first_candles), *rest = items
         pending = _Pending(first_series, first_candles, trio.Event(), more=dict(rest))
-        await self._send.send(pending)
+        await self._queue(pending)
         return await pending.outcome()
+
+    async def _queue(self, pending: _Pending) -> None:
+        try:
+            await self._send.send(pending)
+        except trio.ClosedResourceError:
+            raise WriterClosedError("the daemon is stopping: no more writes") from None
 
     def statistics(self) -> dict[str, object]:
         samples = sorted(self.latencies_ms)

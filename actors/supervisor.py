@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Final, Literal
@@ -207,6 +208,8 @@ class Supervisor:
                     error = repr(e)
                 finally:
                     job.running = False
+                if trio.current_effective_deadline() == -math.inf:
+                    return  # stopping (the supervisor is cancelled): what the actor raised on its way out is no crash
                 job.crashes += 1
                 job.last_crash_at, job.last_error = self._wall(), error
                 backoff.ran(trio.current_time() - started)

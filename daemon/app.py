@@ -292,6 +292,8 @@ async def start_actors(
     await nursery.start(services.history.run)
     await nursery.start(serve_control, services, settings.control_socket_path)
     if services.cluster is not None:
+        if settings.enable_ccxt_backfill and settings.cluster_role == "auto":
+            nursery.start_soon(services.history.source.warm_up)  # before this node may write
         if live is not None:
             # Every node, writer or not, tells closed periods by the exchange's clock (the fan-out's gate).
             with trio.move_on_after(STARTUP_CLOCK_S):
@@ -316,19 +318,20 @@ async def start_actors(
 
 
 async def writer_term(services: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """A cluster node's writer term, until cancelled (the lease lost, or shutdown): live ingest with every
-    node's on-demand series, then the startup sync in the background (the hole the handover left is
-    repaired as any reconnect's, by the series actors' gap backfill and this sync)."""
+    """A cluster node's writer term, until cancelled (the lease lost, or shutdown): the startup sync, then live
+    ingest with every node's on-demand series. As at a standalone start, the sync comes first: each series
+    actor then starts from the synced head, and the hole the handover left before its first live close is
+    one it detects and repairs, as after any reconnect."""
     settings, live, demand = services.settings, services.live, services.demand
+    whitelist = services.whitelist()
+    if settings.enable_startup_kline_sync and whitelist:
+        await services.history.startup_sync(whitelist)
     async with trio.open_nursery() as nursery:
         if live is not None:
             await nursery.start(live.run)
             if demand is not None and settings.enable_ondemand_ingest:
                 demand.writing(live)
         task_status.started()
-        whitelist = services.whitelist()
-        if settings.enable_startup_kline_sync and whitelist:
-            nursery.start_soon(services.history.startup_sync, whitelist)
         await trio.sleep_forever()
 
 

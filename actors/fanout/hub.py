@@ -208,8 +208,11 @@ class FanOut:
         if out is not None:
             self._send_forming(series, out)
         elif self._nursery is not None and series not in self._forming_scheduled:
+            try:
+                self._nursery.start_soon(self._forming_later, series, throttle)
+            except RuntimeError:  # shutting down: the hub's nursery takes nothing new, and forming is display only
+                return
             self._forming_scheduled.add(series)  # one timer per series: the held candle is replaced, not queued
-            self._nursery.start_soon(self._forming_later, series, throttle)
 
     async def _forming_later(self, series: SeriesId, throttle: FormingThrottle) -> None:
         try:

@@ -65,6 +65,7 @@ class StreamFollower:
                 await self._subscribe(after_seq + 1)
             messages = await self._sub.fetch(batch=max_events, timeout=wait_s)
         except NatsTimeoutError:
+            await self._check_retention(after_seq)  # nothing came: maybe because the stream no longer has it
             return []
         except _TRANSIENT:  # no stream leader this moment (an election, a node down): nothing read yet
             self._sub = None
@@ -85,6 +86,17 @@ class StreamFollower:
             self.last_stored_ms = int(msg.metadata.timestamp.timestamp() * 1000) if msg.metadata.timestamp else 0
             self._next += 1
         return events
+
+    async def _check_retention(self, after_seq: int) -> None:
+        """Raise :class:`BehindRetentionError` if the stream's first event is past ``after_seq + 1`` (an
+        empty stream's first seq is its last + 1: a reader at its tip is not behind)."""
+        try:
+            first = int((await self._nc.jetstream().stream_info(self._stream.name)).state.first_seq)
+        except NatsError:
+            return  # unknown now: the next read asks again
+        if first > after_seq + 1:
+            self._sub = None
+            raise BehindRetentionError(after_seq + 1, first)
 
     async def _subscribe(self, start: int) -> None:
         if self._sub is not None:

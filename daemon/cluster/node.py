@@ -482,6 +482,13 @@ class ClusterNode:
             log.warning("cluster_forming_unsubscribed", node=self.node, error=repr(e))
 
     def _forming_in(self, data: bytes) -> None:
+        """Runs as a trio callback (``run_sync_soon``): nothing may escape it, or trio itself stops."""
+        try:
+            self._relay_in(data)
+        except Exception as e:  # display only: a forming candle lost is no harm, a crashed daemon is
+            log.warning("cluster_forming_failed", error=repr(e))
+
+    def _relay_in(self, data: bytes) -> None:
         if self.role == "writer" or self._forming_out is None:
             return  # its own relay: its subscribers had it first hand
         try:

@@ -68,6 +68,13 @@ class CcxtSource:
         self._jitter = jitter
         self.calls = 0  # REST calls made (pages), for the benchmark and the progress view
 
+    async def warm_up(self, markets: tuple[Market, ...] = ("spot", "futures")) -> None:
+        """Import ccxt and build the clients in a worker thread, ahead of their first use: both take the
+        interpreter for a second or more, which on the event loop would stall everything else (a cluster
+        writer's lease renewals among it)."""
+        for market in markets:
+            await trio.to_thread.run_sync(self._client, market)
+
     def _client(self, market: Market) -> Any:
         client = self._clients.get(market)
         if client is None:

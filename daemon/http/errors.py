@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
+from actors.pipeline import WriterClosedError
 from actors.ports import NotWriterError
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,11 @@ async def not_writer(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=409, headers=None if exc.writer else {"Retry-After": "1"})
 
 
+async def writer_closed(request: Request, exc: Exception) -> Response:
+    """A write that arrived as the daemon stops: not taken, and the client may send it again elsewhere."""
+    return JSONResponse({"code": "server_shutdown", "detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     """A bug: logged with the path, answered 500 without a trace of it."""
     log.error("http_internal_error", path=request.url.path, error=repr(exc))
@@ -62,5 +68,6 @@ EXCEPTION_HANDLERS: Final[Mapping[Any, ExceptionHandler]] = {
     ApiError: api_error,
     HTTPException: http_error,
     NotWriterError: not_writer,
+    WriterClosedError: writer_closed,
     Exception: internal_error,
 }

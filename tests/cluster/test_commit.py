@@ -66,3 +66,46 @@ async def test_the_stream_commits_first_and_every_log_follows_it(cluster: NatsCl
                 assert log2.last_seq() == 5
         finally:
             await bridge.run(nc.close)
+
+
+async def test_a_writer_that_lost_its_lease_mid_batch_rolls_back_and_says_so(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """The zombie's case: its lease looked held when the batch began, another node appended meanwhile, and
+    when the stream refuses the batch the lease is gone: nothing is kept, it is told it is fenced, and its
+    writer drops the batch (NotWriterError names the new writer). Still holding the lease, the same refusal
+    means "behind": the batch is retried after catching up."""
+    async with AsyncioThread() as bridge:
+        nc: Any = await bridge.run(nats.connect, cluster.urls)
+        try:
+            stream = EventStream(bridge, nc, "klined_test")
+            await stream.open(replicas=3, max_age_s=0)
+            with EventLog(tmp_path / "new") as new_log, EventLog(tmp_path / "zombie") as zombie_log:
+                new_writer = Store(new_log, commit_point=StreamCommitPoint(stream, "n1", lambda: True))
+                await new_writer.append({BTC: [c(60)]})
+
+                lease_checks = iter([True, False])  # held as the batch began; lapsed by the refusal
+                fenced: list[int] = []
+                zombie = Store(
+                    zombie_log,
+                    commit_point=StreamCommitPoint(
+                        stream, "n2", lambda: next(lease_checks), writer=lambda: "n1", on_fenced=fenced.append
+                    ),
+                )
+                with pytest.raises(NotWriterError, match="node n2 is a replica: the writer is node n1") as refused:
+                    await zombie.append({ETH: [c(60)], BTC: [c(60, close=12.0)]})
+                assert refused.value.writer == "n1"
+                assert fenced == [2]  # its two events, rolled back
+                assert zombie_log.last_seq() == 0  # the local transaction never committed
+                assert await stream.last_seq() == 1
+
+                behind: list[int] = []
+                holder = Store(
+                    zombie_log,
+                    commit_point=StreamCommitPoint(stream, "n2", lambda: True, on_behind=behind.append),
+                )
+                with pytest.raises(StaleWriterError):
+                    await holder.append({ETH: [c(60)]})
+                assert (behind, zombie_log.last_seq()) == ([1], 0)
+        finally:
+            await bridge.run(nc.close)

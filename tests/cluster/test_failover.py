@@ -17,7 +17,10 @@ restarts the killed node (it comes back as a replica). At the end, with every no
 
 from __future__ import annotations
 
+import json
 import random
+import signal
+import urllib.request
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ from daemon.storage.projection_store import ProjectionStore
 from protocol.logrecords import EventKind, LogEvent
 from protocol.series import SeriesId
 from tests.actors.test_projector import outputs
-from tests.cluster.nats_cluster import NatsCluster
+from tests.cluster.nats_cluster import NatsCluster, Node
 from tests.cluster.nodes import LEASE_TTL_S, Chart, KlinedNode, klined_node, wait_for
 from tests.exchange_truth import check_frames, exchange_kline, matches
 
@@ -68,14 +71,32 @@ class Kill:
 
 @attrs.define
 class Nodes:
-    """The three nodes' lives: each is restarted whenever it dies, until ``stopping``."""
+    """The nodes' lives: each is restarted whenever it dies, until ``stopping``; a chart on each."""
 
     root: Path
     urls: FakeExchangeUrls
     nats: NatsCluster
-    alive: dict[str, KlinedNode | None] = attrs.field(factory=lambda: dict.fromkeys(NODES))
-    charts: dict[str, Chart] = attrs.field(factory=lambda: {n: Chart([*SERIES, *DERIVED]) for n in NODES})
+    names: tuple[str, ...] = NODES
+    alive: dict[str, KlinedNode | None] = attrs.field(init=False)
+    charts: dict[str, Chart] = attrs.field(init=False)
     stopping: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.alive = dict.fromkeys(self.names)
+        self.charts = {n: Chart([*SERIES, *DERIVED]) for n in self.names}
+
+    async def start(self, outer: trio.Nursery, fake: FakeExchange) -> None:
+        self.urls = await outer.start(fake.serve)
+        for name in self.names:
+            outer.start_soon(self.keep_running, name, {})
+        await wait_for(lambda: all_alive(self), "every node up", timeout_s=60)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for node in self.alive.values():
+            if node is not None:
+                node.proc.terminate()
+        await wait_for(lambda: none_alive(self), "every node stopped", timeout_s=30)
 
     async def keep_running(self, name: str, extra: dict[str, str]) -> None:
         while not self.stopping:
@@ -129,10 +150,12 @@ async def poster(nodes: Nodes, acked: list[int], rng: random.Random) -> None:
                     acked.append(t)
                     t += 60
                     break
+                if r.status_code == 503:
+                    break  # the node is stopping: not acknowledged
                 assert r.status_code == 409, r.text
                 answer = r.json()
                 assert answer["code"] == "not_writer", answer
-                assert "replica" in answer["detail"], answer
+                assert "node" in answer["detail"], answer  # which node refused, and who writes or will
                 writer = nodes.alive.get(answer.get("writer") or "")
                 if writer is None:
                     break
@@ -190,9 +213,10 @@ def read_log(data: Path) -> list[LogEvent]:
 
 async def check(nodes: Nodes, market: Market, end_s: int, acked: list[int], tmp: Path) -> list[tuple[str, int, int]]:
     rows: list[tuple[str, int, int]] = []
-    logs = {name: read_log(nodes.root / name) for name in NODES}
-    first = logs[NODES[0]]
-    rows.append(("logs equal to k1's, seq by seq (nodes)", len(NODES) - 1, sum(logs[n] != first for n in NODES[1:])))
+    names = nodes.names
+    logs = {name: read_log(nodes.root / name) for name in names}
+    first = logs[names[0]]
+    rows.append(("logs equal to k1's, seq by seq (nodes)", len(names) - 1, sum(logs[n] != first for n in names[1:])))
     by_series: dict[str, list[int]] = {}
     corrected = 0
     for e in first:
@@ -201,7 +225,7 @@ async def check(nodes: Nodes, market: Market, end_s: int, acked: list[int], tmp:
         else:
             by_series.setdefault(e.series_id, []).append(e.candle.candle_time)
     checked = missing = wrong = 0
-    with EventLog(nodes.root / NODES[0] / "eventlog") as log:
+    with EventLog(nodes.root / names[0] / "eventlog") as log:
         for sid in [*SERIES, *DERIVED]:
             series = SeriesId.parse(sid)
             tf = series.timeframe
@@ -225,24 +249,24 @@ async def check(nodes: Nodes, market: Market, end_s: int, acked: list[int], tmp:
     )
     rows.append(("candle_corrected events on exchange series", len(first), corrected))
     rows.append(("acknowledged HTTP candles kept", len(acked), len(set(acked) - acked_stored)))
-    for name in NODES:
+    for name in names:
         frames = check_frames(nodes.charts[name].sessions, market)
         rows.append((f"{name} chart: ascending, each once", frames.sent, frames.bad_order))
         rows.append((f"{name} chart: equal to the exchange", frames.sent, frames.bad_value))
         rows.append((f"{name} chart: gap frame exactly at each hole", frames.sent, frames.bad_gap))
     projections: dict[str, list[Any]] = {}
-    for name in NODES:
+    for name in names:
         with EventLog(nodes.root / name / "eventlog") as log:
             projector = Projector(log, ProjectionStore(nodes.root / name / "projections"))
             projections[name] = [outputs(projector, SeriesId.parse(s)) for s in SERIES]
             projector.pstore.close()
-    with EventLog(nodes.root / NODES[0] / "eventlog") as log:
+    with EventLog(nodes.root / names[0] / "eventlog") as log:
         scratch = Projector(log, ProjectionStore(tmp / "scratch"))
         await scratch.start()
         replay = [outputs(scratch, SeriesId.parse(s)) for s in SERIES]
         scratch.pstore.close()
     rows.append(
-        ("projections equal a replay of the log (nodes)", len(NODES), sum(projections[n] != replay for n in NODES))
+        ("projections equal a replay of the log (nodes)", len(names), sum(projections[n] != replay for n in names))
     )
     return rows
 
@@ -273,10 +297,7 @@ async def test_killing_the_writer_loses_nothing_and_hands_over(
     kills: list[Kill] = []
     acked: list[int] = []
     async with trio.open_nursery() as outer:
-        nodes.urls = await outer.start(fake.serve)
-        for name in NODES:
-            outer.start_soon(nodes.keep_running, name, {})
-        await wait_for(lambda: all_alive(nodes), "three nodes up", timeout_s=60)
+        await nodes.start(outer, fake)
         outer.start_soon(poster, nodes, acked, rng)
         for _ in range(kills_wanted):
             await wait_for(lambda: all_alive(nodes), "three nodes up", timeout_s=60)
@@ -285,17 +306,96 @@ async def test_killing_the_writer_loses_nothing_and_hands_over(
         await wait_for(lambda: all_alive(nodes), "three nodes up", timeout_s=60)
         end_s = await caught_up(nodes, fake)
         await wait_for(lambda: charts_at_head(nodes, end_s), "every chart at the head", timeout_s=30, poll_s=0.1)
-        nodes.stopping = True
-        for node in nodes.alive.values():
-            if node is not None:
-                node.proc.terminate()
-        await wait_for(lambda: none_alive(nodes), "every node stopped", timeout_s=30)
+        await nodes.stop()
         outer.cancel_scope.cancel()
     rows = await check(nodes, market, end_s, acked, tmp_path)
-    print_report(kills, rows, len(read_log(tmp_path / NODES[0])))
+    print_report(kills, rows, len(read_log(tmp_path / "k1")))
     assert sum(bad for _, _, bad in rows) == 0, rows
     slow = [k for k in kills if k.failover_s > LEASE_TTL_S + CATCH_UP_BOUND_S]
     assert not slow, slow
+
+
+@pytest.mark.slow
+async def test_a_writer_stopped_past_its_lease_wakes_as_a_replica(cluster: NatsCluster, tmp_path: Path) -> None:
+    """SIGSTOP the writer past its lease: another node writes; SIGCONT: the old writer appends nothing, says
+    it lost the lease, and follows the new one."""
+    market = Market.default(spot=["BTCUSDT", "ETHUSDT"])
+    fake = FakeExchange(market, exchange_clock(speed=SPEED))
+    nodes = Nodes(tmp_path, FakeExchangeUrls("", ""), cluster, names=("k1", "k2"))
+    acked: list[int] = []
+    async with trio.open_nursery() as outer:
+        await nodes.start(outer, fake)
+        outer.start_soon(poster, nodes, acked, random.Random(7))
+        zombie, _ = await wait_for(nodes.writer, "a writer", timeout_s=60)
+        frozen = nodes.alive[zombie]
+        assert frozen is not None
+        nodes.alive[zombie] = None  # nobody asks a stopped process anything
+        frozen.proc.send_signal(signal.SIGSTOP)
+        new_writer, seq = await wait_for(lambda: other_writer(nodes, zombie), "a new writer", timeout_s=60)
+        await wait_for(lambda: wrote_past(nodes, new_writer, seq + 4), "the new writer writes on", timeout_s=30)
+        frozen.proc.send_signal(signal.SIGCONT)
+        nodes.alive[zombie] = frozen
+        await wait_for(lambda: plays(nodes, zombie, "replica"), "the old writer follows", timeout_s=30)
+        end_s = await caught_up(nodes, fake)
+        await wait_for(lambda: charts_at_head(nodes, end_s), "every chart at the head", timeout_s=30, poll_s=0.1)
+        await nodes.stop()
+        outer.cancel_scope.cancel()
+    said = (tmp_path / f"{zombie}.log").read_text()
+    assert '"cluster_lease_lost"' in said
+    assert '"cluster_writer_stepping_down"' in said
+    rows = await check(nodes, market, end_s, acked, tmp_path)
+    print_report([], rows, len(read_log(tmp_path / "k1")))
+    assert sum(bad for _, _, bad in rows) == 0, rows
+
+
+@pytest.mark.slow
+async def test_killing_the_stream_leader_stalls_writes_and_loses_nothing(cluster: NatsCluster, tmp_path: Path) -> None:
+    market = Market.default(spot=["BTCUSDT", "ETHUSDT"])
+    fake = FakeExchange(market, exchange_clock(speed=SPEED))
+    nodes = Nodes(tmp_path, FakeExchangeUrls("", ""), cluster, names=("k1", "k2"))
+    acked: list[int] = []
+    async with trio.open_nursery() as outer:
+        await nodes.start(outer, fake)
+        outer.start_soon(poster, nodes, acked, random.Random(11))
+        writer, seq = await wait_for(nodes.writer, "a writer", timeout_s=60)
+        await wait_for(lambda: wrote_past(nodes, writer, seq + 4), "the writer writes", timeout_s=30)
+        leader = await trio.to_thread.run_sync(stream_leader, cluster)
+        tip = max(int(v["applied_seq"]) for v in (await nodes.roles()).values())
+        leader.kill()
+        killed_at = trio.current_time()
+        await wait_for(lambda: some_writer_past(nodes, tip + 4), "writes resumed", timeout_s=60)
+        print(f"stream leader {leader.name} killed: writes resumed after {trio.current_time() - killed_at:.2f} s")
+        leader.start()  # back: it catches up from its peers
+        end_s = await caught_up(nodes, fake)
+        await wait_for(lambda: charts_at_head(nodes, end_s), "every chart at the head", timeout_s=30, poll_s=0.1)
+        await nodes.stop()
+        outer.cancel_scope.cancel()
+    rows = await check(nodes, market, end_s, acked, tmp_path)
+    print_report([], rows, len(read_log(tmp_path / "k1")))
+    assert sum(bad for _, _, bad in rows) == 0, rows
+
+
+def stream_leader(cluster: NatsCluster) -> Node:
+    """The NATS server leading the event stream's RAFT group (from the servers' monitoring)."""
+    for node in cluster.nodes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.monitor_port}/jsz?streams=1", timeout=2) as r:
+            answer = json.load(r)
+        for account in answer.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                if stream["name"] == "kt_events" and (stream.get("cluster") or {}).get("leader"):
+                    return next(n for n in cluster.nodes if n.name == stream["cluster"]["leader"])
+    raise AssertionError("the event stream has no leader")
+
+
+async def some_writer_past(nodes: Nodes, seq: int) -> bool:
+    """Whoever writes now (the same node or, if its lease lapsed meanwhile, another) has appended past ``seq``."""
+    found = await nodes.writer()
+    return found is not None and found[1] > seq
+
+
+async def plays(nodes: Nodes, name: str, role: str) -> bool:
+    view = (await nodes.roles()).get(name)
+    return view is not None and view["role"] == role
 
 
 async def kill_the_writer(nodes: Nodes) -> Kill:
