@@ -89,13 +89,19 @@ async def _serve_one(services: Wiring, stream: trio.SocketStream) -> None:
     except Exception as e:  # a defect in a handler: that request fails, the daemon carries on
         log.error("control_request_failed", error=repr(e), exc_info=True)
     finally:
-        for fd in fds:  # descriptors a peer passed that no handler kept
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_unkept(fds)
+
+
+def close_unkept(fds: list[int]) -> None:
+    """Close the descriptors a peer passed that no handler took (a handler pops the one it keeps)."""
+    while fds:
+        with contextlib.suppress(OSError):
+            os.close(fds.pop())
 
 
 async def _converse(services: Wiring, stream: trio.SocketStream, fds: list[int]) -> None:
     async def send(obj: dict[str, Any]) -> None:
+        close_unkept(fds)  # before the peer hears back: once it has the answer, the daemon holds none of them
         await stream.send_all(orjson.dumps(obj) + b"\n")
 
     uid = peer_uid(stream)

@@ -19,7 +19,7 @@ from daemon.fakex.server import FakeExchange, exchange_clock
 from daemon.storage.eventlog import EventLog
 from protocol.logrecords import LogEvent
 from tests.cluster.nats_cluster import NatsCluster
-from tests.cluster.nodes import KlinedNode, klined_node, wait_for, ws_url
+from tests.cluster.nodes import LEASE_TTL_S, KlinedNode, klined_node, wait_for, ws_url
 from tests.klined_process import BIN, klined
 
 SPEED = 120.0  # a 1m period closes every 0.5 s
@@ -215,3 +215,29 @@ async def test_a_standalone_data_directory_becomes_the_first_writer(cluster: Nat
 async def stored(http: httpx.AsyncClient, n: int) -> bool:
     r = await http.get("/api/market/candles", params={"series_id": BTC, "since": 0, "limit": 100})
     return len(r.json()["candles"]) >= n
+
+
+async def test_a_clean_stop_of_the_writer_ends_in_time_and_hands_over_at_once(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """SIGTERM: the writer drains, releases the lease and exits 0 within 5 s; the other node takes over in
+    less than the lease's TTL (a released lease is taken at the next try, not when it would have expired)."""
+    fake = FakeExchange(Market.default(spot=["BTCUSDT"]), exchange_clock(speed=SPEED))
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(fake.serve)
+        async with klined_node(tmp_path, "k1", urls, cluster, **ENV) as k1:
+            await wait_for(lambda: role_is(k1, "writer"), "k1 writes")
+            async with klined_node(tmp_path, "k2", urls, cluster, **ENV) as k2:
+                await wait_for(lambda: same_seq(k1, k2), "k2 follows")
+                k1.proc.terminate()
+                stopped = trio.current_time()
+                with trio.fail_after(10):
+                    code = await k1.proc.wait()
+                took = trio.current_time() - stopped
+                await wait_for(lambda: role_is(k2, "writer"), "k2 writes")
+                handed_over = trio.current_time() - stopped
+        nursery.cancel_scope.cancel()
+    assert code == 0
+    assert took < 5.0
+    assert handed_over < LEASE_TTL_S, handed_over  # not left to expire: the take's poll (a quarter TTL), a catch-up
+    assert '"cluster_lease_released"' in (tmp_path / "k1.log").read_text()
