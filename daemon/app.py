@@ -206,8 +206,10 @@ def build_services(
         ingest_live = live
         demand = ClusterDemand(ingest_live.upstream_series if ingest_live is not None else lambda s: s)
         # A replica's events include the writer's derived candles: it projects and publishes, never derives.
-        node.attach(store, Stages(project=projector.stage, publish=hub.publish_stage), demand, hub.publish_forming)
+        replica_stages = Stages(project=projector.stage, publish=hub.publish_stage)
+        node.attach(store, replica_stages, demand, hub.publish_forming, history.tail_for_read)
         history.may_write = node.may_write
+        history.coverage_elsewhere = node.cover_elsewhere
     return Wiring(
         settings,
         eventlog,

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import attrs
 import nats
+import orjson
 import structlog
 import trio
 from nats.errors import Error as NatsError
@@ -62,6 +63,9 @@ _UNREACHABLE: Final = (NatsError, OSError, TimeoutError, StreamError)
 
 Term = Callable[..., Awaitable[None]]  # the writer term: started with a task_status, runs until cancelled
 Forming = Callable[[SeriesId, Candle], None]
+Cover = Callable[[SeriesId, int], Awaitable[None]]
+COVERAGE_QUEUE: Final = 64  # readers' coverage requests waiting on the writer; more are dropped (they time out)
+COVERAGE_ASK_S: Final = 6.0  # beyond the reader's own bound (the writer answers within that)
 
 
 @attrs.frozen
@@ -80,6 +84,10 @@ class ClusterLink:
     @property
     def forming_subject(self) -> str:
         return f"{self.settings.cluster_name}.forming"
+
+    @property
+    def coverage_subject(self) -> str:
+        return f"{self.settings.cluster_name}.coverage"
 
 
 async def _connect(bridge: AsyncioThread, settings: Settings, node: str) -> Any:
@@ -175,6 +183,8 @@ class ClusterNode:
         self._stages = Stages()
         self._demand: ClusterDemand | None = None
         self._forming_out: Forming | None = None
+        self._cover: Cover | None = None
+        self._coverage_send, self._coverage_asked = trio.open_memory_channel[Any](COVERAGE_QUEUE)
         self._replica: Replica | None = None
         self._behind_event = trio.Event()
         self._term_scope: trio.CancelScope | None = None
@@ -188,9 +198,13 @@ class ClusterNode:
         if link.lease is not None:
             link.lease.eligible = self._eligible
 
-    def attach(self, store: Store, replica_stages: Stages, demand: ClusterDemand, forming: Forming) -> None:
-        """The parts of the daemon the node drives (they need its commit point first, hence not in ``__init__``)."""
+    def attach(
+        self, store: Store, replica_stages: Stages, demand: ClusterDemand, forming: Forming, cover: Cover
+    ) -> None:
+        """The parts of the daemon the node drives (they need its commit point first, hence not in ``__init__``).
+        ``cover(series, n)`` is the writer's tail coverage for a reader, asked by the replicas."""
         self._store, self._stages, self._demand, self._forming_out = store, replica_stages, demand, forming
+        self._cover = cover
 
     # -- what the rest of the daemon asks ----------------------------------------------------------
 
@@ -267,7 +281,9 @@ class ClusterNode:
                 await nursery.start(self.link.lease.run)
             await nursery.start(self.link.registry.run, self.describe)
             nursery.start_soon(self._watch_cluster)
+            nursery.start_soon(self._answer_coverage)
             await self._subscribe_forming()
+            await self._subscribe_coverage()
             task_status.started()
             while not self._stopping:
                 await self._follow_until_lease()
@@ -468,6 +484,61 @@ class ClusterNode:
                 self._broke(str(e))
             except (*_UNREACHABLE, BridgeClosedError):
                 pass
+
+    async def cover_elsewhere(self, series: SeriesId, target: int) -> None:
+        """A reader on this replica wants ``target`` candles of ``series``: the writer covers its tail (its
+        freqtrade files, derivation, the exchange), and this returns once the local log holds what it wrote.
+        Bounded by the caller; a writer that does not answer leaves the reader with what is stored."""
+        assert self._store is not None
+        body = orjson.dumps({"s": str(series), "n": target})
+        try:
+            reply = await self.link.bridge.run(
+                lambda: self.link.nc.request(self.link.coverage_subject, body, timeout=COVERAGE_ASK_S)
+            )
+            seq = int(orjson.loads(reply.data)["seq"])
+        except (*_UNREACHABLE, BridgeClosedError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            log.info("cluster_coverage_unanswered", series_id=str(series), error=repr(e))
+            return
+        while self._store.log.last_seq() < seq:
+            await self._store.wait_appended()
+
+    async def _subscribe_coverage(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        async def asked(msg: Any) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._queue_coverage, msg)
+
+        try:
+            await self.link.bridge.run(lambda: self.link.nc.subscribe(self.link.coverage_subject, cb=asked))
+        except (*_UNREACHABLE, BridgeClosedError) as e:
+            log.warning("cluster_coverage_unsubscribed", node=self.node, error=repr(e))
+
+    def _queue_coverage(self, msg: Any) -> None:
+        """A trio callback: only the writer answers (the others stay silent: the asker takes the first reply)."""
+        if self.role != "writer":
+            return
+        with contextlib.suppress(trio.WouldBlock):
+            self._coverage_send.send_nowait(msg)
+
+    async def _answer_coverage(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for msg in self._coverage_asked:
+                nursery.start_soon(self._answer_one, msg)
+
+    async def _answer_one(self, msg: Any) -> None:
+        assert self._store is not None
+        assert self._cover is not None
+        try:
+            asked = orjson.loads(msg.data)
+            series, target = SeriesId.parse(asked["s"]), int(asked["n"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            log.warning("cluster_coverage_invalid", error=repr(e))
+            return
+        await self._cover(series, target)
+        reply = orjson.dumps({"seq": self._store.log.last_seq()})
+        with contextlib.suppress(*_UNREACHABLE, BridgeClosedError):
+            await self.link.bridge.run(msg.respond, reply)
 
     async def _subscribe_forming(self) -> None:
         token = trio.lowlevel.current_trio_token()

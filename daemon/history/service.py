@@ -91,6 +91,8 @@ class History:
         self.nursery: trio.Nursery | None = None
         # In a cluster, only the lease holder repairs: a replica's log is the stream's, filled by the writer.
         self.may_write: Callable[[], bool] = _always
+        # A replica asks the writer for a reader's tail coverage, and waits until its log holds the result.
+        self.coverage_elsewhere: Callable[[SeriesId, int], Awaitable[None]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -277,7 +279,12 @@ class History:
 
     async def tail_for_read(self, series: SeriesId, target: int) -> None:
         """``GET /candles``: start (or join) tail coverage in the background and wait for it, bounded."""
-        if not self.settings.enable_market_auto_tail_backfill or self.nursery is None or not self.may_write():
+        if not self.settings.enable_market_auto_tail_backfill or self.nursery is None:
+            return
+        if not self.may_write():
+            if self.coverage_elsewhere is not None:
+                with trio.move_on_after(TAIL_WAIT_S):
+                    await self.coverage_elsewhere(series, target)
             return
         key = (str(series), "tail")
         done = self._running.get(key)

@@ -25,6 +25,7 @@ from tests.klined_process import BIN, klined
 SPEED = 120.0  # a 1m period closes every 0.5 s
 BTC = "binance:spot:BTC/USDT:1m"
 ETH = "binance:spot:ETH/USDT:1m"  # not whitelisted: on demand only
+SOL = "binance:spot:SOL/USDT:1m"  # not whitelisted: read over HTTP only
 ENV = {
     "KLINED_WHITELIST": BTC,
     "KLINED_DEV_CLOCK_SPEED": str(SPEED),
@@ -61,12 +62,19 @@ async def same_seq(a: KlinedNode, b: KlinedNode) -> bool:
 async def test_a_replica_serves_refuses_writes_and_starts_series_on_the_writer(
     cluster: NatsCluster, tmp_path: Path
 ) -> None:
-    fake = FakeExchange(Market.default(spot=["BTCUSDT", "ETHUSDT"]), exchange_clock(speed=SPEED))
+    fake = FakeExchange(Market.default(spot=["BTCUSDT", "ETHUSDT", "SOLUSDT"]), exchange_clock(speed=SPEED))
+    env = {
+        **ENV,
+        "KLINED_ENABLE_MARKET_AUTO_TAIL_BACKFILL": "1",
+        "KLINED_ENABLE_CCXT_BACKFILL": "1",
+        "KLINED_ENABLE_CCXT_BACKFILL_ON_READ": "1",
+        "KLINED_MARKET_HISTORY_SOURCE": "ccxt",
+    }
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(fake.serve)
-        async with klined_node(tmp_path, "k1", urls, cluster, **ENV) as k1:
+        async with klined_node(tmp_path, "k1", urls, cluster, **env) as k1:
             await wait_for(lambda: role_is(k1, "writer"), "k1 writes")
-            async with klined_node(tmp_path, "k2", urls, cluster, **ENV) as k2:
+            async with klined_node(tmp_path, "k2", urls, cluster, **env) as k2:
                 await wait_for(lambda: role_is(k2, "replica"), "k2 follows")
 
                 # A write to the replica: 409, naming the writer.
@@ -79,6 +87,11 @@ async def test_a_replica_serves_refuses_writes_and_starts_series_on_the_writer(
                         "detail": "node k2 is a replica: the writer is node k1",
                         "writer": "k1",
                     }
+                    # A reader on the replica wants 50 candles nobody stored: the writer fetches them, and the
+                    # replica answers once its log holds them.
+                    params: dict[str, str | int] = {"series_id": SOL, "limit": 50}
+                    tail = (await http.get("/api/market/candles", params=params)).json()["candles"]
+                    assert len(tail) == 50
                     metrics = (await http.get("/metrics")).text
                     assert 'klined_cluster_role{role="replica"} 1.0' in metrics
                     assert "klined_cluster_replication_lag_events" in metrics
