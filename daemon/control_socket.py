@@ -246,6 +246,7 @@ async def _status(services: Wiring) -> dict[str, Any]:
         "subscriptions": services.hub.stats.subscriptions,
         "whitelist": [str(s) for s in services.whitelist()],
         "upstream": upstream_health(services),
+        "cluster_role": services.cluster.role if services.cluster is not None else "standalone",
     }
 
 
