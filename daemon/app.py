@@ -243,7 +243,7 @@ async def serve_daemon(
     async with (
         open_eventlog(settings) as eventlog,
         open_projections(settings) as pstore,
-        maybe_cluster(settings) as link,
+        maybe_cluster(settings, notifier) as link,
         trio.open_nursery() as nursery,
     ):
         services = build_services(settings, eventlog, pstore, link)
@@ -265,12 +265,12 @@ async def serve_daemon(
 
 
 @asynccontextmanager
-async def maybe_cluster(settings: Settings) -> AsyncIterator[ClusterLink | None]:
+async def maybe_cluster(settings: Settings, notifier: Notifier) -> AsyncIterator[ClusterLink | None]:
     """The NATS link in cluster mode; nothing standalone."""
     if not settings.cluster:
         yield None
         return
-    async with open_cluster(settings) as link:
+    async with open_cluster(settings, lambda why: notifier.send(f"STATUS={why}")) as link:
         yield link
 
 

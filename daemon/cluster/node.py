@@ -115,9 +115,12 @@ async def _connect(bridge: AsyncioThread, settings: Settings, node: str) -> Any:
 
 
 @asynccontextmanager
-async def open_cluster(settings: Settings) -> AsyncIterator[ClusterLink]:
+async def open_cluster(
+    settings: Settings, on_wait: Callable[[str], object] = lambda why: None
+) -> AsyncIterator[ClusterLink]:
     """Connect, open the stream and the buckets (creating them on first use), until the daemon stops. NATS
-    not answering yet is waited for, with backoff and a log line each time: the node starts once it can."""
+    not answering yet is waited for, with backoff and a log line each time (and ``on_wait``: systemd's
+    status line): the node starts once it can."""
     node = settings.cluster_node
     async with AsyncioThread(name=f"klined-nats-{node}") as bridge:
         backoff = Backoff(first_s=RETRY_PAUSE_S, cap_s=OPEN_RETRY_MAX_S)
@@ -138,6 +141,7 @@ async def open_cluster(settings: Settings) -> AsyncIterator[ClusterLink]:
             except (*_UNREACHABLE, BridgeClosedError) as e:
                 delay = backoff.next_delay(0.5)
                 log.warning("cluster_open_failed", node=node, error=repr(e), retry_in_s=round(delay, 2))
+                on_wait(f"waiting for NATS ({', '.join(settings.cluster_nats_urls)}): {e!r}")
                 await trio.sleep(delay)
         log.info("cluster_opened", node=node, stream=stream.name, role=settings.cluster_role)
         try:

@@ -18,7 +18,7 @@ from daemon.fakex.market import Market
 from daemon.fakex.server import FakeExchange, exchange_clock
 from daemon.storage.eventlog import EventLog
 from protocol.logrecords import LogEvent
-from tests.cluster.nats_cluster import NatsCluster
+from tests.cluster.nats_cluster import NatsCluster, write_configs
 from tests.cluster.nodes import LEASE_TTL_S, KlinedNode, klined_node, wait_for, ws_url
 from tests.klined_process import BIN, klined
 
@@ -254,3 +254,33 @@ async def test_a_clean_stop_of_the_writer_ends_in_time_and_hands_over_at_once(
     assert took < 5.0
     assert handed_over < LEASE_TTL_S, handed_over  # not left to expire: the take's poll (a quarter TTL), a catch-up
     assert '"cluster_lease_released"' in (tmp_path / "k1.log").read_text()
+
+
+async def test_a_node_started_before_nats_waits_for_it_and_then_serves(tmp_path: Path) -> None:
+    """NATS is not up yet (a VPS boot where klined starts first): the node says so and retries, and starts
+    as soon as the servers answer."""
+    nats = NatsCluster(write_configs(tmp_path / "nats"))
+    fake = FakeExchange(Market.default(spot=["BTCUSDT"]), exchange_clock(speed=SPEED))
+    try:
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(fake.serve)
+
+            async def start_nats_once_klined_waits() -> None:
+                log = tmp_path / "k1.log"
+                await wait_for(lambda: said(log, "cluster_nats_error"), "klined retrying NATS")
+                for server in nats.nodes:
+                    server.start()
+                await trio.to_thread.run_sync(nats.wait_ready)
+
+            nursery.start_soon(start_nats_once_klined_waits)
+            async with klined_node(tmp_path, "k1", urls, nats, **ENV) as k1:
+                await wait_for(lambda: role_is(k1, "writer"), "k1 writes")
+            nursery.cancel_scope.cancel()
+    finally:
+        for server in nats.nodes:
+            server.kill()
+
+
+async def said(log: Path, event: str) -> bool:
+    text = await trio.Path(log).read_text() if await trio.Path(log).exists() else ""
+    return f'"{event}"' in text
