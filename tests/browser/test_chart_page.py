@@ -166,6 +166,12 @@ async def test_chart_page_live_gap_restart_and_phone(tmp_path: Path, driver: web
                     "health rows", "return [...document.querySelectorAll('#health tbody tr')].map(r => r.className)"
                 )
                 assert "health-green" in health, health
+                # lightweight-charts' licence: a link to TradingView on the chart, and its notice on the page
+                links = await page.wait_dom(
+                    "attribution",
+                    "return [...document.querySelectorAll('#chart a, footer.notice a')].map(a => a.href)",
+                )
+                assert sum("tradingview.com" in href for href in links) >= 2, links
                 await page.screenshot("01-candles")
                 assert contiguous(await page.times())
                 # no internet at run time: every resource the page loaded came from the daemon itself

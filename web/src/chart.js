@@ -11,7 +11,8 @@ export class CandleChart {
   constructor(container) {
     this.chart = createChart(container, {
       autoSize: true,
-      layout: { background: { color: "#0f172a" }, textColor: "#cbd5e1", attributionLogo: false },
+      // The TradingView link lightweight-charts' licence asks for (with the notice in the page's footer).
+      layout: { background: { color: "#0f172a" }, textColor: "#cbd5e1", attributionLogo: true },
       grid: { vertLines: { color: "#1e293b" }, horzLines: { color: "#1e293b" } },
       timeScale: { timeVisible: true, secondsVisible: false, rightOffset: 4 },
       rightPriceScale: { borderColor: "#334155" },
