@@ -39,6 +39,10 @@ _EMPTY_HISTORY: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+class NoDataError(Exception):
+    """No candle of the series is stored (at or before the time asked for): HTTP 404 ``no_data``."""
+
+
 class OutOfSyncError(Exception):
     """The projection has not reached the candle asked for (HTTP 409 ``ledger_out_of_sync:<which>``)."""
 
@@ -78,19 +82,21 @@ def _aligned(reader: ProjectionReader, series: SeriesId, at_time: int | None) ->
     record = reader.pstore.series_record(str(series))
     if record is None or record.get("last_time") is None or record["last_time"] < aligned:
         raise OutOfSyncError("factor")
-    if _pending_for(reader, str(series)):
+    if pending_through(reader, str(series), aligned):
         raise OutOfSyncError("factor")  # e.g. a backfilled or corrected candle behind the head, not yet applied
     if reader.pstore.checkpoint("overlay") < reader.pstore.checkpoint("factor"):
         raise OutOfSyncError("overlay")
     return aligned, record
 
 
-def _pending_for(reader: ProjectionReader, sid: str) -> bool:
-    """Whether the log holds an event of ``sid`` the projections have not applied yet."""
+def pending_through(reader: ProjectionReader, sid: str, candle_time: int) -> bool:
+    """Whether the log holds an event of ``sid`` at or before ``candle_time`` that the projections have not
+    applied yet. Later ones (the live candle being projected) cannot change what was visible by then."""
     checkpoint = reader.pstore.checkpoint()
     if checkpoint >= reader.log.last_seq():
         return False
-    return any(e.series_id == sid for e in reader.log.events_since(checkpoint, PENDING_SCAN))
+    events = reader.log.events_since(checkpoint, PENDING_SCAN)
+    return any(e.series_id == sid and e.candle.candle_time <= candle_time for e in events)
 
 
 def slices(reader: ProjectionReader, series: SeriesId, at_time: int | None, window: int) -> dict[str, Any]:

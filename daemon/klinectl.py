@@ -279,6 +279,9 @@ def show(command: str, answer: dict[str, Any]) -> None:
         print(f"{command}ned {answer['series_id']}; whitelist: {', '.join(answer['whitelist']) or '(empty)'}")
     elif command == "top-markets":
         show_table(answer["items"], ["symbol", "last_price", "quote_volume", "price_change_percent"])
+        if answer.get("stale"):
+            age = answer["stale_age_s"]
+            print(f"stale: the exchange did not answer; this list is {age:.0f} s old", file=sys.stderr)
     elif command == "cluster":
         show_cluster(answer)
 

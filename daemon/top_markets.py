@@ -2,7 +2,9 @@
 
 exchangeInfo (which symbols trade, their assets) is cached an hour and the 24 h tickers ten seconds, per
 market, so any number of clients and streams cost the exchange one ticker call per market every 10 s. A
-forced refresh bypasses both caches but is allowed once per 10 s per market. exchangeInfo is parsed by
+forced refresh bypasses both caches but is allowed once per 10 s per market. When the exchange fails and a
+list is cached, that list is answered with ``stale: true`` and its age (``stale_age_s``) rather than a 502, and
+the exchange is asked again no sooner than the tickers' TTL later. exchangeInfo is parsed by
 ``protocol.binance``; the tickers' parsing and the ranking are pure functions here; ``TopMarkets`` owns the
 caches and the HTTP client.
 """
@@ -64,6 +66,7 @@ class TopMarketsStatistics:
     cache_hits: int
     forced_refreshes: int
     rate_limited: int
+    stale_answers: int
 
 
 # -- pure core ---------------------------------------------------------------------------------------------
@@ -145,6 +148,10 @@ class _MarketCache:
     tickers_at: float = 0.0
     tickers_wall_ms: int = 0
     forced_at: float | None = None
+    failed_at: float | None = None  # of the last failed refresh, cleared by a good one
+
+    def complete(self) -> bool:
+        return self.listings is not None and self.tickers is not None
 
 
 class TopMarkets:
@@ -163,36 +170,64 @@ class TopMarkets:
         self._wall_ms = wall_ms
         self._client = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S)
         self._caches = {market: _MarketCache() for market in MARKETS}
-        self._requests = self._errors = self._hits = self._forced = self._rate_limited = 0
+        self._requests = self._errors = self._hits = self._forced = self._rate_limited = self._stale = 0
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     def statistics(self) -> TopMarketsStatistics:
-        return TopMarketsStatistics(self._requests, self._errors, self._hits, self._forced, self._rate_limited)
+        return TopMarketsStatistics(
+            self._requests, self._errors, self._hits, self._forced, self._rate_limited, self._stale
+        )
 
-    async def get(self, exchange: str, market: str, quote_asset: str, limit: int, force: bool) -> dict[str, Any]:
-        """The answer of ``GET /api/market/top_markets``; ``cached`` says no upstream call was needed."""
+    async def get(
+        self, exchange: str, market: str, quote_asset: str, limit: int, force: bool, *, stale_ok: bool = True
+    ) -> dict[str, Any]:
+        """The answer of ``GET /api/market/top_markets``; ``cached`` says no upstream call was needed.
+
+        An upstream failure raises (502) unless ``stale_ok`` and a list is cached: then that list, marked stale.
+        """
         check_params(exchange, market, limit)
         quote_asset = quote_asset.upper()
         cache = self._caches[market]
         if force:
             self._claim_force(market, cache)
         async with cache.lock:
-            cached = await self._refresh(market, cache, force)
+            stale = stale_ok and not force and self._failed_recently(cache)
+            cached = True
+            if not stale:
+                try:
+                    cached = await self._refresh(market, cache, force)
+                except TopMarketsError:
+                    cache.failed_at = self._now()
+                    if not (stale_ok and cache.complete()):
+                        raise
+                    stale = True
+                else:
+                    cache.failed_at = None
         assert cache.listings is not None
         assert cache.tickers is not None
-        if cached:
-            self._hits += 1
-        return {
+        answer = {
             "exchange": exchange,
             "market": market,
             "quote_asset": quote_asset,
             "limit": limit,
             "generated_at_ms": cache.tickers_wall_ms,  # when the ticker snapshot was taken, so age is visible
             "cached": cached,
+            "stale": stale,
             "items": rank(exchange, market, cache.listings, cache.tickers, quote_asset, limit),
         }
+        if stale:
+            self._stale += 1
+            answer["stale_age_s"] = round(self._now() - cache.tickers_at, 3)
+        elif cached:
+            self._hits += 1
+        return answer
+
+    def _failed_recently(self, cache: _MarketCache) -> bool:
+        """A failing exchange is asked again once per tickers TTL; meanwhile the cached list is the answer
+        (without this, each waiter on the lock would sit through its own request timeout in turn)."""
+        return cache.complete() and cache.failed_at is not None and self._now() - cache.failed_at < TICKERS_TTL_S
 
     async def stream(
         self,
@@ -218,8 +253,8 @@ class TopMarkets:
         sent = 0
         last_items: list[dict[str, Any]] | None = None
         while True:
-            try:
-                answer = await self.get(exchange, market, quote_asset, limit, force=False)
+            try:  # not stale: the stream's subscribers are told of a failure by an ``error`` event
+                answer = await self.get(exchange, market, quote_asset, limit, force=False, stale_ok=False)
             except TopMarketsError as e:
                 yield sse_event("error", {"code": e.code, "detail": e.detail})
             else:

@@ -1,4 +1,5 @@
-"""The health rule of one series (green / yellow / red with a reason) and the one lag computation.
+"""The health rules of one series (green / yellow / red with a reason): its candles against the exchange
+clock, its projections against its candles; and the one lag computation.
 
 Pure: the exchange clock's time and what is stored come in as arguments. The health view, the control
 socket's series table and ``/metrics`` all compute a series' lag here.
@@ -66,4 +67,51 @@ def series_health_view(
         "status": status,
         "status_reason": reason,
         "backfill": backfill,
+    }
+
+
+def factor_health_view(
+    series: SeriesId,
+    store_head: int,
+    factor_head: int | None,
+    *,
+    failed: bool = False,
+    rebuilding: bool = False,
+    correction_pending: bool = False,
+) -> dict[str, Any]:
+    """How far the factor and overlay projections (one head: they commit together) trail the stored head.
+    ``failed``: a factor raised and the series' projections stopped; ``rebuilding``: a rebuild from the log
+    is running; ``correction_pending``: a stored candle at or before the factor head is not applied yet."""
+    tf = series.timeframe
+    seconds: int | None = None
+    candles: int | None = None
+    if factor_head is not None:
+        seconds = max(0, store_head - factor_head)
+        candles = tf.count_between(tf.next_open(factor_head), store_head)
+    if failed:
+        status, reason = "red", "factor_failed"
+    elif candles is None:
+        status, reason = ("yellow", "rebuild_running") if rebuilding else ("red", "missing_factor_head")
+    elif candles == 0:
+        status, reason = ("yellow", "correction_pending") if correction_pending else ("green", "up_to_date")
+    elif rebuilding:
+        status, reason = "yellow", "rebuild_running"
+    elif candles == 1:
+        status, reason = "yellow", "lagging_one_candle"
+    else:
+        status, reason = "red", "lagging_many_candles"
+    return {
+        "series_id": str(series),
+        "timeframe_seconds": tf.seconds,
+        "store_head_time": store_head,
+        "factor_head_time": factor_head,
+        "overlay_head_time": factor_head,
+        "factor_delay_seconds": seconds,
+        "factor_delay_candles": candles,
+        "overlay_delay_seconds": seconds,
+        "overlay_delay_candles": candles,
+        "max_delay_seconds": seconds,
+        "max_delay_candles": candles,
+        "status": status,
+        "status_reason": reason,
     }

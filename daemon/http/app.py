@@ -9,7 +9,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from daemon.http import debug, factors, health, market, metrics, page, top_markets
+from daemon.http import debug, factors, frames, health, market, metrics, page, top_markets
 from daemon.http.errors import EXCEPTION_HANDLERS
 from daemon.ws_endpoint import MarketSocket
 
@@ -47,6 +47,7 @@ def build_app(services: Wiring) -> MarketApp:
             *top_markets.routes(services),
             *health.routes(services),
             *factors.routes(services),
+            *frames.routes(services),
             *metrics.routes(services),
             *page.routes(),  # the chart page at "/" and its bundle under /assets
         ],

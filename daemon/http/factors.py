@@ -54,9 +54,12 @@ def window_param(request: Request) -> int:
 
 
 async def projection_read(fn: Callable[[], dict[str, Any]]) -> Response:
-    """``fn`` reads LMDB, so it runs on a thread; a projection behind the log answers 409."""
+    """``fn`` reads LMDB, so it runs on a thread; a projection behind the log answers 409, a series with
+    nothing stored 404."""
     try:
         body = await trio.to_thread.run_sync(fn)
     except factor_reads.OutOfSyncError as e:
         raise ApiError(409, "ledger_out_of_sync", str(e)) from None
+    except factor_reads.NoDataError as e:
+        raise ApiError(404, "no_data", str(e)) from None
     return Response(orjson.dumps(body), media_type="application/json")

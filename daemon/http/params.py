@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import structlog
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from daemon.config import Settings
 
 log = structlog.get_logger(__name__)
+
+MAX_INT: Final = 2**63 - 1
 
 
 def bad_param(detail: str) -> ApiError:
@@ -41,6 +43,7 @@ def series_param(request: Request) -> SeriesId:
 
 
 def int_param(request: Request, name: str, *, low: int, high: int | None = None) -> int | None:
+    """An integer in ``low..high``; never beyond 64 bits, since answers may echo it and JSON here stops there."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
@@ -48,8 +51,9 @@ def int_param(request: Request, name: str, *, low: int, high: int | None = None)
         value = int(raw)
     except ValueError:
         raise bad_param(f"invalid {name}: expected an integer, got {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+    top = MAX_INT if high is None else min(high, MAX_INT)
+    if not low <= value <= top:
+        bounds = f"{low}..{top}" if high is not None or value > top else f">= {low}"
         raise bad_param(f"invalid {name}: expected {bounds}, got {value}")
     return value
 

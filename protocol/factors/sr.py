@@ -19,7 +19,7 @@ Readings of FACTORS.md where it is terse:
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import Any, ClassVar, Final
 
@@ -231,11 +231,18 @@ def _newest_first(level: _Level) -> int:
     return -level.s.idx
 
 
+def _nearest_to(price: float) -> Callable[[_Level], tuple[float, int]]:
+    """Sort key: nearest to ``price`` first; on equal distance the level whose newest pivot (its S) is more
+    recent, so the last slots of a capped list go to the fresher of two equally near levels."""
+    return lambda level: (abs(level.line - price), -level.s.idx)
+
+
 class SupportResistance(Factor):
     """Emits ``sr.snapshot`` on ticks that add a major pivot; the head is the latest snapshot."""
 
     name = "sr"
-    version = 2  # 2: broken levels capped at max_levels, like the active ones
+    # 2: broken levels capped at max_levels, like the active ones; 3: equal distances ordered by newest pivot
+    version = 3
     depends = ("pivot",)
     defaults: ClassVar[Mapping[str, Any]] = {"atr_period": 14, "max_levels": 10, "max_pivots": 200}
 
@@ -374,8 +381,9 @@ class SupportResistance(Factor):
         for side in (self.resistances, self.supports):
             for lv in side.dedup():
                 (live if lv.death_time is None else dead).append(lv)
-        live.sort(key=lambda lv: abs(lv.line - price))
-        dead.sort(key=lambda lv: abs(lv.line - price))
+        nearest = _nearest_to(price)
+        live.sort(key=nearest)
+        dead.sort(key=nearest)
         # Broken levels are capped too (FACTORS.md lists them all): every snapshot is stored, and listing
         # every broken level since the start made each one ~21 KB; the nearest ``max_levels`` remain.
         chosen = live[: self.max_levels] + dead[: self.max_levels]

@@ -132,6 +132,16 @@ async def test_a_read_ahead_of_the_projection_is_409_until_it_catches_up(tmp_pat
             factor_reads.slices(reader(p), BTC, None, 100)
         await p.sync()
         assert factor_reads.slices(reader(p), BTC, None, 100)["at_time"] == 60 * 50
+        # A candle after the one asked for, not yet applied, changes nothing visible by then; one at or
+        # before it (a backfill or correction behind) does.
+        log.append({BTC: walk(1, 3, start=60 * 51)})
+        assert factor_reads.slices(reader(p), BTC, 60 * 50, 100)["at_time"] == 60 * 50
+        assert factor_reads.draw_delta(reader(p), BTC, 0, 100, 60 * 50)["to_candle_time"] == 60 * 50
+        log.append({BTC: [Candle(60 * 10, 1.0, 2.0, 0.5, 1.5, 9.0)]})
+        with pytest.raises(factor_reads.OutOfSyncError):
+            factor_reads.slices(reader(p), BTC, 60 * 50, 100)
+        assert factor_reads.slices(reader(p), BTC, 60 * 9, 100)["at_time"] == 60 * 9
+        await p.sync()
         # A backfilled candle behind the head: stored, not yet applied -> 409 again.
         log.append({ETH: walk(5, 2)})
         with pytest.raises(factor_reads.OutOfSyncError):

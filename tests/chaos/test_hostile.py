@@ -83,10 +83,22 @@ async def test_fuzzed_frames_get_errors_and_the_connection_and_others_keep_worki
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     path=st.sampled_from(
-        ["/api/market/candles", "/api/factor/slices", "/api/draw/delta", "/api/market/health", "/api/factor/catalog"]
+        [
+            "/api/market/candles",
+            "/api/factor/slices",
+            "/api/draw/delta",
+            "/api/market/health",
+            "/api/factor/catalog",
+            "/api/frame/live",
+            "/api/frame/at_time",
+            "/api/delta/poll",
+            "/api/factor/health",
+        ]
     ),
     params=st.dictionaries(
-        st.sampled_from(["series_id", "since", "limit", "at_time", "window_candles", "cursor_version_id", "now_time"])
+        st.sampled_from(
+            ["series_id", "since", "limit", "at_time", "window_candles", "cursor_version_id", "now_time", "after_id"]
+        )
         | st.text(max_size=6),
         SERIES_TEXT | st.integers(-(2**70), 2**70).map(str) | st.text(max_size=12),
         max_size=5,

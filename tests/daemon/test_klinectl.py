@@ -371,3 +371,13 @@ async def test_backup_and_restore_through_the_real_daemon(
     assert "(log through seq 2)" in capsys.readouterr().out
     assert klinectl.main(["restore", str(target), "--data-dir", str(tmp_path / "restored")]) == 1
     assert "already holds an event log" in capsys.readouterr().err
+
+
+def test_top_markets_says_when_the_list_is_stale(capsys: pytest.CaptureFixture[str]) -> None:
+    item = {"symbol": "BTC/USDT", "last_price": 1.0, "quote_volume": 2.0, "price_change_percent": 0.5}
+    klinectl.show("top-markets", {"stale": False, "items": [item]})
+    assert capsys.readouterr().err == ""
+    klinectl.show("top-markets", {"stale": True, "stale_age_s": 42.4, "items": [item]})
+    out, err = capsys.readouterr()
+    assert "BTC/USDT" in out
+    assert err == "stale: the exchange did not answer; this list is 42 s old\n"

@@ -83,6 +83,7 @@ async def test_spot_items_sorted_by_quote_volume() -> None:
         "limit": 20,
         "generated_at_ms": 42,
         "cached": False,
+        "stale": False,
     }
     assert sorted(symbol_ids(answer)) == ["BTCUSDT", "DOGEUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]  # no ETHBTC
     volumes = [item["quote_volume"] for item in answer["items"]]
@@ -166,7 +167,7 @@ async def test_force_bypasses_the_cache_once_per_10s_per_market() -> None:
             assert top.statistics().rate_limited == 1
 
 
-async def test_upstream_failure_is_502_and_not_cached() -> None:
+async def test_upstream_failure_with_nothing_cached_is_502() -> None:
     fake, clock = make_fake(), ManualClock()
     with trio.fail_after(DEADLINE_S):
         async with top_markets_against(fake, clock) as top:
@@ -177,16 +178,56 @@ async def test_upstream_failure_is_502_and_not_cached() -> None:
             assert "503" in caught.value.detail
 
             answer = await top.get("binance", "spot", "USDT", limit=20, force=False)  # the next call recovers
-            assert answer["cached"] is False
+            assert (answer["cached"], answer["stale"]) == (False, False)
+            assert "stale_age_s" not in answer
             assert len(answer["items"]) == 5
 
-            # The tickers fail after exchangeInfo was cached: still a 502, and only the tickers are retried.
-            clock.t += TICKERS_TTL_S
-            fake.rest_faults.status, fake.rest_faults.count, fake.rest_faults.path_prefix = 500, 1, "/api/v3/ticker"
+            # exchangeInfo cached, the tickers never fetched: nothing to answer with, so still a 502.
+            fake.rest_faults.status, fake.rest_faults.count, fake.rest_faults.path_prefix = 500, 1, "/fapi/v1/ticker"
             with pytest.raises(TopMarketsError) as caught:
-                await top.get("binance", "spot", "USDT", limit=20, force=False)
+                await top.get("binance", "futures", "USDT", limit=20, force=False)
             assert caught.value.status == 502
             assert top.statistics().upstream_errors == 2
+
+
+async def test_a_failing_exchange_answers_the_cached_list_as_stale_with_its_age() -> None:
+    fake, clock = make_fake(), ManualClock()
+    with trio.fail_after(DEADLINE_S):
+        async with top_markets_against(fake, clock) as top:
+            fresh = await top.get("binance", "spot", "USDT", limit=3, force=False)
+            clock.t += TICKERS_TTL_S + 5
+            fake.rest_faults.status, fake.rest_faults.count = 503, 100
+            stale = await top.get("binance", "spot", "USDT", limit=3, force=False)
+            assert {k: stale[k] for k in ("cached", "stale", "stale_age_s", "generated_at_ms")} == {
+                "cached": True,
+                "stale": True,
+                "stale_age_s": 15.0,
+                "generated_at_ms": 42,
+            }
+            assert stale["items"] == fresh["items"]
+            assert top.statistics().upstream_requests == 3  # the tickers were asked for, and failed
+
+            # Within a TTL of the failure the cached list is answered without asking again.
+            clock.t += 1
+            again = await top.get("binance", "spot", "USDT", limit=5, force=False)
+            assert (again["stale"], again["stale_age_s"], len(again["items"])) == (True, 16.0, 5)
+            assert top.statistics().upstream_requests == 3
+
+            # A TTL later it asks again; a forced refresh always asks; both fall back to the cache.
+            clock.t += TICKERS_TTL_S
+            assert (await top.get("binance", "spot", "USDT", limit=3, force=False))["stale_age_s"] == 26.0
+            assert (await top.get("binance", "spot", "USDT", limit=3, force=True))["stale"] is True
+            assert top.statistics().upstream_requests == 5  # the tickers once, then exchangeInfo (forced)
+            assert top.statistics().stale_answers == 4
+
+            # The exchange is back: the next refresh (a TTL after the last failure) is fresh again.
+            fake.rest_faults.count = 0
+            fake.market.spot["DOGEUSDT"].base_price *= 1e7
+            clock.t += TICKERS_TTL_S
+            recovered = await top.get("binance", "spot", "USDT", limit=3, force=False)
+            assert (recovered["cached"], recovered["stale"]) == (False, False)
+            assert "stale_age_s" not in recovered
+            assert recovered["items"][0]["symbol_id"] == "DOGEUSDT"
 
 
 async def test_unreachable_exchange_is_502() -> None:

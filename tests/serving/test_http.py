@@ -159,7 +159,12 @@ async def test_top_markets_and_its_stream_through_the_daemon(tmp_path: Path) -> 
             assert text.startswith("event: top_markets\ndata: {")
             fake.rest_faults.status, fake.rest_faults.count = 503, 10
             r = await d.http.get("/api/market/top_markets", params={"market": "futures", "force": "true"})
-            assert (r.status_code, r.json()["code"]) == (502, "upstream_error")
+            assert (r.status_code, r.json()["code"]) == (502, "upstream_error")  # nothing cached for futures
+            r = await d.http.get("/api/market/top_markets", params={"market": "spot", "limit": 2, "force": "true"})
+            assert r.status_code == 200, r.text
+            stale = r.json()
+            assert (stale["stale"], stale["items"]) == (True, body["items"])
+            assert stale["stale_age_s"] >= 0
         nursery.cancel_scope.cancel()
 
 

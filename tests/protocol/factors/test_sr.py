@@ -182,6 +182,42 @@ def test_pivots_and_pairs_out_of_reach_are_skipped() -> None:
     assert list(by_key(snaps[TF * 26])) == ["support:1200:1440"]
 
 
+def ladder(first: str) -> tuple[list[Candle], list[dict[str, Any]]]:
+    """Resistance pivots with highs 101, 102, 103, 104, 106, 107 and support pivots with lows 99 .. 93, every
+    close 100, each pivot 14 flat bars after the last (so its ATR is its own range / 14 and no two levels
+    are duplicates). Each pivot pairs with the previous one of its side at the nearer price: resistance
+    levels 101..104 and 106, support levels 99..94. Nine are nearer the close than 6; resistance 106 and
+    support 94 tie at 6 for the 10th slot. ``first``: the side whose pivots all come first, so the other
+    side's level holds the more recent newest pivot."""
+    highs = [("resistance", float(h)) for h in (101, 102, 103, 104, 106, 107)]
+    lows = [("support", float(lo)) for lo in (99, 98, 97, 96, 95, 94, 93)]
+    order = highs + lows if first == "resistance" else lows + highs
+    majors = [major(14 * (n + 1), price, side) for n, (side, price) in enumerate(order)]
+    candles = [flat(TF * (i + 1), 100) for i in range(14 * (len(order) + 1))]
+    for m in majors:
+        i = m["pivot_idx"]
+        high, low = max(100.0, m["pivot_price"]), min(100.0, m["pivot_price"])
+        candles[i] = Candle(TF * (i + 1), 100.0, high, low, 100.0, 1.0)
+    return candles, majors
+
+
+@pytest.mark.parametrize(("first", "winner", "loser"), [("support", 106.0, 94.0), ("resistance", 94.0, 106.0)])
+def test_on_equal_distance_the_level_with_the_more_recent_newest_pivot_takes_the_last_slot(
+    first: str, winner: float, loser: float
+) -> None:
+    candles, majors = ladder(first)
+    eng = engine(majors)
+    snaps = snapshots(eng, candles)
+    last = snaps[max(snaps)]
+    prices = [lv["price"] for lv in last["levels"]]
+    assert all(lv["status"] == "active" for lv in last["levels"])
+    assert sorted(prices) == sorted([95.0, 96.0, 97.0, 98.0, 99.0, 101.0, 102.0, 103.0, 104.0, winner])
+    assert prices[9] == winner
+    assert loser not in prices
+    # The same rule orders every tie: at distances 1..4 the side built last comes first.
+    assert prices[:2] == ([101.0, 99.0] if first == "support" else [99.0, 101.0])
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="max_pivots"):
         engine([], max_pivots=0)
@@ -281,6 +317,7 @@ def oracle(candles: Sequence[Candle], majors: Sequence[dict[str, Any]], max_pivo
                     "flip_dir": flip_dir,
                     "death_time": death,
                     "dedup": max(abs(line) * 0.001, tol / 2),
+                    "s_idx": si,
                 }
                 for i, other in enumerate(kept):
                     if abs(other["price"] - line) <= level["dedup"]:
@@ -292,8 +329,12 @@ def oracle(candles: Sequence[Candle], majors: Sequence[dict[str, Any]], max_pivo
                 break
         levels += kept
     now = closes[-1]
-    live = sorted((lv for lv in levels if lv["status"] != "broken"), key=lambda lv: abs(lv["price"] - now))
-    dead = sorted((lv for lv in levels if lv["status"] == "broken"), key=lambda lv: abs(lv["price"] - now))
+
+    def nearest(lv: dict[str, Any]) -> tuple[float, int]:
+        return abs(lv["price"] - now), -lv["s_idx"]  # on equal distance, the more recent newest pivot first
+
+    live = sorted((lv for lv in levels if lv["status"] != "broken"), key=nearest)
+    dead = sorted((lv for lv in levels if lv["status"] == "broken"), key=nearest)
     return [
         (lv["key"], lv["price"], lv["band"], lv["touches"], lv["status"], lv["flip_dir"], lv["death_time"])
         for lv in live[:max_levels] + dead[:max_levels]
