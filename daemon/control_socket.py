@@ -5,8 +5,10 @@ request line in, JSON lines out. A peer's failure (garbage, a reset, silence pas
 Requests (``cmd``): ``version``, ``status``, ``series``, ``health``, ``pin``/``unpin`` (``series_id``),
 ``backfill`` (``series_id``, ``since``, ``until``), ``backup`` (the destination file's descriptor passed
 beside the request with SCM_RIGHTS: the client owns the file), ``top_markets`` (``market``,
-``quote_asset``, ``limit``), ``rebuild``. Answers end with ``{"event": "done", ...}`` or ``{"event": "error",
-"code", "detail"}``; a backfill sends ``{"event": "progress", ...}`` every half second until then.
+``quote_asset``, ``limit``), ``rebuild``, ``export`` (``series_id``, ``since``, ``until``: the stored candles
+in chunks, for klinectl to write as freqtrade's file; see ``daemon.export``). Answers end with ``{"event":
+"done", ...}`` or ``{"event": "error", "code", "detail"}``; a backfill sends ``{"event": "progress", ...}`` every
+half second until then.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import trio
 
 from daemon import __version__
 from daemon.backup import BackupError, write_backup
+from daemon.export import ExportError, stream_export
 from daemon.health import health_views, upstream_health
 from daemon.status import stored_status
 from daemon.top_markets import TopMarketsError
@@ -100,9 +103,10 @@ def close_unkept(fds: list[int]) -> None:
 
 
 async def _converse(services: Wiring, stream: trio.SocketStream, fds: list[int]) -> None:
-    async def send(obj: dict[str, Any]) -> None:
+    async def send(obj: dict[str, Any] | bytes) -> None:
+        """One answer line; ``bytes`` are a line encoded already (off the loop, as an export's chunks are)."""
         close_unkept(fds)  # before the peer hears back: once it has the answer, the daemon holds none of them
-        await stream.send_all(orjson.dumps(obj) + b"\n")
+        await stream.send_all(obj if isinstance(obj, bytes) else orjson.dumps(obj) + b"\n")
 
     uid = peer_uid(stream)
     if uid is not None and uid not in (os.getuid(), 0):
@@ -197,6 +201,11 @@ async def _handle(services: Wiring, request: dict[str, Any], fds: list[int], sen
         await _rebuild(services, request, send)
     elif cmd == "cluster":
         await send({"event": "done", **cluster_view(services)})
+    elif cmd == "export":
+        try:
+            await stream_export(services, _series(request), request.get("since"), request.get("until"), send)
+        except ExportError as e:
+            raise BadControlRequestError(str(e)) from None
     else:
         raise BadControlRequestError(f"unknown command: {cmd!r}")
 

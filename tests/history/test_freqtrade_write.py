@@ -96,8 +96,13 @@ def test_an_aborted_export_leaves_the_old_file_and_no_partial(tmp_path: Path) ->
     path = file_path(tmp_path, BTC, "feather")
     write(path, "feather", candles(3), chunk=3)
     before = path.read_bytes()
-    with pytest.raises(RuntimeError), FreqtradeWriter(path, "feather") as writer:
-        writer.write([c[:6] for c in candles(100, seed=1)])
-        raise RuntimeError("the daemon hung up")
+
+    def hang_up() -> None:
+        with FreqtradeWriter(path, "feather") as writer:
+            writer.write([c[:6] for c in candles(100, seed=1)])
+            raise RuntimeError("the daemon hung up")
+
+    with pytest.raises(RuntimeError):
+        hang_up()
     assert path.read_bytes() == before
     assert list(path.parent.iterdir()) == [path]
