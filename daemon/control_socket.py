@@ -260,6 +260,8 @@ async def _status(services: Wiring) -> dict[str, Any]:
 
 
 async def _series_rows(services: Wiring) -> list[dict[str, Any]]:
+    """Every active series (what runs it, its lag), then every other stored one; each with what the log
+    holds of it (first and last candle time, count), as freqtrade's ``list-data`` shows its files."""
     now = services.clock.now_s()
     heads = (await stored_status(services)).heads
     live = services.live
@@ -268,18 +270,37 @@ async def _series_rows(services: Wiring) -> list[dict[str, Any]]:
     for series in services.active_series():
         upstream = str(live.upstream_series(series)) if live else str(series)
         job = jobs.get(upstream, {})
-        head = heads.get(str(series))
+        head = heads.pop(str(series), None)
         head_time = head.head_time if head else None
         rows.append(
             {
                 "series_id": str(series),
+                "active": True,
                 "source": job.get("source", "stored"),
                 "refcount": job.get("refcount"),
                 "running": job.get("running", False),
                 "crashes": job.get("crashes", 0),
+                "first_time": head.first_time if head else None,
                 "head_time": head_time,
+                "candle_count": head.candle_count if head else 0,
                 "lag_seconds": lag_seconds(series, now, head_time),
                 "subscribers": services.hub.subscriber_count(series),
+            }
+        )
+    for series_id, head in sorted(heads.items()):  # stored, not followed now: no source, no lag
+        rows.append(
+            {
+                "series_id": series_id,
+                "active": False,
+                "source": None,
+                "refcount": None,
+                "running": False,
+                "crashes": 0,
+                "first_time": head.first_time,
+                "head_time": head.head_time,
+                "candle_count": head.candle_count,
+                "lag_seconds": None,
+                "subscribers": 0,
             }
         )
     return rows

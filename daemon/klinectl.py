@@ -1,7 +1,7 @@
 """``klinectl``: the operator's client of the daemon's control socket.
 
     klinectl status                                   uptime, series, connections, LMDB size
-    klinectl series                                   one line per active series (source, refcount, lag)
+    klinectl series                                   every stored series (first, last, count) + the active ones' lag
     klinectl health                                   the health table of every active series
     klinectl pin SERIES / unpin SERIES                change the whitelist now (kept across restarts)
     klinectl backfill SERIES --since T [--until T]    repair a range now, with progress
@@ -282,6 +282,16 @@ def utc(t: int | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def show_series(rows: list[dict[str, Any]]) -> None:
+    """Times as UTC dates for people (``--json`` keeps seconds); a stored series not followed now shows
+    ``-`` for what only an active one has."""
+    shown = [
+        {**r, "first": utc(r["first_time"]), "last": utc(r["head_time"]), "candles": r["candle_count"]} for r in rows
+    ]
+    columns = ["series_id", "source", "refcount", "running", "first", "last", "candles", "lag_seconds", "subscribers"]
+    show_table(shown, columns)
+
+
 def show_health(rows: list[dict[str, Any]]) -> None:
     header = f"{'series':<36} {'status':<7} {'reason':<28} {'head':>12} {'lag_s':>8} {'missing':>8} backfill"
     print(header)
@@ -317,8 +327,7 @@ def show(command: str, answer: dict[str, Any]) -> None:
             if key != "event":
                 print(f"{key:<16} {value}")
     elif command == "series":
-        columns = ["series_id", "source", "refcount", "running", "head_time", "lag_seconds", "subscribers"]
-        show_table(answer["series"], columns)
+        show_series(answer["series"])
     elif command == "health":
         show_health(answer["series"])
     elif command in ("pin", "unpin"):
@@ -387,7 +396,11 @@ def _parser() -> argparse.ArgumentParser:
 
     command("version", "client and daemon versions")
     command("status", "uptime, series, connections, LMDB size")
-    command("series", "one line per active series")
+    listing = command("series", "every stored series (first/last candle, count) and what runs the active ones")
+    listing.description = (
+        "One row per stored series, like freqtrade's list-data: its first and last candle (UTC) and how many the log "
+        "holds; an active series adds its source, refcount, lag and subscribers (- for a series not followed now)."
+    )
     command("health", "the health table of every active series")
     command("cluster", "the cluster's nodes, their roles, the writer, applied seqs and lag")
     for name in ("pin", "unpin"):
@@ -407,11 +420,11 @@ def _parser() -> argparse.ArgumentParser:
         "close, volume. freqtrade reads them with --datadir D/<exchange>; klined imports them back with "
         "freqtrade_data_dir = D. The daemon streams the candles; klinectl writes the file (replacing it once whole)."
     )
-    export.add_argument("series_id", type=series_arg)
+    export.add_argument("series_id", type=series_arg, metavar="SERIES", help="e.g. binance:futures:BTC/USDT:1m")
     export.add_argument("--dir", required=True, metavar="D", help="written to D/<exchange>/[futures/]")
     export.add_argument("--format", default="feather", choices=["feather", "parquet", "json", "jsongz"])
-    export.add_argument("--since", type=parse_time, help="the first candle time to export (default: the first)")
-    export.add_argument("--until", type=parse_time, help="the last candle time to export (default: the last)")
+    export.add_argument("--since", type=parse_time, metavar="T", help="the first candle time (default: the first)")
+    export.add_argument("--until", type=parse_time, metavar="T", help="the last candle time (default: the last)")
     top = command("top-markets", "the top markets by quote volume")
     top.add_argument("--market", default="spot", choices=["spot", "futures"])
     top.add_argument("--quote-asset", default="USDT")
