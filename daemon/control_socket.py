@@ -5,8 +5,10 @@ request line in, JSON lines out. A peer's failure (garbage, a reset, silence pas
 Requests (``cmd``): ``version``, ``status``, ``series``, ``health``, ``pin``/``unpin`` (``series_id``),
 ``backfill`` (``series_id``, ``since``, ``until``), ``backup`` (the destination file's descriptor passed
 beside the request with SCM_RIGHTS: the client owns the file), ``top_markets`` (``market``,
-``quote_asset``, ``limit``), ``rebuild``. Answers end with ``{"event": "done", ...}`` or ``{"event": "error",
-"code", "detail"}``; a backfill sends ``{"event": "progress", ...}`` every half second until then.
+``quote_asset``, ``limit``), ``rebuild``, ``export`` (``series_id``, ``since``, ``until``: the stored candles
+in chunks, for klinectl to write as freqtrade's file; see ``daemon.export``). Answers end with ``{"event":
+"done", ...}`` or ``{"event": "error", "code", "detail"}``; a backfill sends ``{"event": "progress", ...}`` every
+half second until then.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import trio
 
 from daemon import __version__
 from daemon.backup import BackupError, write_backup
+from daemon.export import ExportError, stream_export
 from daemon.health import health_views, upstream_health
 from daemon.status import stored_status
 from daemon.top_markets import TopMarketsError
@@ -100,9 +103,10 @@ def close_unkept(fds: list[int]) -> None:
 
 
 async def _converse(services: Wiring, stream: trio.SocketStream, fds: list[int]) -> None:
-    async def send(obj: dict[str, Any]) -> None:
+    async def send(obj: dict[str, Any] | bytes) -> None:
+        """One answer line; ``bytes`` are a line encoded already (off the loop, as an export's chunks are)."""
         close_unkept(fds)  # before the peer hears back: once it has the answer, the daemon holds none of them
-        await stream.send_all(orjson.dumps(obj) + b"\n")
+        await stream.send_all(obj if isinstance(obj, bytes) else orjson.dumps(obj) + b"\n")
 
     uid = peer_uid(stream)
     if uid is not None and uid not in (os.getuid(), 0):
@@ -197,6 +201,11 @@ async def _handle(services: Wiring, request: dict[str, Any], fds: list[int], sen
         await _rebuild(services, request, send)
     elif cmd == "cluster":
         await send({"event": "done", **cluster_view(services)})
+    elif cmd == "export":
+        try:
+            await stream_export(services, _series(request), request.get("since"), request.get("until"), send)
+        except ExportError as e:
+            raise BadControlRequestError(str(e)) from None
     else:
         raise BadControlRequestError(f"unknown command: {cmd!r}")
 
@@ -251,6 +260,8 @@ async def _status(services: Wiring) -> dict[str, Any]:
 
 
 async def _series_rows(services: Wiring) -> list[dict[str, Any]]:
+    """Every active series (what runs it, its lag), then every other stored one; each with what the log
+    holds of it (first and last candle time, count), as freqtrade's ``list-data`` shows its files."""
     now = services.clock.now_s()
     heads = (await stored_status(services)).heads
     live = services.live
@@ -259,18 +270,37 @@ async def _series_rows(services: Wiring) -> list[dict[str, Any]]:
     for series in services.active_series():
         upstream = str(live.upstream_series(series)) if live else str(series)
         job = jobs.get(upstream, {})
-        head = heads.get(str(series))
+        head = heads.pop(str(series), None)
         head_time = head.head_time if head else None
         rows.append(
             {
                 "series_id": str(series),
+                "active": True,
                 "source": job.get("source", "stored"),
                 "refcount": job.get("refcount"),
                 "running": job.get("running", False),
                 "crashes": job.get("crashes", 0),
+                "first_time": head.first_time if head else None,
                 "head_time": head_time,
+                "candle_count": head.candle_count if head else 0,
                 "lag_seconds": lag_seconds(series, now, head_time),
                 "subscribers": services.hub.subscriber_count(series),
+            }
+        )
+    for series_id, head in sorted(heads.items()):  # stored, not followed now: no source, no lag
+        rows.append(
+            {
+                "series_id": series_id,
+                "active": False,
+                "source": None,
+                "refcount": None,
+                "running": False,
+                "crashes": 0,
+                "first_time": head.first_time,
+                "head_time": head.head_time,
+                "candle_count": head.candle_count,
+                "lag_seconds": None,
+                "subscribers": 0,
             }
         )
     return rows

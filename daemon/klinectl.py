@@ -1,13 +1,15 @@
 """``klinectl``: the operator's client of the daemon's control socket.
 
     klinectl status                                   uptime, series, connections, LMDB size
-    klinectl series                                   one line per active series (source, refcount, lag)
+    klinectl series                                   every stored series (first, last, count) + the active ones' lag
     klinectl health                                   the health table of every active series
     klinectl pin SERIES / unpin SERIES                change the whitelist now (kept across restarts)
     klinectl backfill SERIES --since T [--until T]    repair a range now, with progress
     klinectl rebuild SERIES / rebuild --all           replay factor/overlay projections from the log, with progress
     klinectl backup FILE                              a hot, consistent backup into a new FILE (the client owns it)
     klinectl restore ARCHIVE --data-dir DIR           restore a backup into DIR (offline: the daemon stopped)
+    klinectl export SERIES --dir D [--format feather|parquet|json|jsongz] [--since T] [--until T]
+                                                      a stored series as freqtrade's data file (see below)
     klinectl top-markets [--market spot|futures]      the top markets by quote volume
     klinectl version                                  client and daemon versions
 
@@ -16,6 +18,10 @@
 show a progress bar when stderr is a terminal, and only their final line otherwise. Exit codes: 0 ok, 1 the
 daemon refused or failed (or the restore did), 2 no daemon / bad usage (or the backup file exists), 3 ok but
 not healthy (a red or yellow series, an incomplete backfill).
+
+``export`` writes freqtrade's names and columns where freqtrade reads them: ``D/binance/BTC_USDT-1m.feather``,
+``D/binance/futures/BTC_USDT_USDT-1m-futures.feather`` (freqtrade's ``--datadir D/binance``; the file klined's own
+import reads with ``freqtrade_data_dir = D``).
 
 Times are UTC seconds or ISO dates (``2024-01-01``, ``2024-01-01T12:00``). The socket is ``--socket PATH``;
 else the config's ``control_socket`` (``<data_dir>/klined.sock``) when ``--config FILE``,
@@ -40,6 +46,8 @@ from tqdm import tqdm
 
 from daemon import __version__
 from daemon.config import ConfigError, Settings, load_settings
+from protocol.errors import ProtocolError
+from protocol.series import SeriesId
 
 SYSTEMD_SOCKET: Final = Path("/run/klined/klined.sock")  # systemd/klined.service's KLINED_CONTROL_SOCKET
 # Variables that say where the socket is; other KLINED_* ones are the daemon's business.
@@ -99,6 +107,13 @@ def parse_time(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return int(moment.timestamp())
+
+
+def series_arg(text: str) -> str:
+    try:
+        return str(SeriesId.parse(text))
+    except ProtocolError as e:
+        raise argparse.ArgumentTypeError(f"invalid series_id: {e}") from None
 
 
 def request(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -236,6 +251,47 @@ def run_restore(archive: Path, data_dir: Path, as_json: bool) -> int:
     return 0
 
 
+def run_export(path: Path, args: argparse.Namespace) -> int:
+    from daemon.export import export_series  # pyarrow only for this command
+
+    bar = ProgressBar(args.series_id, "done", "total")
+    series = SeriesId.parse(args.series_id)
+    try:
+        answer = export_series(path, series, args.format, Path(args.dir), args.since, args.until, bar.show)
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as e:
+        if e.filename is None:  # the socket's (no daemon, not ours): main says so
+            raise
+        print(f"klinectl: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:  # a full disk, a reset: the partial file is gone already
+        print(f"klinectl: export failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        bar.close()
+    if answer.get("event") != "done":
+        return failed(answer, as_json=False)
+    if args.json:
+        print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    else:
+        span = f"{utc(answer['first_time'])} .. {utc(answer['last_time'])}"
+        print(f"exported {answer['candles']} candles of {series} ({span}) to {answer['path']}")
+    return 0
+
+
+def utc(t: int | None) -> str | None:
+    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def show_series(rows: list[dict[str, Any]]) -> None:
+    """Times as UTC dates for people (``--json`` keeps seconds); a stored series not followed now shows
+    ``-`` for what only an active one has."""
+    shown = [
+        {**r, "first": utc(r["first_time"]), "last": utc(r["head_time"]), "candles": r["candle_count"]} for r in rows
+    ]
+    columns = ["series_id", "source", "refcount", "running", "first", "last", "candles", "lag_seconds", "subscribers"]
+    show_table(shown, columns)
+
+
 def show_health(rows: list[dict[str, Any]]) -> None:
     header = f"{'series':<36} {'status':<7} {'reason':<28} {'head':>12} {'lag_s':>8} {'missing':>8} backfill"
     print(header)
@@ -271,8 +327,7 @@ def show(command: str, answer: dict[str, Any]) -> None:
             if key != "event":
                 print(f"{key:<16} {value}")
     elif command == "series":
-        columns = ["series_id", "source", "refcount", "running", "head_time", "lag_seconds", "subscribers"]
-        show_table(answer["series"], columns)
+        show_series(answer["series"])
     elif command == "health":
         show_health(answer["series"])
     elif command in ("pin", "unpin"):
@@ -323,6 +378,8 @@ def run_command(path: Path, command: str, args: argparse.Namespace) -> int:
         return run_rebuild(path, args.series_id, args.all, args.json)
     if command == "backup":
         return run_backup(path, Path(args.path), args.json)
+    if command == "export":
+        return run_export(path, args)
     return run_one(path, command, args)
 
 
@@ -342,7 +399,11 @@ def _parser() -> argparse.ArgumentParser:
 
     command("version", "client and daemon versions")
     command("status", "uptime, series, connections, LMDB size")
-    command("series", "one line per active series")
+    listing = command("series", "every stored series (first/last candle, count) and what runs the active ones")
+    listing.description = (
+        "One row per stored series, like freqtrade's list-data: its first and last candle (UTC) and how many the log "
+        "holds; an active series adds its source, refcount, lag and subscribers (- for a series not followed now)."
+    )
     command("health", "the health table of every active series")
     command("cluster", "the cluster's nodes, their roles, the writer, applied seqs and lag")
     for name in ("pin", "unpin"):
@@ -355,6 +416,18 @@ def _parser() -> argparse.ArgumentParser:
     restore = command("restore", "restore a backup into a data directory (the daemon stopped)")
     restore.add_argument("archive", metavar="ARCHIVE")
     restore.add_argument("--data-dir", required=True, metavar="DIR", help="the daemon's data_dir")
+    export = command("export", "a stored series as freqtrade's data file (freqtrade's names and columns)")
+    export.description = (
+        "Write the stored candles of SERIES as freqtrade writes them: D/<exchange>/BTC_USDT-1m.<ext> (spot), "
+        "D/<exchange>/futures/BTC_USDT_USDT-1m-futures.<ext> (futures); columns date (ms, UTC), open, high, low, "
+        "close, volume. freqtrade reads them with --datadir D/<exchange>; klined imports them back with "
+        "freqtrade_data_dir = D. The daemon streams the candles; klinectl writes the file (replacing it once whole)."
+    )
+    export.add_argument("series_id", type=series_arg, metavar="SERIES", help="e.g. binance:futures:BTC/USDT:1m")
+    export.add_argument("--dir", required=True, metavar="D", help="written to D/<exchange>/[futures/]")
+    export.add_argument("--format", default="feather", choices=["feather", "parquet", "json", "jsongz"])
+    export.add_argument("--since", type=parse_time, metavar="T", help="the first candle time (default: the first)")
+    export.add_argument("--until", type=parse_time, metavar="T", help="the last candle time (default: the last)")
     top = command("top-markets", "the top markets by quote volume")
     top.add_argument("--market", default="spot", choices=["spot", "futures"])
     top.add_argument("--quote-asset", default="USDT")

@@ -1,6 +1,7 @@
 """freqtrade data files as a history source: ``<datadir>/<exchange>/BTC_USDT-1m.<ext>`` (spot) and
 ``<datadir>/<exchange>/futures/BTC_USDT_USDT-1m-futures.<ext>``, in the feather, parquet, json and jsongz
-formats. Columns date/open/high/low/close/volume; dates become UTC seconds.
+formats (``daemon.history.freqtrade_write`` writes the same files). Columns date/open/high/low/close/volume;
+dates become UTC seconds.
 
 Reading streams: a year of 1m candles (525,600) is read as Arrow columns (feather/parquet) or scanned row by
 row from the raw JSON text, and handed out in batches of Python candles, never all at once. Rows that break
@@ -36,17 +37,26 @@ class ReadStats:
     skipped: int = 0
 
 
+def file_path(datadir: Path, series: SeriesId, fmt: str, *, timeframe: str | None = None) -> Path:
+    """Where freqtrade keeps ``series`` in format ``fmt``: what ``klinectl export`` writes and ``data_file``
+    looks for. freqtrade names the monthly timeframe ``1Mo`` (``1M`` and ``1m`` collide on case-insensitive
+    file systems); ``timeframe`` overrides the name, for its older files."""
+    base, quote = series.symbol.split("/")
+    name = timeframe or series.timeframe.name.replace("M", "Mo")
+    ext = dict(FORMATS)[fmt]
+    if series.market == "spot":
+        return datadir / series.exchange / f"{base}_{quote}-{name}{ext}"
+    return datadir / series.exchange / "futures" / f"{base}_{quote}_{quote}-{name}-futures{ext}"
+
+
 def data_file(datadir: Path, series: SeriesId) -> Path | None:
     """The freqtrade file of ``series`` under ``datadir``, in the first format present."""
-    base, quote = series.symbol.split("/")
-    if series.market == "spot":
-        folder, stem = datadir / series.exchange, f"{base}_{quote}-{series.timeframe.name}"
-    else:
-        folder, stem = datadir / series.exchange / "futures", f"{base}_{quote}_{quote}-{series.timeframe.name}-futures"
-    for _, ext in FORMATS:
-        path = folder / f"{stem}{ext}"
-        if path.is_file():
-            return path
+    names = dict.fromkeys((series.timeframe.name.replace("M", "Mo"), series.timeframe.name))
+    for fmt, _ in FORMATS:
+        for name in names:
+            path = file_path(datadir, series, fmt, timeframe=name)
+            if path.is_file():
+                return path
     return None
 
 

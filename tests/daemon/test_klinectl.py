@@ -268,6 +268,60 @@ def test_a_daemon_that_hangs_up_mid_stream_is_a_failure(
     assert "closed the connection" in capsys.readouterr().err
 
 
+# -- export: what the client leaves behind when the daemon fails it ---------------------------------------------
+
+EXPORT_START = {"event": "start", "series_id": S1, "first_time": 60, "last_time": 120, "candle_count": 2}
+EXPORT_ROWS = {"event": "candles", "candles": [[60, 1.0, 2.0, 0.5, 1.5, 3.0], [120, 1.5, 2.0, 1.0, 1.0, 0.0]]}
+
+
+@pytest.mark.parametrize(
+    ("answers", "words"),
+    [
+        ([EXPORT_START, EXPORT_ROWS], "hung_up: the daemon closed the connection before the end"),
+        (
+            [EXPORT_START, {**EXPORT_ROWS, "candles": EXPORT_ROWS["candles"][:1]}, {"event": "done", "candles": 2}],
+            "short: 2 candles sent, 1 received",
+        ),
+        ([EXPORT_START, {"event": "error", "code": "internal", "detail": "boom"}], "internal: boom"),
+    ],
+)
+def test_an_export_cut_short_leaves_no_file(
+    answers: list[dict[str, Any]], words: str, scripted: Any, short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = scripted(*answers)
+    out = short_dir / "ft"
+    assert klinectl.main(["--socket", str(short_dir / "klined.sock"), "export", S1, "--dir", str(out)]) == 1
+    assert words in capsys.readouterr().err
+    assert server.requests == [{"cmd": "export", "series_id": S1, "since": None, "until": None}]
+    assert list((out / "binance").iterdir()) == []  # neither the file nor its .partial
+
+
+def test_an_export_that_completes_replaces_the_file_whole(
+    scripted: Any, short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scripted(
+        EXPORT_START, EXPORT_ROWS, {"event": "done", "series_id": S1, "candles": 2, "first_time": 60, "last_time": 120}
+    )
+    target = short_dir / "ft" / "binance" / "BTC_USDT-1m.json"
+    target.parent.mkdir(parents=True)
+    target.write_text("[[0,1,1,1,1,1]]")
+    argv = [
+        "--socket",
+        str(short_dir / "klined.sock"),
+        "export",
+        S1,
+        "--dir",
+        str(short_dir / "ft"),
+        "--format",
+        "json",
+    ]
+    assert klinectl.main(argv) == 0
+    assert json.loads(target.read_text()) == [[60_000, 1.0, 2.0, 0.5, 1.5, 3.0], [120_000, 1.5, 2.0, 1.0, 1.0, 0.0]]
+    assert capsys.readouterr().out == (
+        f"exported 2 candles of {S1} (1970-01-01 00:01:00 .. 1970-01-01 00:02:00) to {target}\n"
+    )
+
+
 # -- backup and restore ------------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -18,9 +19,12 @@ import trio
 from daemon import backup
 from daemon.klinectl import main as klinectl_main
 from daemon.storage.eventlog import EventLog
+from protocol.candle import Candle
+from protocol.series import SeriesId
 from tests.serving.harness import S1, daemon
 
 S2 = "binance:spot:ETH/USDT:1m"
+PERP = "binance:futures:BTC/USDT:5m"
 
 
 async def klinectl(*args: str) -> int:
@@ -48,6 +52,82 @@ async def test_status_series_pin_unpin_and_they_survive_a_restart(
         assert S2 in out
     async with daemon(tmp_path, KLINED_WHITELIST=S1) as d:  # the same config: the pins were kept
         assert (await d.http.get("/api/market/whitelist")).json() == {"series_ids": [S2]}
+
+
+def printed_json(out: str) -> dict[str, Any]:
+    """klinectl's indented answer, after whatever the in-process daemon logged to stdout."""
+    lines = out.splitlines()
+    start = len(lines) - 1 - lines[::-1].index("{")
+    answer: dict[str, Any] = json.loads("\n".join(lines[start:]))
+    return answer
+
+
+async def test_series_lists_every_stored_series_with_its_first_last_and_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like freqtrade's list-data: a series stored but not followed now is listed too."""
+    with EventLog(tmp_path / "eventlog") as log:
+        log.append(
+            {
+                SeriesId.parse(S2): [Candle(t, 10.0, 11.0, 9.0, 10.0, 1.0) for t in (1_704_067_200, 1_704_067_260)],
+                SeriesId.parse(PERP): [Candle(1_704_067_200 + 300 * i, 10.0, 11.0, 9.0, 10.0, 1.0) for i in range(5)],
+            }
+        )
+    sock = str(tmp_path / "klined.sock")
+    async with daemon(tmp_path, KLINED_WHITELIST=S1) as d:
+        for t in (120, 180, 240):
+            await d.ingest(t)
+        assert await klinectl("--socket", sock, "series", "--json") == 0
+        rows = {r["series_id"]: r for r in printed_json(capsys.readouterr().out)["series"]}
+        assert list(rows)[:3] == [S1, PERP, S2]  # the active one first, then the stored ones by id
+        assert {k: rows[S1][k] for k in ("active", "source", "first_time", "head_time", "candle_count")} == {
+            "active": True,
+            "source": "stored",
+            "first_time": 120,
+            "head_time": 240,
+            "candle_count": 3,
+        }
+        assert rows[S1]["lag_seconds"] is not None
+        assert rows[S2] == {
+            "series_id": S2,
+            "active": False,
+            "source": None,
+            "refcount": None,
+            "running": False,
+            "crashes": 0,
+            "first_time": 1_704_067_200,
+            "head_time": 1_704_067_260,
+            "candle_count": 2,
+            "lag_seconds": None,
+            "subscribers": 0,
+        }
+        assert (rows[PERP]["first_time"], rows[PERP]["head_time"], rows[PERP]["candle_count"]) == (
+            1_704_067_200,
+            1_704_068_400,
+            5,
+        )
+        assert await klinectl("--socket", sock, "series") == 0
+        lines = capsys.readouterr().out.splitlines()
+        table = lines[next(i for i, line in enumerate(lines) if line.startswith("series_id")) :]
+        assert table[0].split() == [
+            "series_id", "source", "refcount", "running", "first", "last", "candles", "lag_seconds", "subscribers"
+        ]  # fmt: skip
+        by_id = {line.split()[0]: line for line in table[1:]}
+        assert by_id[S2].split() == [
+            S2,
+            "-",
+            "-",
+            "False",
+            "2024-01-01",
+            "00:00:00",
+            "2024-01-01",
+            "00:01:00",
+            "2",
+            "-",
+            "0",
+        ]
+        assert by_id[PERP].split()[4:9] == ["2024-01-01", "00:00:00", "2024-01-01", "00:20:00", "5"]
+        assert by_id[S1].split()[1:3] == ["stored", "-"]
 
 
 async def test_backup_goes_into_the_clients_file_and_restores(tmp_path: Path) -> None:
