@@ -11,6 +11,7 @@ from daemon.config import Settings, load_settings
 from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
+from tests.features_off import OFF_ENV
 from tests.klined_process import free_port
 
 N = 1000
@@ -21,6 +22,7 @@ def offline_settings(tmp_path: Path, whitelist: list[SeriesId], **env: str) -> S
     port = free_port()  # closed: nothing listens there
     return load_settings(
         env={
+            **OFF_ENV,
             "KLINED_DATA_DIR": str(tmp_path),
             "KLINED_HTTP_PORT": "0",
             "KLINED_WHITELIST": ",".join(map(str, whitelist)),

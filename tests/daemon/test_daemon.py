@@ -17,6 +17,7 @@ from daemon.app import Running, serve_daemon
 from daemon.config import load_settings
 from protocol.candle import Candle
 from protocol.series import SeriesId
+from tests.features_off import OFF_ENV
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 BIN = Path(sys.executable).parent
@@ -28,7 +29,7 @@ def candle(t: int) -> Candle:
 
 async def test_candles_and_whitelist_over_http(tmp_path: Path) -> None:
     settings = load_settings(
-        env={"KLINED_DATA_DIR": str(tmp_path), "KLINED_HTTP_PORT": "0", "KLINED_WHITELIST": str(BTC)}
+        env={**OFF_ENV, "KLINED_DATA_DIR": str(tmp_path), "KLINED_HTTP_PORT": "0", "KLINED_WHITELIST": str(BTC)}
     )
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -75,7 +76,7 @@ async def test_candles_and_whitelist_over_http(tmp_path: Path) -> None:
     ],
 )
 async def test_bad_parameters_are_422_with_spec_body(tmp_path: Path, params: dict[str, str], detail: str) -> None:
-    settings = load_settings(env={"KLINED_DATA_DIR": str(tmp_path), "KLINED_HTTP_PORT": "0"})
+    settings = load_settings(env={**OFF_ENV, "KLINED_DATA_DIR": str(tmp_path), "KLINED_HTTP_PORT": "0"})
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(serve_daemon, settings)
@@ -99,7 +100,7 @@ def _read_event(proc: subprocess.Popen[str], event: str) -> dict[str, object]:
 
 
 def test_klined_process_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    env = {**os.environ, "KLINED_DATA_DIR": str(tmp_path / "data"), "KLINED_HTTP_PORT": "0"}
+    env = {**os.environ, **OFF_ENV, "KLINED_DATA_DIR": str(tmp_path / "data"), "KLINED_HTTP_PORT": "0"}
     proc = subprocess.Popen(
         [str(BIN / "klined"), "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
