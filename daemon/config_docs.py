@@ -1,6 +1,8 @@
-"""docs/configuration.md, generated from the settings' own metadata so it cannot drift from them.
+"""The settings described from their own metadata: docs/configuration.md (generated, so it cannot drift from
+them) and the effective settings of ``klined check-config --print``.
 
-``python -m daemon.config_docs`` rewrites it; ``--check`` only says whether it is current (exit 1 if not).
+``python -m daemon.config_docs`` rewrites the docs; ``--check`` only says whether they are current (exit 1 if
+not).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Final
 
 import attrs
 
-from daemon.config import ENV_PREFIX
+from daemon.config import ENV_PREFIX, Origin
 from daemon.config_values import KINDS, toml_value
 from daemon.settings import GROUPS, Settings
 
@@ -61,6 +63,27 @@ def render() -> str:
             rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         parts.append(f"## {title}\n\n" + "\n".join(rows) + "\n")
     return "\n".join(parts)
+
+
+def effective(settings: Settings, origins: dict[str, Origin]) -> str:
+    """The settings as a TOML file, by section, each line saying where its value came from; secrets hidden."""
+    lines: list[str] = []
+    for group, title in GROUPS.items():
+        lines += [f"# -- {title}"] if not lines else ["", f"# -- {title}"]
+        for f in attrs.fields(Settings):
+            if f.metadata["group"] != group:
+                continue
+            value, origin = toml_value(getattr(settings, f.name)), origins[f.name]
+            note = f"env {ENV_PREFIX}{f.name.upper()}" if origin == "env" else origin
+            if f.name == "ingest_token" and settings.ingest_token:
+                value = '"<hidden>"'
+                if settings.ingest_token_file:
+                    note = "ingest_token_file"
+            lines.append(f"{f'{f.name} = {value}':<{_NOTE_COLUMN}}  # {note}")
+    return "\n".join(lines) + "\n"
+
+
+_NOTE_COLUMN: Final = 48
 
 
 def _cell(text: str) -> str:

@@ -7,14 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
 
 from daemon.app import Running, serve_daemon
-from daemon.config import load_settings
+from daemon.config import KEYS, load_settings
 from protocol.candle import Candle
 from protocol.series import SeriesId
 from tests.features_off import OFF_ENV
@@ -141,6 +143,38 @@ def test_check_config_accepts_the_example(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "config ok (2 whitelisted series" in done.stdout
+
+
+def test_check_config_prints_the_effective_settings_and_where_each_came_from(tmp_path: Path) -> None:
+    config = tmp_path / "klined.toml"
+    config.write_text(f'http_port = 9000\nwhitelist = ["{BTC}"]\nenable_debug_api = true\n')
+    (tmp_path / "token").write_text("s3cret\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLINED_")}
+    env |= {"KLINED_HTTP_PORT": "9100", "KLINED_INGEST_TOKEN_FILE": str(tmp_path / "token")}
+    done = subprocess.run(
+        [str(BIN / "klined"), "check-config", "--print", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    head, printed = done.stdout.split("\n", 1)
+    assert head.startswith("klined: config ok (1 whitelisted series")
+    assert "s3cret" not in printed
+    rows = [line for line in printed.splitlines() if " = " in line]
+    origins = {line.split(" = ", 1)[0]: line.rsplit("  # ", 1)[1] for line in rows}
+    assert set(origins) == set(KEYS)
+    assert origins["http_port"] == "env KLINED_HTTP_PORT"
+    assert (origins["whitelist"], origins["enable_debug_api"]) == ("file", "file")
+    assert (origins["data_dir"], origins["enable_whitelist_ingest"]) == ("default", "default")
+    assert origins["ingest_token"] == "ingest_token_file"
+    shown = tomllib.loads(printed)  # the output is itself a config file: these settings, the token hidden
+    expected = load_settings(config, env=env)
+    assert {k: v for k, v in shown.items() if k != "ingest_token"} == {
+        k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(expected).items() if k != "ingest_token"
+    }
+    assert shown["ingest_token"] == "<hidden>"
 
 
 def test_klinectl_prints_its_version() -> None:
