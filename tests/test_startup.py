@@ -99,6 +99,8 @@ async def test_the_defaults_offline_are_ready_at_once_and_serve_what_is_stored(t
             assert services is not None
             assert live is not None
             assert services.history.startup_wait == "exchange_unreachable"
+            while len(live.actors) < len(DEFAULT_WHITELIST):
+                await live.wait_actor_started()
             assert set(live.actors) == {SeriesId.parse(s) for s in DEFAULT_WHITELIST}
             async with httpx.AsyncClient(base_url=running.http_url, timeout=30) as http:
                 body = (await http.get("/api/market/candles", params={"series_id": str(btc)})).json()
