@@ -211,7 +211,7 @@ class Settings:
             "nonneg_int",
             "ingest",
             "At most this many series followed on demand, besides the whitelist (0: no limit). One more evicts "
-            "the longest idle; with none idle it is refused with a `capacity` error. 200 is a few charts' worth "
+            "the longest idle; with none idle it is refused (`ondemand_ingest_capacity`). 200 is a few charts' worth "
             "and fits one upstream connection (Binance allows 1024 streams on one).",
         ),
     )
@@ -239,7 +239,7 @@ class Settings:
     derived_timeframes: tuple[str, ...] = attrs.field(
         default=("5m", "15m", "1h", "4h", "1d"),
         metadata=_key(
-            "timeframe_list", "ingest", "The timeframes built from the base one; each must be a whole number of it."
+            "timeframe_list", "ingest", "The timeframes built from the base one; each a whole multiple of it."
         ),
     )
     binance_ws_batch_max: int = attrs.field(
@@ -298,7 +298,7 @@ class Settings:
     )
     trade_discover_interval_s: float = attrs.field(
         default=60.0,
-        metadata=_key("pos_float", "ingest", "How often `trade_discover` asks the exchange what trades there."),
+        metadata=_key("pos_float", "ingest", "How often the `trade_discover` markets are asked what they list."),
     )
 
     # -- history
@@ -423,8 +423,8 @@ class Settings:
         metadata=_key(
             "pos_int",
             "ws_limits",
-            "The largest client frame taken; a larger one gets `bad_request` (four times larger: the connection "
-            "is closed).",
+            "The largest client frame taken; a larger one gets `bad_request` and the connection stays (past four "
+            "times this, and at least 1 MiB, it is closed).",
         ),
     )
     market_ws_queue_frames: int = attrs.field(
