@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from tests.features_off import OFF_ENV
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -96,6 +98,7 @@ def measure(n_series: int, window_s: float, settle_s: float, rest_url: str, ws_u
     series = [f"binance:spot:S{i:04d}/USDT:1m" for i in range(n_series)]
     with tempfile.TemporaryDirectory(prefix="klined-bench-ingest-") as tmp:
         common = {
+            **OFF_ENV,  # the features this measures are stated here, as in the tests
             "KLINED_HTTP_PORT": "0",
             "KLINED_ENABLE_DEBUG_API": "1",
             "KLINED_BINANCE_SPOT_WS_URL": ws_url,

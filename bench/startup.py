@@ -22,6 +22,7 @@ from pathlib import Path
 from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
+from tests.features_off import OFF_ENV
 
 BIN = Path(sys.executable).parent
 
@@ -48,6 +49,7 @@ def time_to_ready(data: Path, whitelist: list[str]) -> float:
         sock.settimeout(30)
         env = {
             **os.environ,
+            **OFF_ENV,  # the features this measures are stated below, as in the tests
             "NOTIFY_SOCKET": str(notify),
             "KLINED_DATA_DIR": str(data),
             "KLINED_HTTP_PORT": "0",

@@ -236,8 +236,8 @@ async def serve_daemon(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until ``Running.stop`` is set; ``started`` (and systemd's READY=1) means the log is open, heads
-    restored, startup sync done and every listener bound. The steps: open the stores, start the actors,
-    serve, and, once stopped, shut down in order."""
+    restored, startup sync done (or its bounded wait over) and every listener bound. The steps: open the
+    stores, start the actors, serve, and, once stopped, shut down in order."""
     stop = trio.Event()
     notifier = notifier or Notifier()
     async with (
@@ -309,7 +309,8 @@ async def start_actors(
         if live is not None:
             with trio.move_on_after(STARTUP_CLOCK_S):  # its window ends at the exchange's last closed period
                 await live.measure_clock()
-        await services.history.startup_sync(whitelist)  # before ready, as SPEC asks
+        # Before ready, as SPEC asks, but bounded: an unreachable exchange never holds READY.
+        await services.history.startup_sync_before_ready(whitelist, settings.startup_kline_sync_wait_s)
     if live is not None:
 
         async def run_live(task_status: trio.TaskStatus[None]) -> None:

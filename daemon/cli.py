@@ -8,7 +8,7 @@ import sys
 import trio
 
 from daemon import __version__
-from daemon.config import ConfigError, Settings, load_settings
+from daemon.config import ConfigError, Origin, Settings, load_with_origins
 from daemon.logging_setup import configure_logging
 
 EXIT_CONFIG = 2
@@ -21,6 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (("run", "run the daemon"), ("check-config", "validate the configuration and exit")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", metavar="FILE", help="TOML config file (KLINED_* environment wins)")
+        if name == "check-config":
+            cmd.add_argument(
+                "--print",
+                action="store_true",
+                dest="print_settings",
+                help="print the effective settings and where each came from (default, file, env)",
+            )
     _demo_parser(sub)
     return parser
 
@@ -87,9 +94,9 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(path: str | None) -> Settings:
+def _settings(path: str | None) -> tuple[Settings, dict[str, Origin]]:
     try:
-        return load_settings(path)
+        return load_with_origins(path)
     except ConfigError as e:
         print(f"klined: config error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
@@ -99,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
-    settings = _settings(args.config)
+    settings, origins = _settings(args.config)
     if args.command == "check-config":
         print(f"klined: config ok ({len(settings.whitelist)} whitelisted series, data_dir {settings.data_path})")
+        if args.print_settings:
+            from daemon.config_docs import effective
+
+            print(effective(settings, origins), end="")
         return 0
     configure_logging(level=settings.log_level)  # after the settings: a config error is one line on stderr
     from daemon.app import run_until_signal  # keeps `check-config` free of server imports

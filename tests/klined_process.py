@@ -16,6 +16,7 @@ from typing import Final
 import trio
 
 from daemon.fakex.server import FakeExchangeUrls
+from tests.features_off import OFF_ENV
 
 BIN = Path(sys.executable).parent
 BTC = "binance:spot:BTC/USDT:1m"
@@ -38,8 +39,8 @@ async def klined(
 ) -> AsyncIterator[tuple[trio.Process, str]]:
     """``klined run`` on the fake exchange; ``log_to`` keeps its log lines (appended) for a post-mortem."""
     env = {
-        **extra,
         **os.environ,
+        **OFF_ENV,  # after the shell's: a test states the features it uses
         "KLINED_DATA_DIR": str(data),
         "KLINED_HTTP_PORT": "0",
         "KLINED_WHITELIST": BTC,

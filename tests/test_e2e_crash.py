@@ -22,6 +22,7 @@ from daemon.storage.projection_store import ProjectionStore
 from protocol.codec import candle_to_wire
 from protocol.series import SeriesId
 from tests.actors.test_projector import outputs
+from tests.features_off import off_toml
 from tests.klined_process import BIN, PROCESS_DEADLINE_S, klined
 
 ETH = "binance:spot:ETH/USDT:1m"
@@ -106,7 +107,7 @@ async def test_sigkill_mid_ingest_loses_and_duplicates_nothing_acknowledged(tmp_
 
 async def test_sighup_reloads_the_whitelist_and_sigterm_exits_0_within_5s(tmp_path: Path) -> None:
     config = tmp_path / "klined.toml"
-    config.write_text(f'data_dir = "{tmp_path / "data"}"\nhttp_port = 0\nwhitelist = ["{BTC}"]\n')
+    config.write_text(off_toml(data_dir=str(tmp_path / "data"), http_port=0, whitelist=[BTC]))
     proc = await trio.lowlevel.open_process(
         [str(BIN / "klined"), "run", "--config", str(config)], stdout=subprocess.PIPE, env=dict(os.environ)
     )
@@ -132,7 +133,7 @@ async def test_sighup_reloads_the_whitelist_and_sigterm_exits_0_within_5s(tmp_pa
     url = str((await until("daemon_ready"))["http_url"])
     async with httpx.AsyncClient(base_url=url, timeout=PROCESS_DEADLINE_S) as http:
         assert (await http.get("/api/market/whitelist")).json() == {"series_ids": [BTC]}
-        config.write_text(f'data_dir = "{tmp_path / "data"}"\nhttp_port = 0\nwhitelist = ["{ETH}"]\n')
+        config.write_text(off_toml(data_dir=str(tmp_path / "data"), http_port=0, whitelist=[ETH]))
         proc.send_signal(signal.SIGHUP)
         await until("whitelist_reloaded")
         assert (await http.get("/api/market/whitelist")).json() == {"series_ids": [ETH]}

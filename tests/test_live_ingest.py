@@ -21,6 +21,7 @@ from daemon.config import load_settings
 from daemon.fakex.server import FakeExchange, exchange_clock
 from daemon.storage.eventlog import EventLog
 from protocol.series import SeriesId
+from tests.features_off import OFF_ENV
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 BTC5 = SeriesId.parse("binance:spot:BTC/USDT:5m")
@@ -41,6 +42,7 @@ async def daemon_against(fake: FakeExchange, tmp_path: Path, **env: str) -> Asyn
         urls = await nursery.start(fake.serve)
         settings = load_settings(
             env={
+                **OFF_ENV,
                 "KLINED_DATA_DIR": str(tmp_path),
                 "KLINED_HTTP_PORT": "0",
                 "KLINED_WHITELIST": str(BTC),

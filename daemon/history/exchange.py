@@ -1,8 +1,9 @@
 """Exchange history through ccxt: sync ``ccxt.binance`` in a worker thread, 1000 candles a call.
 
 The cursor must advance every page or the walk stops (an exchange that repeats a page cannot loop us);
-rate limits, bans and outages are retried with jittered backoff; a cancelled walk returns at once (the thread's
-one request in flight is abandoned, never awaited).
+rate limits, bans and outages are retried with jittered backoff, except that an impatient walk (a reader's,
+who waits seconds at most) gives up at once on an exchange it cannot reach; a cancelled walk returns at once
+(the thread's one request in flight is abandoned, never awaited).
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ class CcxtSource:
         self._retry_first_s = retry_first_s
         self._jitter = jitter
         self.calls = 0  # REST calls made (pages), for the benchmark and the progress view
+        self._unreachable = trio.Event()  # set while the last request got no answer at all
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the last request could not reach the exchange (a network error, a timeout, a 5xx); the
+        next answer clears it. A rate limit is an answer: the exchange is there."""
+        return self._unreachable.is_set()
+
+    async def wait_unreachable(self) -> None:
+        """Return once a request cannot reach the exchange (at once while that is so)."""
+        await self._unreachable.wait()
 
     async def warm_up(self, markets: tuple[Market, ...] = ("spot", "futures")) -> None:
         """Import ccxt and build the clients in a worker thread, ahead of their first use: both take the
@@ -81,13 +93,16 @@ class CcxtSource:
             client = self._clients[market] = self._make(market, self._urls[market])
         return client
 
-    async def pages(self, series: SeriesId, first: int, last: int) -> AsyncGenerator[list[Candle], None]:
-        """Pages of closed candles with ``first <= candle_time <= last``, ascending."""
+    async def pages(
+        self, series: SeriesId, first: int, last: int, *, patient: bool = True
+    ) -> AsyncGenerator[list[Candle], None]:
+        """Pages of closed candles with ``first <= candle_time <= last``, ascending. Not ``patient``: an
+        exchange that cannot be reached is :class:`HistoryError` at once, not retried."""
         tf = series.timeframe
         symbol = series.symbol if series.market == "spot" else f"{series.symbol}:{series.symbol.split('/')[1]}"
         cursor = first
         while cursor <= last:
-            rows = await self._fetch(series.market, symbol, tf.name, cursor)
+            rows = await self._fetch(series.market, symbol, tf.name, cursor, patient=patient)
             page: list[Candle] = []
             # A row is final only once the exchange has a later one: the last row of an answer may be the
             # period still forming there (our clock's "closed" can run ahead of the exchange's). It comes
@@ -109,10 +124,13 @@ class CcxtSource:
                 return  # the cursor must advance: an exchange that repeats itself ends the walk
             cursor = following
 
-    async def _fetch(self, market: Market, symbol: str, timeframe: str, since: int) -> list[list[Any]]:
+    async def _fetch(
+        self, market: Market, symbol: str, timeframe: str, since: int, *, patient: bool = True
+    ) -> list[list[Any]]:
         import ccxt
 
         retryable = (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.ExchangeNotAvailable, ccxt.NetworkError)
+        answered = (ccxt.RateLimitExceeded, ccxt.DDoSProtection)  # the exchange is there, asking us to slow down
         backoff = Backoff(first_s=self._retry_first_s, cap_s=RETRY_MAX_S)
         for attempt in range(RETRIES):
             self.calls += 1
@@ -123,13 +141,23 @@ class CcxtSource:
                     abandon_on_cancel=True,
                 )
             except retryable as e:
-                if attempt == RETRIES - 1:
+                if isinstance(e, answered):
+                    self._answered()
+                else:
+                    self._unreachable.set()
+                if attempt == RETRIES - 1 or not (patient or isinstance(e, answered)):
                     raise HistoryError(f"{symbol} {timeframe}: {type(e).__name__}: {e}") from e
                 delay = backoff.next_delay(self._jitter())
                 log.warning("history_retry", symbol=symbol, error=type(e).__name__, retry_in_s=round(delay, 3))
                 await trio.sleep(delay)
             except ccxt.BaseError as e:
+                self._answered()
                 raise HistoryError(f"{symbol} {timeframe}: {type(e).__name__}: {e}") from e
             else:
+                self._answered()
                 return rows
         raise AssertionError("unreachable")
+
+    def _answered(self) -> None:
+        if self._unreachable.is_set():
+            self._unreachable = trio.Event()

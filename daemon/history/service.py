@@ -4,7 +4,8 @@
 - tail coverage: the reader wants N candles up to a time: freqtrade -> derive from the base timeframe ->
   the exchange (ccxt; on the read path only when ``enable_ccxt_backfill_on_read`` too), checking after each
   level, capped by ``market_auto_tail_backfill_max_candles``;
-- startup sync: every whitelist series brought to its latest closed period before the daemon is ready.
+- startup sync: every whitelist series brought to its latest closed period before the daemon is ready, for a
+  bounded wait: past it, or once the exchange proves unreachable, the daemon serves and the sync goes on.
 
 Every repair is tracked (:class:`ProgressTracker`) for health. Repaired candles are appended through the
 store like any other (derived timeframes follow through the derive stage); subscribers get them by
@@ -18,7 +19,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 import structlog
@@ -44,6 +45,7 @@ TAIL_WAIT_S: Final = 5.0  # GET /candles waits this long for tail coverage, then
 STARTUP_CONCURRENCY: Final = 4
 
 Derive = Callable[[AppendResult], object]
+StartupWait = Literal["done", "exchange_unreachable", "deadline"]
 
 
 @attrs.define
@@ -93,6 +95,8 @@ class History:
         self.may_write: Callable[[], bool] = _always
         # A replica asks the writer for a reader's tail coverage, and waits until its log holds the result.
         self.coverage_elsewhere: Callable[[SeriesId, int], Awaitable[None]] | None = None
+        self.startup_synced = trio.Event()  # the startup sync is over (before ready, or after it)
+        self.startup_wait: StartupWait | None = None  # what ended the wait for it before ready
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -158,10 +162,12 @@ class History:
         ranges: Sequence[tuple[int, int]],
         cap: int | None = None,
         progress: Progress | None = None,
+        *,
+        patient: bool = True,
     ) -> int:
         filled = 0
         for first, last in ranges:
-            async with contextlib.aclosing(self.source.pages(series, first, last)) as pages:
+            async with contextlib.aclosing(self.source.pages(series, first, last, patient=patient)) as pages:
                 async for page in pages:
                     got = await self._append(series, page)
                     filled += got
@@ -209,7 +215,9 @@ class History:
     async def ensure_tail_coverage(
         self, series: SeriesId, target: int, to_time: int, *, on_read: bool = False, exchange: bool | None = None
     ) -> CoverageResult:
-        """Walk freqtrade -> derivation -> exchange until ``target`` candles end at ``to_time``."""
+        """Walk freqtrade -> derivation -> exchange until ``target`` candles end at ``to_time``. A reader's
+        (``on_read``) asks an exchange it cannot reach once, not with retries: the reader waits seconds at most,
+        and with no network every chart would wait them out."""
         tf = series.timeframe
         target = min(target, self.settings.market_auto_tail_backfill_max_candles)
         last = tf.floor(to_time)
@@ -226,6 +234,7 @@ class History:
             reason="tail_coverage",
             exchange=use_exchange,
             notes=("tail_coverage_done", "tail_coverage_partial"),
+            patient=not on_read,
         )
         result.target = target
         return result
@@ -239,6 +248,7 @@ class History:
         reason: str,
         exchange: bool,
         notes: tuple[str, str] = ("repair_done", "repair_partial"),
+        patient: bool = True,
     ) -> CoverageResult:
         """Fill what ``[first, last]`` lacks, cheapest source first, checking after each level. ``notes``: what
         progress says when it is complete, and when something is still missing."""
@@ -255,7 +265,7 @@ class History:
             ("derived", self.by_derivation),
         ]
         if exchange:
-            levels.append(("exchange", functools.partial(self.from_exchange, progress=progress)))
+            levels.append(("exchange", functools.partial(self.from_exchange, progress=progress, patient=patient)))
         try:
             for name, level in levels:
                 got = await level(series, ranges)
@@ -306,6 +316,31 @@ class History:
             self._running.pop(key, None)
             done.set()
 
+    async def startup_sync_before_ready(self, series_list: Sequence[SeriesId], wait_s: float) -> bool:
+        """Start the startup sync in the background and wait for it, until it is done, the exchange proves
+        unreachable, or ``wait_s`` passes: whether it is done. A start never hangs on the exchange (ccxt's
+        retries with backoff take half a minute to give up); the sync goes on, and what it brings reaches
+        subscribers by catchup and healing like any repair."""
+        if self.nursery is None:
+            raise RuntimeError("History.run must be started before the startup sync")
+        done = self.startup_synced
+
+        async def sync() -> None:
+            try:
+                await self.startup_sync(series_list)
+            finally:
+                done.set()
+
+        self.nursery.start_soon(sync)
+        with trio.move_on_after(wait_s):
+            await _first_of(done.wait, self.source.wait_unreachable)
+        if done.is_set():
+            self.startup_wait = "done"
+            return True
+        self.startup_wait = "exchange_unreachable" if self.source.unreachable else "deadline"
+        log.warning("startup_sync_continues", series=len(series_list), why=self.startup_wait, wait_s=wait_s)
+        return False
+
     async def startup_sync(self, series_list: Sequence[SeriesId]) -> dict[str, list[str]]:
         """Before ready: each series up to its latest closed period (a window of the configured size)."""
         summary: dict[str, list[str]] = {"synced": [], "lagging": [], "errors": []}
@@ -332,3 +367,15 @@ class History:
             errors=summary["errors"],
         )
         return summary
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return once any of ``waits`` returns (the others are cancelled)."""
+    async with trio.open_nursery() as nursery:
+
+        async def one(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(one, wait)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import orjson
+import structlog.testing
 import trio
 import trio.testing
 from wsproto.events import CloseConnection, TextMessage
@@ -160,20 +161,27 @@ async def test_unreachable_exchange_backs_off_and_recovers(autojump_clock: trio.
     got: list[KlineUpdate] = []
     attempts: list[float] = []
     network = {"down": True}
-    async with trio.open_nursery() as nursery:
-        connect = memory_connector(nursery, streams, attempts, fail=lambda: network["down"])
-        ingest = await start(nursery, streams, got, connect=connect)
-        ingest.add(BTC)
-        await trio.sleep(600)
-        assert 8 <= len(attempts) <= 60, "backed off: no hot loop, still trying"
-        assert all(b - a >= 0.1 for a, b in itertools.pairwise(attempts))
-        assert ingest.connections[0].last_error == "OSError(101, 'Network is unreachable')"
-        assert got == []
-        network["down"] = False
-        await trio.sleep(70)
-        assert ingest.connections[0].connected
-        assert got
-        nursery.cancel_scope.cancel()
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            connect = memory_connector(nursery, streams, attempts, fail=lambda: network["down"])
+            ingest = await start(nursery, streams, got, connect=connect)
+            ingest.add(BTC)
+            await trio.sleep(600)
+            assert 8 <= len(attempts) <= 60, "backed off: no hot loop, still trying"
+            assert all(b - a >= 0.1 for a, b in itertools.pairwise(attempts))
+            assert ingest.connections[0].last_error == "OSError(101, 'Network is unreachable')"
+            assert got == []
+            failed = len(attempts)
+            network["down"] = False
+            await trio.sleep(70)
+            assert ingest.connections[0].connected
+            assert got
+            nursery.cancel_scope.cancel()
+    # Said once per backoff step, with the wait that step took.
+    said = [e for e in logs if e["event"] == "upstream_unreachable"]
+    assert len(said) == failed
+    waits = [b - a for a, b in itertools.pairwise(attempts)]
+    assert [e["retry_in_s"] for e in said] == [round(w, 2) for w in waits[:failed]]
 
 
 async def test_real_loopback_socket() -> None:

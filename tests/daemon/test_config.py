@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import attrs
 import pytest
 
 from daemon.config import KEYS, ConfigError, Settings, load_settings
+from daemon.config_values import KINDS
+from daemon.settings import GROUPS
+from tests.features_off import FEATURES_OFF, OFF_ENV
 
 ROOT = Path(__file__).parents[2]
 
@@ -22,25 +27,58 @@ def test_defaults_are_the_spec_defaults() -> None:
     assert (s.data_dir, s.http_host, s.http_port) == ("./var", "127.0.0.1", 8710)
     assert s.control_socket_path == Path("var/klined.sock")
     assert s.eventlog_path == Path("var/eventlog")
-    assert s.whitelist == ()
-    assert (s.ondemand_max_jobs, s.ondemand_idle_ttl_s) == (0, 60.0)
+    assert (s.ondemand_max_jobs, s.ondemand_idle_ttl_s) == (200, 60.0)
     assert s.startup_kline_sync_target_candles == 2000
     assert s.derived_base_timeframe == "1m"
     assert s.derived_timeframes == ("5m", "15m", "1h", "4h", "1d")
     assert (s.binance_ws_batch_max, s.binance_ws_flush_s) == (1000, 0.5)  # beyond SPEC's 200: docs/design.md
     assert (s.market_forming_min_interval_ms, s.market_ws_catchup_limit) == (250, 5000)
     assert (s.pivot_window_major, s.pivot_window_minor) == (50, 5)
+
+
+def test_the_defaults_serve_and_each_feature_is_one_key_off() -> None:
+    s = load_settings(env={})
+    assert s.whitelist == ("binance:spot:BTC/USDT:1m", "binance:spot:ETH/USDT:1m")
     flags = [k for k in KEYS if k.startswith("enable_")]
     assert len(flags) == 10
-    assert not any(getattr(s, k) for k in flags), "feature flags default off"
+    assert [k for k in flags if not getattr(s, k)] == ["enable_debug_api"]
+    for flag in flags:
+        assert getattr(load_settings(env={f"KLINED_{flag.upper()}": "off"}), flag) is False, flag
+    assert load_settings(env={"KLINED_WHITELIST": ""}).whitelist == ()
+
+
+def test_the_tests_baseline_turns_every_default_feature_off() -> None:
+    assert set(FEATURES_OFF) <= set(KEYS)
+    s = load_settings(env=OFF_ENV)
+    assert not any(getattr(s, k) for k in KEYS if k.startswith("enable_"))
+    assert (s.whitelist, s.ondemand_max_jobs) == ((), 0)
+
+
+def test_every_key_says_what_it_means() -> None:
+    for field in attrs.fields(Settings):
+        assert field.metadata["group"] in GROUPS, field.name
+        assert field.metadata["kind"] in KINDS, field.name
+        help_text = field.metadata["help"]
+        assert len(help_text) > 20, field.name
+        assert help_text[0].isupper() or help_text[0] in "`\"'", field.name
+        assert help_text.endswith("."), field.name
 
 
 def test_shipped_example_config_loads() -> None:
     s = load_settings(ROOT / "klined.toml", env={})
-    assert s.whitelist == ("binance:spot:BTC/USDT:1m", "binance:spot:ETH/USDT:1m")
-    on = ("whitelist_ingest", "derived_timeframes", "kline_health", "market_gap_backfill")
-    on += ("market_auto_tail_backfill", "startup_kline_sync", "ccxt_backfill")
-    assert [flag for flag in on if not getattr(s, f"enable_{flag}")] == []
+    assert s == load_settings(env={}), "the example shows the defaults"
+
+
+def test_shipped_example_lists_every_key(tmp_path: Path) -> None:
+    text = (ROOT / "klined.toml").read_text()
+    listed = re.findall(r"^#? ?([a-z0-9_]+) = ", text, re.MULTILINE)
+    assert sorted(set(KEYS) - set(listed)) == [], "keys missing from klined.toml"
+    assert sorted(set(listed) - set(KEYS)) == [], "klined.toml names keys that do not exist"
+    assert len(listed) == len(set(listed)), "a key listed twice"
+    # The keys shown commented out are shown with their defaults: uncommented, they load as the defaults.
+    commented = re.findall(r"^# ?([a-z0-9_]+ = .*)$", text, re.MULTILINE)
+    s = load_settings(write(tmp_path, "\n".join(commented) + "\n"), env={})
+    assert s == load_settings(env={})
 
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:

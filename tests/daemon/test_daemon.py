@@ -7,16 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
 
 from daemon.app import Running, serve_daemon
-from daemon.config import load_settings
+from daemon.config import KEYS, load_settings
 from protocol.candle import Candle
 from protocol.series import SeriesId
+from tests.features_off import OFF_ENV
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 BIN = Path(sys.executable).parent
@@ -28,7 +31,7 @@ def candle(t: int) -> Candle:
 
 async def test_candles_and_whitelist_over_http(tmp_path: Path) -> None:
     settings = load_settings(
-        env={"KLINED_DATA_DIR": str(tmp_path), "KLINED_HTTP_PORT": "0", "KLINED_WHITELIST": str(BTC)}
+        env={**OFF_ENV, "KLINED_DATA_DIR": str(tmp_path), "KLINED_HTTP_PORT": "0", "KLINED_WHITELIST": str(BTC)}
     )
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -75,7 +78,7 @@ async def test_candles_and_whitelist_over_http(tmp_path: Path) -> None:
     ],
 )
 async def test_bad_parameters_are_422_with_spec_body(tmp_path: Path, params: dict[str, str], detail: str) -> None:
-    settings = load_settings(env={"KLINED_DATA_DIR": str(tmp_path), "KLINED_HTTP_PORT": "0"})
+    settings = load_settings(env={**OFF_ENV, "KLINED_DATA_DIR": str(tmp_path), "KLINED_HTTP_PORT": "0"})
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(serve_daemon, settings)
@@ -99,7 +102,7 @@ def _read_event(proc: subprocess.Popen[str], event: str) -> dict[str, object]:
 
 
 def test_klined_process_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    env = {**os.environ, "KLINED_DATA_DIR": str(tmp_path / "data"), "KLINED_HTTP_PORT": "0"}
+    env = {**os.environ, **OFF_ENV, "KLINED_DATA_DIR": str(tmp_path / "data"), "KLINED_HTTP_PORT": "0"}
     proc = subprocess.Popen(
         [str(BIN / "klined"), "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -140,6 +143,38 @@ def test_check_config_accepts_the_example(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "config ok (2 whitelisted series" in done.stdout
+
+
+def test_check_config_prints_the_effective_settings_and_where_each_came_from(tmp_path: Path) -> None:
+    config = tmp_path / "klined.toml"
+    config.write_text(f'http_port = 9000\nwhitelist = ["{BTC}"]\nenable_debug_api = true\n')
+    (tmp_path / "token").write_text("s3cret\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLINED_")}
+    env |= {"KLINED_HTTP_PORT": "9100", "KLINED_INGEST_TOKEN_FILE": str(tmp_path / "token")}
+    done = subprocess.run(
+        [str(BIN / "klined"), "check-config", "--print", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    head, printed = done.stdout.split("\n", 1)
+    assert head.startswith("klined: config ok (1 whitelisted series")
+    assert "s3cret" not in printed
+    rows = [line for line in printed.splitlines() if " = " in line]
+    origins = {line.split(" = ", 1)[0]: line.rsplit("  # ", 1)[1] for line in rows}
+    assert set(origins) == set(KEYS)
+    assert origins["http_port"] == "env KLINED_HTTP_PORT"
+    assert (origins["whitelist"], origins["enable_debug_api"]) == ("file", "file")
+    assert (origins["data_dir"], origins["enable_whitelist_ingest"]) == ("default", "default")
+    assert origins["ingest_token"] == "ingest_token_file"
+    shown = tomllib.loads(printed)  # the output is itself a config file: these settings, the token hidden
+    expected = load_settings(config, env=env)
+    assert {k: v for k, v in shown.items() if k != "ingest_token"} == {
+        k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(expected).items() if k != "ingest_token"
+    }
+    assert shown["ingest_token"] == "<hidden>"
 
 
 def test_klinectl_prints_its_version() -> None:

@@ -13,6 +13,7 @@ import trio
 from daemon.app import Running, serve_daemon
 from daemon.config import load_settings
 from daemon.sdnotify import Notifier
+from tests.features_off import OFF_ENV
 
 
 async def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path: Path) -> None:
@@ -20,7 +21,7 @@ async def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path: Pat
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     await sock.bind(path)
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
-    settings = load_settings(env={"KLINED_DATA_DIR": str(tmp_path / "data"), "KLINED_HTTP_PORT": "0"})
+    settings = load_settings(env={**OFF_ENV, "KLINED_DATA_DIR": str(tmp_path / "data"), "KLINED_HTTP_PORT": "0"})
     messages: list[str] = []
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:

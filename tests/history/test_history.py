@@ -26,6 +26,7 @@ from daemon.storage.eventlog import EventLog
 from protocol.candle import Candle
 from protocol.series import SeriesId
 from protocol.timeframes import TIMEFRAMES
+from tests.features_off import OFF_ENV
 
 M1, M5 = TIMEFRAMES["1m"], TIMEFRAMES["5m"]
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
@@ -96,6 +97,7 @@ async def history_env(tmp_path: Path, **flags: str) -> AsyncIterator[Env]:
         urls = await nursery.start(fake.serve)
         settings = load_settings(
             env={
+                **OFF_ENV,
                 "KLINED_DATA_DIR": str(tmp_path),
                 "KLINED_BINANCE_SPOT_REST_URL": urls.rest_url,
                 "KLINED_BINANCE_FUTURES_REST_URL": urls.rest_url,

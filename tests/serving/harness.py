@@ -18,6 +18,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url, wrap_client_
 from actors.fanout.hub import FanOut
 from daemon.app import Running, serve_daemon
 from daemon.config import load_settings
+from tests.features_off import OFF_ENV
 
 S1 = "binance:spot:BTC/USDT:1m"
 SENTINEL = {"type": "ping"}  # answered with bad_request "unknown message type: ping": a marker in the stream
@@ -129,6 +130,7 @@ class Client:
 async def daemon(tmp_path: Path, **env: str) -> AsyncIterator[Daemon]:
     settings = load_settings(
         env={
+            **OFF_ENV,
             "KLINED_DATA_DIR": str(tmp_path),
             "KLINED_HTTP_PORT": "0",
             "KLINED_ENABLE_DEBUG_API": "1",

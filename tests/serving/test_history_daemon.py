@@ -48,6 +48,32 @@ async def test_startup_sync_fills_the_whitelist_before_ready(tmp_path: Path) -> 
         assert log.count_between(S1, last - 60 * 299, last) == 300  # already there when ready
         assert d.running.services is not None
         assert d.running.services.history.progress.view(S1)["note"] == "tail_coverage_done"
+        assert d.running.services.history.startup_wait == "done"
+
+
+async def test_a_startup_sync_that_outlasts_its_wait_goes_on_after_ready(tmp_path: Path) -> None:
+    """The exchange answers, but slowly (three 429s, each retried after at least 0.1 s): READY comes once
+    the wait is over, and the sync completes in the background."""
+    fake = FakeExchange()
+    fake.rest_faults.status, fake.rest_faults.count, fake.rest_faults.path_prefix = 429, 3, "/api/v3/klines"
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(fake.serve)
+        env = {
+            "KLINED_BINANCE_SPOT_REST_URL": urls.rest_url,
+            "KLINED_WHITELIST": S1,
+            "KLINED_ENABLE_STARTUP_KLINE_SYNC": "1",
+            "KLINED_STARTUP_KLINE_SYNC_TARGET_CANDLES": "300",
+            "KLINED_STARTUP_KLINE_SYNC_WAIT_S": "0.2",
+        }
+        async with daemon(tmp_path, **env) as d:
+            history = d.running.services.history if d.running.services else None
+            assert history is not None
+            assert history.startup_wait == "deadline"  # a rate limit is an answer: the exchange is there
+            with trio.fail_after(60):
+                await history.startup_synced.wait()
+            last = M1.last_closed_open(fake.now_ms() // 1000)
+            assert d.running.store.log.count_between(S1, last - 60 * 299, last) == 300
+        nursery.cancel_scope.cancel()
 
 
 async def test_get_candles_covers_a_short_tail_within_a_bounded_wait(tmp_path: Path) -> None:
