@@ -328,7 +328,8 @@ async def writer_term(services: Wiring, *, task_status: trio.TaskStatus[None] = 
     settings, live, demand = services.settings, services.live, services.demand
     whitelist = services.whitelist()
     if settings.enable_startup_kline_sync and whitelist:
-        await services.history.startup_sync(whitelist)
+        # Bounded as before READY: an unreachable exchange never holds live ingest back (the sync goes on).
+        await services.history.startup_sync_before_ready(whitelist, settings.startup_kline_sync_wait_s)
     async with trio.open_nursery() as nursery:
         if live is not None:
             await nursery.start(live.run)

@@ -323,7 +323,7 @@ class History:
         subscribers by catchup and healing like any repair."""
         if self.nursery is None:
             raise RuntimeError("History.run must be started before the startup sync")
-        done = self.startup_synced
+        done = self.startup_synced = trio.Event()  # a new one per sync: a cluster node syncs at each writer term
 
         async def sync() -> None:
             try:
