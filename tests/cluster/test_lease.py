@@ -16,6 +16,9 @@ from daemon.cluster.lease import WriterLease, open_lease_bucket
 from tests.cluster.nats_cluster import NatsCluster
 
 TTL_S = 2.0
+# A key expires a TTL after its last write, and the servers' expiry sweep and the others' next try add to it;
+# on a loaded 2-core machine (three servers and the test share it) that can stretch past 2 TTLs.
+TAKEN_WITHIN_S = TTL_S * 4
 
 
 @asynccontextmanager
@@ -72,7 +75,7 @@ async def test_a_holder_that_stops_renewing_loses_it_within_its_ttl(cluster: Nat
             await bridge1.aclose()  # n1's connection is gone: no renewal, no release (a killed process)
             lost_at = trio.current_time()
             await until(n2.held, n2)
-            assert trio.current_time() - lost_at < TTL_S * 2.5
+            assert trio.current_time() - lost_at < TAKEN_WITHIN_S
             assert not n1.held()  # its own clock voided it before the servers let the key expire
 
 
@@ -88,4 +91,4 @@ async def test_a_restarted_node_waits_out_the_key_its_previous_life_left(cluster
             assert not new.held()
             await until(new.held, new)
             assert (new.stats.taken, new.stats.lost) == (1, 0)  # never "lost" what it never held
-            assert TTL_S * 0.25 < trio.current_time() - restarted < TTL_S * 2.5
+            assert TTL_S * 0.25 < trio.current_time() - restarted < TAKEN_WITHIN_S
