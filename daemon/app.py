@@ -403,6 +403,9 @@ async def shut_down(services: Wiring, notifier: Notifier, live_scope: trio.Cance
     http.shutdown.set()  # hypercorn stops accepting
     with trio.move_on_after(2.0):
         await services.writer.close()
+    if services.cluster is not None:
+        with trio.move_on_after(1.0):  # every queued candle is in the stream: the next writer may start now
+            await services.cluster.hand_over()
     with trio.move_on_after(1.0):
         await services.projector.snapshot_all()  # a restart then resumes each series without replaying its tail
     services.hub.shutdown()

@@ -7,6 +7,7 @@ blocks a connection's reader and contains its own failures).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
@@ -166,7 +167,10 @@ class LiveIngest:
         self.router: Router | None = None
         self.ingest: dict[Market, UpstreamIngest] = {}
         self.supervisor = Supervisor(
-            self._actor_main, max_jobs=settings.ondemand_max_jobs, idle_ttl_s=settings.ondemand_idle_ttl_s
+            self._actor_main,
+            max_jobs=settings.ondemand_max_jobs,
+            idle_ttl_s=settings.ondemand_idle_ttl_s,
+            wall=time.time,  # what ingest_state reports (started_at, last_zero_at): Unix seconds, not monotonic
         )
 
     def _rest_clients(self) -> dict[Market, BinanceRest]:

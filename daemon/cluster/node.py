@@ -383,6 +383,12 @@ class ClusterNode:
         if self.link.lease is not None:
             await self.link.lease.release()
 
+    async def hand_over(self) -> None:
+        """Shutdown, once the writer has drained: give the lease up now, not when the node's run ends (the
+        subscribers' goodbyes and the listeners' close come after), so the next writer starts at once."""
+        self._appending = False
+        await self._hand_over()
+
     async def _apply_from_stream(self, after: int) -> None:
         assert self._store is not None
         events = await self.link.follower.read(after, max_events=MAX_BATCH, wait_s=0.5)
