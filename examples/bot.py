@@ -79,20 +79,24 @@ class KlinedBot:
         """Stream until cancelled, or until the daemon has refused every series."""
         failures = 0
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as self.http:
-            while self.last_sent:
+            while True:
                 try:
                     # heartbeat: a silent peer (a half-open TCP connection) is found within 30 s
                     async with self.http.ws_connect(self.ws_url, heartbeat=20) as ws:
                         self.stats["connects"] += 1
                         await self._subscribe(ws)
-                        async for message in ws:
+                        while self.last_sent:
+                            message = await ws.receive()
                             if message.type is not aiohttp.WSMsgType.TEXT:
-                                break  # ERROR (a missed heartbeat, say): the daemon sends text only
+                                break  # closed, or an error (a missed heartbeat): the daemon sends text only
                             failures = 0  # the daemon is serving: the next drop starts the backoff afresh
                             await self._handle(json.loads(message.data))
-                    log.warning("disconnected: close code %s", ws.close_code)
+                    if self.last_sent:
+                        log.warning("disconnected: close code %s", ws.close_code)
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.warning("connection failed: %s", e)
+                if not self.last_sent:
+                    return
                 first, cap = self.backoff_s
                 delay = min(cap, first * 2**failures)
                 failures += 1
