@@ -141,4 +141,5 @@ async def test_bot_sees_every_candle_once_through_an_outage_and_a_restart(tmp_pa
     assert seen[: len(log)] == log  # every candle once, in order, as the log holds it
     assert [c["candle_time"] for c in seen] == sorted({c["candle_time"] for c in seen})
     assert bot.stats["holes_left"] == 0
+    assert bot.stats["duplicates"] == 0  # the daemon honoured since=last_sent: the bot had nothing to drop
     print(f"bot: {len(seen)} candles, stats {dict(bot.stats)}")
