@@ -10,8 +10,11 @@ printed beside standalone measured in the same run:
    receipt by a subscriber process on a replica (one client per series). Standalone: publish -> receipt on
    the same node. The writer records publish instants only of series with subscribers, so it has the same
    subscriber process as the standalone node. The first boundary after the subscribers are in warms up.
+   Also from the exchange's send instant of each closed kline, which does not depend on the writer's clock.
 2. batched backfill: 1000-candle batches over many series through the debug batch write (not published),
    one client then a few concurrent ones: candles/s on the cluster's writer against the standalone daemon.
+   To tell the parts apart: the writer again with the replicas' klined stopped (SIGSTOP), a bare append of
+   1000 events to a stream of the same NATS cluster from this process, and each process's CPU at rest.
 3. failover: SIGKILL the writer; the time until another node, as the writer, has appended an event (every
    node's control socket polled), while a client posts small batches to whichever node writes.
 4. lost and duplicated candles: after the runs, every node's log equal seq by seq, no (series, candle_time)
@@ -39,14 +42,20 @@ from typing import Any
 
 import attrs
 import httpx
+import nats
 import orjson
 import trio
 
 from bench.cluster_nodes import BATCH_PATH, ClusterNodes, check_logs, failovers
 from bench.fanout import DaemonLog, candle, cpu_seconds, read_line, reap, series_names, spawn_worker
 from bench.latency import RawHttp, pct, post_body
+from daemon.cluster.bridge import AsyncioThread
+from daemon.cluster.stream import EventStream
 from daemon.fakex.market import Market
 from daemon.fakex.server import ExchangeTime, FakeExchange, exchange_clock
+from protocol.candle import Candle
+from protocol.cluster_events import encode_event
+from protocol.logrecords import EventKind
 from tests.cluster.nats_cluster import nats_cluster
 from tests.cluster.nodes import wait_for, ws_url
 from tests.klined_process import klined
@@ -56,6 +65,7 @@ BACKFILL_SERIES = 100
 BACKFILL_FROM = 1_577_836_800  # 2020-01-01: minutes long closed
 ONE_SERIES_BASE = "F"  # figure 5's series, F0000, beside the exchange's S0000...
 SETTLE_S = 3.0  # after the last burst's boundary, before the subscribers report
+REST_S = 5.0  # CPU measured at rest, after the bursts
 CLOSED = "/api/market/ingest/candle_closed"
 JSON = {"Content-Type": "application/json"}
 
@@ -306,6 +316,7 @@ async def run(plan: Plan, root: Path) -> dict[str, Any]:
         with ExitStack() as stack:
             (root / "nats").mkdir()
             nats = await trio.to_thread.run_sync(stack.enter_context, nats_cluster(root / "nats"))
+            out["bare_appends"] = await bare_appends(nats.urls, 2 * plan.batches)
             lease = {"KLINED_CLUSTER_LEASE_TTL_S": str(plan.lease_ttl_s)}
             async with trio.open_nursery() as nodes_nursery:
                 nodes = ClusterNodes(root, urls, nats, {**env, **lease}, nodes_nursery)
@@ -333,11 +344,35 @@ async def run(plan: Plan, root: Path) -> dict[str, Any]:
 
 async def measure(fake: FakeExchange, dep: Deployment, plan: Plan, acked: list[tuple[str, list[int]]]) -> dict:
     print("  bursts", file=sys.stderr)
-    burst = await bursts(fake, dep, plan)
+    out = {"burst": await bursts(fake, dep, plan)}
+    cpu0, t0 = dep.cpu(), time.perf_counter()  # between two bursts: following N series, serving nobody
+    await trio.sleep(REST_S)
+    cpu1, t1 = dep.cpu(), time.perf_counter()
+    out["rest_cpu"] = {k: (cpu1[k] - cpu0[k]) / (t1 - t0) * 100 for k in cpu0}
     print("  one series", file=sys.stderr)
-    one = await one_series(dep, plan)
+    out["one"] = await one_series(dep, plan)
     print("  backfill", file=sys.stderr)
-    return {"burst": burst, "one": one, "backfill": await backfill(dep, plan, acked)}
+    out["backfill"] = await backfill(dep, plan, acked)
+    return out
+
+
+async def bare_appends(urls: list[str], n: int) -> list[float]:
+    """Baseline: ``n`` appends of a 1000-event atomic batch to a stream of the same NATS cluster, from this
+    process through klined's own stream client (the floor under a cluster writer's batch)."""
+    body = encode_event(EventKind.CANDLE_CLOSED, "binance:spot:H0000/USDT:1m", Candle(60, 1.0, 2.0, 0.5, 1.5, 3.0))
+    times = []
+    async with AsyncioThread() as bridge:
+        nc: Any = await bridge.run(nats.connect, urls)
+        try:
+            stream = EventStream(bridge, nc, "bench")
+            await stream.open(replicas=3, max_age_s=0)
+            for k in range(n):
+                t0 = time.perf_counter()
+                await stream.append([body] * BATCH, expected_last=k * BATCH, batch_id=f"bench-{k}")
+                times.append(time.perf_counter() - t0)
+        finally:
+            await bridge.run(nc.close)
+    return times
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -375,6 +410,10 @@ def report(plan: Plan, r: dict[str, Any]) -> None:
         row(f"{label}: {plan.concurrency} clients", f"{b['concurrent']:,.0f} candles/s")
         row(f"{label}: CPU over both, % of a core", ", ".join(f"{k} {v:.0f}" for k, v in b["cpu"].items()))
     row("cluster writer: one client, replicas' klined stopped", f"{clus['backfill']['replicas_paused']:,.0f} candles/s")
+    bare = pct(r["bare_appends"], 0.5)
+    row(f"baseline: bare stream append of {BATCH} events, p50", f"{ms(bare)} ({BATCH / bare:,.0f} events/s)")
+    for label, m in (("standalone", solo), ("cluster", clus)):
+        row(f"{label}: CPU at rest, % of a core", ", ".join(f"{k} {v:.0f}" for k, v in m["rest_cpu"].items()))
     print(f"3. failover, lease TTL {plan.lease_ttl_s:g} s: SIGKILL -> the new writer's first append")
     for i, k in enumerate(fo["kills"], 1):
         row(
