@@ -10,7 +10,8 @@ printed beside standalone measured in the same run:
    receipt by a subscriber process on a replica (one client per series). Standalone: publish -> receipt on
    the same node. The writer records publish instants only of series with subscribers, so it has the same
    subscriber process as the standalone node. The first boundary after the subscribers are in warms up.
-   Also from the exchange's send instant of each closed kline, which does not depend on the writer's clock.
+   Also from the exchange's send instant of each closed kline, which does not depend on the writer's clock,
+   and one more burst with the replicas' klined stopped (SIGSTOP): the cluster writer's own path, alone.
 2. batched backfill: 1000-candle batches over many series through the debug batch write (not published),
    one client then a few concurrent ones: candles/s on the cluster's writer against the standalone daemon.
    To tell the parts apart: the writer again with the replicas' klined stopped (SIGSTOP), a bare append of
@@ -20,7 +21,7 @@ printed beside standalone measured in the same run:
 4. lost and duplicated candles: after the runs, every node's log equal seq by seq, no (series, candle_time)
    appended twice, every acknowledged batch candle in the log.
 5. K clients on one series on each of the three nodes: the writer's publish -> receipt, per node, against
-   K clients on the standalone daemon; closed candles POSTed one at a time to the writer.
+   K clients on the standalone daemon; closed candles POSTed one at a time to the writer, between two bursts.
 
 Run: ``python -m bench.cluster [--quick] [--keep DIR]`` (``--keep`` leaves the data and klined logs there).
 """
@@ -36,7 +37,8 @@ import signal
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +157,34 @@ def wall_of(clock: ExchangeTime, exchange_ms: int) -> float:
     return (clock.origin_ms + (exchange_ms - clock.origin_ms - clock.offset_ms) / clock.speed) / 1000
 
 
+def next_boundary(clock: ExchangeTime) -> int:
+    return (clock() // 60_000 + 1) * 60_000
+
+
+async def settled_after(clock: ExchangeTime, boundary_ms: int) -> None:
+    """Sleep until the burst of the minute boundary ``boundary_ms`` (exchange time) is over."""
+    await trio.sleep(max(0.0, wall_of(clock, boundary_ms) + SETTLE_S - time.time()))
+
+
+@contextmanager
+def stopped(pids: list[int]) -> Iterator[None]:
+    """These processes SIGSTOPped meanwhile: what the others do without them on the machine's cores."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+async def writer_flushes(url: str) -> tuple[int, int]:
+    """The closed-candle writer's group commits so far, and the events they wrote."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        stats = (await http.get("/api/market/debug/ingest_state")).json()["stats"]["writer"]
+    return stats["flushes"], stats["written_events"]
+
+
 # -- 1. minute-close bursts -------------------------------------------------------------------------
 
 
@@ -167,23 +197,34 @@ async def bursts(fake: FakeExchange, dep: Deployment, plan: Plan) -> dict[str, A
     fake.streams.sent_closes = []  # (stream, open ms, E ms) of every closed kline sent from now on
     try:
         await subs.ready()
-        warm_up = (clock() // 60_000 + 1) * 60_000
+        warm_up = next_boundary(clock)
         times = [warm_up // 1000 - 60 + 60 * k for k in range(1, plan.bursts + 1)]
-        await trio.sleep(max(0.0, wall_of(clock, warm_up + 60_000 * plan.bursts) + SETTLE_S - time.time()))
+        flushes0, events0 = await writer_flushes(dep.writer)
+        await settled_after(clock, warm_up + 60_000 * plan.bursts)
+        flushes1, events1 = await writer_flushes(dep.writer)
+        if dep.replicas:  # one more burst with the replicas' klined stopped: the writer's own path, alone
+            with stopped(dep.replicas):
+                await settled_after(clock, warm_up + 60_000 * (plan.bursts + 1))
         arrivals = await subs.arrivals()
     finally:
         await subs.close()
         sent_ms = {(name, open_ms): e for name, open_ms, e in fake.streams.sent_closes or []}
         fake.streams.sent_closes = None
-    keys = [(s, t) for t in times for s in series]
     writer = await published(dep.writer, series)
-    streams = {s: f"{s.split(':')[2].replace('/', '').lower()}@kline_1m" for s in series}
-    sent = {(s, t): wall_of(clock, sent_ms[streams[s], t * 1000]) for s, t in keys if (streams[s], t * 1000) in sent_ms}
+    # Every closed kline's send instant, on this host's clock, per (series, candle_time).
+    sent = {
+        (f"binance:spot:{n.split('usdt@')[0].upper()}/USDT:1m", t // 1000): wall_of(clock, e)
+        for (n, t), e in sent_ms.items()
+    }
+    keys = [(s, t) for t in times for s in series]
+    alone = [(s, times[-1] + 60) for s in series] if dep.replicas else []
     out: dict[str, Any] = {
         "expected": len(keys),
         "receipt": {n: after(writer, a, keys) for n, a in zip(watched, arrivals, strict=True)},
         "from_exchange": {n: after(sent, a, keys) for n, a in zip(watched, arrivals, strict=True)},
         "to_publish": [writer[k] - sent[k] for k in keys if k in writer and k in sent],
+        "to_publish_alone": [writer[k] - sent[k] for k in alone if k in writer and k in sent],
+        "per_flush": (events1 - events0) / max(1, flushes1 - flushes0),  # the warm-up burst included
     }
     if len(watched) > 1:  # a replica's share: the stream and its apply, then its own fan-out
         replica = await published(dep.nodes[watched[1]], series)
@@ -229,22 +270,17 @@ async def backfill(dep: Deployment, plan: Plan, acked: list[tuple[str, list[int]
             "cpu": {k: (cpu1[k] - cpu0[k]) / (t2 - t0) * 100 for k in cpu0},
         }
         if dep.replicas:
-            for pid in dep.replicas:
-                os.kill(pid, signal.SIGSTOP)
-            try:
+            with stopped(dep.replicas):
                 t3 = time.perf_counter()
                 await post(work[2 * plan.batches :])
                 out["replicas_paused"] = plan.batches * BATCH / (time.perf_counter() - t3)
-            finally:
-                for pid in dep.replicas:
-                    os.kill(pid, signal.SIGCONT)
     return out
 
 
 # -- 5. one series, K clients per node --------------------------------------------------------------
 
 
-async def one_series(dep: Deployment, plan: Plan) -> dict[str, Any]:
+async def one_series(clock: ExchangeTime, dep: Deployment, plan: Plan) -> dict[str, Any]:
     sid = series_names(1, ONE_SERIES_BASE)[0]
     base = (int(time.time()) // 60 - 100_000) * 60
     async with httpx.AsyncClient(timeout=30) as http:
@@ -255,17 +291,22 @@ async def one_series(dep: Deployment, plan: Plan) -> dict[str, Any]:
     subs = Subscribers(list(dep.nodes.values()), plan.clients, 1, ONE_SERIES_BASE)
     try:
         await subs.ready()
+        await settled_after(clock, next_boundary(clock))  # between two bursts, not across one
         pause_s = 0.02 + len(dep.nodes) * plan.clients / 20_000  # one candle's fan-out ends before the next
         times = await trio.to_thread.run_sync(post_one_by_one, dep.writer, sid, base, plan.posts, pause_s)
         await trio.sleep(1.0)
         arrivals = await subs.arrivals()
     finally:
         await subs.close()
-    writer = await published(dep.writer, [sid])
     keys = [(sid, t) for t in times]
+    at = {n: await published(url, [sid]) for n, url in dep.nodes.items()}
+    writer = next(iter(at.values()))
     return {
         "expected": len(keys) * plan.clients,
         "receipt": {n: after(writer, a, keys) for n, a in zip(dep.nodes, arrivals, strict=True)},
+        "node_publish": {
+            n: [p[k] - writer[k] for k in keys if k in p and k in writer] for n, p in list(at.items())[1:]
+        },
     }
 
 
@@ -350,7 +391,8 @@ async def measure(fake: FakeExchange, dep: Deployment, plan: Plan, acked: list[t
     cpu1, t1 = dep.cpu(), time.perf_counter()
     out["rest_cpu"] = {k: (cpu1[k] - cpu0[k]) / (t1 - t0) * 100 for k in cpu0}
     print("  one series", file=sys.stderr)
-    out["one"] = await one_series(dep, plan)
+    assert isinstance(fake.now_ms, ExchangeTime)
+    out["one"] = await one_series(fake.now_ms, dep, plan)
     print("  backfill", file=sys.stderr)
     out["backfill"] = await backfill(dep, plan, acked)
     return out
@@ -400,6 +442,8 @@ def report(plan: Plan, r: dict[str, Any]) -> None:
     print(f"1. minute-close burst of {plan.series} series, {plan.bursts} burst(s) after a warm-up (p50 / p99)")
     for name, b in (("standalone", sb), ("cluster writer", cb)):
         row(f"{name}: exchange send -> publish (ingest, commit, project)", p50_p99(b["to_publish"]))
+        row(f"{name}: closed candles per group commit in the bursts", f"{b['per_flush']:.0f}")
+    row("cluster writer, one more burst, replicas' klined stopped", p50_p99(cb["to_publish_alone"]))
     row("writer's publish -> k2's publish", p50_p99(cb["replica_publish"]))
     for origin, key in (("writer's publish", "receipt"), ("exchange send", "from_exchange")):
         for name, lags in [*sb[key].items(), *cb[key].items()]:
@@ -431,6 +475,8 @@ def report(plan: Plan, r: dict[str, Any]) -> None:
     print(f"5. {plan.clients} clients on one series per node, {plan.posts} candles POSTed to the writer (p50 / p99)")
     for name, lags in [*solo["one"]["receipt"].items(), *clus["one"]["receipt"].items()]:
         row(f"{name}: writer's publish -> receipt", f"{p50_p99(lags)}  ({len(lags)}/{solo['one']['expected']})")
+    for name, lags in clus["one"]["node_publish"].items():
+        row(f"{name}: writer's publish -> its own publish", p50_p99(lags))
     print("klined warnings and errors, per log")
     for name, log in r["daemon_logs"].items():
         row(name, dict(log.events.most_common(8)) or "none")
