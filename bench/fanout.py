@@ -85,6 +85,10 @@ class DaemonLog:
                 if len(self.samples) < 5:
                     self.samples.append(line.strip()[:300])
 
+    def join(self) -> None:
+        """Wait until the stream has ended (a finished log file, read whole)."""
+        self._thread.join()
+
 
 def start_klined(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, DaemonLog]:
     proc = subprocess.Popen(
@@ -136,8 +140,8 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def series_names(n: int) -> list[str]:
-    return [f"binance:spot:S{i:04d}/USDT:1m" for i in range(n)]
+def series_names(n: int, base: str = "S") -> list[str]:
+    return [f"binance:spot:{base}{i:04d}/USDT:1m" for i in range(n)]
 
 
 # -- the WebSocket clients process ----------------------------------------------------------------------
@@ -305,6 +309,7 @@ async def clients_worker(ws_url: str, n_clients: int, series: list[str], raw: bo
 def spawn_worker(ws_url: str, args: argparse.Namespace) -> subprocess.Popen[str]:
     cmd = [sys.executable, __file__, "--clients-worker", "--url", ws_url]
     cmd += ["--clients", str(args.clients), "--series", str(args.series), "--client", args.client]
+    cmd += ["--series-base", getattr(args, "series_base", "S")]  # another benchmark's series next to these
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -655,10 +660,12 @@ def main() -> None:
     )
     parser.add_argument("--clients-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--series-base", default="S", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.clients_worker:
-        trio.run(clients_worker, args.url, args.clients, series_names(args.series), args.client == "raw")
+        series = series_names(args.series, args.series_base)
+        trio.run(clients_worker, args.url, args.clients, series, args.client == "raw")
         return
 
     with tempfile.TemporaryDirectory(prefix="klined-bench-fanout-") as tmp:
