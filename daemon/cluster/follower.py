@@ -64,7 +64,7 @@ class StreamFollower:
             if self._sub is None or self._next != after_seq + 1:
                 await self._subscribe(after_seq + 1)
             messages = await self._sub.fetch(batch=max_events, timeout=wait_s)
-        except NatsTimeoutError:
+        except (NatsTimeoutError, TimeoutError):  # nats-py raises either when nothing comes before the deadline
             await self._check_retention(after_seq)  # nothing came: maybe because the stream no longer has it
             return []
         except _TRANSIENT:  # no stream leader this moment (an election, a node down): nothing read yet

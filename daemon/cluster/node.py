@@ -90,9 +90,12 @@ class ClusterLink:
         return f"{self.settings.cluster_name}.coverage"
 
 
-async def _connect(bridge: AsyncioThread, settings: Settings, node: str) -> Any:
+async def _connect(bridge: AsyncioThread, settings: Settings, node: str, closing: list[bool]) -> Any:
     async def disconnected() -> None:
-        log.warning("cluster_nats_disconnected", node=node)
+        if closing:  # this node's own stop: no news for the operator
+            log.info("cluster_nats_closed", node=node)
+        else:
+            log.warning("cluster_nats_disconnected", node=node)
 
     async def reconnected() -> None:
         log.info("cluster_nats_reconnected", node=node)
@@ -125,9 +128,10 @@ async def open_cluster(
     async with AsyncioThread(name=f"klined-nats-{node}") as bridge:
         backoff = Backoff(first_s=RETRY_PAUSE_S, cap_s=OPEN_RETRY_MAX_S)
         nc: Any = None
+        closing: list[bool] = []  # set (made non-empty) as the link closes
         while True:
             try:
-                nc = nc or await _connect(bridge, settings, node)
+                nc = nc or await _connect(bridge, settings, node, closing)
                 stream = EventStream(bridge, nc, settings.cluster_name)
                 await stream.open(replicas=settings.cluster_replicas, max_age_s=settings.cluster_stream_max_age_s)
                 lease = None
@@ -156,6 +160,7 @@ async def open_cluster(
                 lease,
             )
         finally:
+            closing.append(True)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 try:
                     await bridge.run(nc.close)

@@ -253,7 +253,9 @@ async def test_a_clean_stop_of_the_writer_ends_in_time_and_hands_over_at_once(
     assert code == 0
     assert took < 5.0
     assert handed_over < LEASE_TTL_S, handed_over  # not left to expire: the take's poll (a quarter TTL), a catch-up
-    assert '"cluster_lease_released"' in (tmp_path / "k1.log").read_text()
+    said = (tmp_path / "k1.log").read_text()
+    assert '"cluster_lease_released"' in said
+    assert '"cluster_nats_disconnected"' not in said  # its own stop is no warning for the operator
 
 
 async def test_a_node_started_before_nats_waits_for_it_and_then_serves(tmp_path: Path) -> None:
