@@ -45,7 +45,7 @@ def metric_names(expr: str) -> set[str]:
     text = _RANGES.sub(" ", text)
     text = _GROUPING.sub(" ", text)
     text = _OFFSET.sub(" ", text)
-    return {name for name in _NAME.findall(text) if name not in _KEYWORDS}
+    return {name for name in _NAME.findall(text) if name.lower() not in _KEYWORDS}  # keywords: any case
 
 
 def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
