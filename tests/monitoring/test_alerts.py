@@ -39,3 +39,9 @@ def test_every_alert_has_for_severity_and_annotations() -> None:
         assert re.search(r"\n\s+severity: (critical|warning)\n", block), f"{name}: no severity"
         assert re.search(r"\n\s+summary: .+\n", block), f"{name}: no summary"
         assert re.search(r"\n\s+description: .+", block), f"{name}: no description"
+
+
+def test_the_readme_explains_every_alert() -> None:
+    alerts = [name for name, _ in rules(ALERTS.read_text()) if not name.startswith("klined:")]
+    explained = re.findall(r"^\| `(Klined\w+)` \|", (ALERTS.parent / "README.md").read_text(), re.MULTILINE)
+    assert explained == alerts
