@@ -95,7 +95,11 @@ def _cluster_metrics(node: ClusterNode) -> Iterator[Metric]:
     yield _gauge("klined_cluster_applied_seq", "the last stream event in this node's log", view["applied_seq"])
     yield _gauge("klined_cluster_stream_seq", "the stream's last event, as last asked", view["stream_seq"])
     yield _gauge("klined_cluster_replication_lag_events", "stream events this node has not applied", view["lag_events"])
-    yield _gauge("klined_cluster_replication_lag_seconds", "age of the oldest event not applied here", view["lag_s"])
+    yield _gauge(
+        "klined_cluster_replication_lag_seconds",
+        "time behind the stream's tip (0 at it)",
+        view["lag_s"],
+    )
     yield _gauge("klined_cluster_nodes", "nodes with a live heartbeat", len(node.link.registry.nodes))
 
 

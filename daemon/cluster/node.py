@@ -80,6 +80,7 @@ class ClusterLink:
     follower: StreamFollower
     registry: NodeRegistry
     lease: WriterLease | None  # None: a ``replica`` node never writes
+    closing: list[bool]  # made non-empty once the daemon stops: a disconnect then is no news for the operator
 
     @property
     def forming_subject(self) -> str:
@@ -158,6 +159,7 @@ async def open_cluster(
                 StreamFollower(bridge, nc, stream),
                 NodeRegistry(bridge, nodes_kv, node),
                 lease,
+                closing,
             )
         finally:
             closing.append(True)
@@ -249,7 +251,8 @@ class ClusterNode:
     def describe(self) -> dict[str, Any]:
         """This node as its heartbeat, health and ``klinectl cluster`` show it."""
         applied = self._store.log.last_seq() if self._store is not None else 0
-        lag_events = max(0, self.stream_seq - applied)
+        self.stream_seq = max(self.stream_seq, applied)  # what this node applied is in the stream (its own appends too)
+        lag_events = self.stream_seq - applied
         now = time.time()
         if lag_events == 0:
             self._at_tip_at = now
@@ -278,6 +281,7 @@ class ClusterNode:
         """Shutdown, first step: the writer term ends (no new candles), the lease is kept until the queued
         ones are durable; cancelling :meth:`run` then releases it."""
         self._stopping = True
+        self.link.closing.append(True)
         if self._term_scope is not None:
             self._term_scope.cancel()
 
