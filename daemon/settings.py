@@ -247,9 +247,8 @@ class Settings:
         metadata=_key(
             "pos_int",
             "ingest",
-            "The most closed candles one commit takes. Beyond SPEC's 200 (the flush size of a writer that waited "
-            "for more): with group commit it only caps one commit, and a minute-close burst split into commits "
-            "of 200 pays each commit's fixed cost in turn.",
+            "The most closed candles one commit takes. With group commit it only caps one commit: a minute-close "
+            "burst split into commits of 200 would pay each commit's fixed cost in turn.",
         ),
     )
     binance_ws_flush_s: float = attrs.field(
@@ -257,8 +256,8 @@ class Settings:
         metadata=_key(
             "pos_float",
             "ingest",
-            "Accepted for SPEC's contract, but nothing waits on it: the writer's group commit never holds a "
-            'candle back for more to arrive (docs/design.md, "Live ingest").',
+            "Accepted, but nothing waits on it: the writer's group commit never holds a candle back for more to "
+            'arrive (docs/design.md, "Live ingest").',
         ),
     )
     binance_ws_reconnect_max_s: float = attrs.field(
@@ -383,7 +382,7 @@ class Settings:
         metadata=_key(
             "history_source",
             "history",
-            'Accepted for SPEC\'s contract ("": automatic, `freqtrade`, `ccxt`), but nothing reads it: every '
+            'Accepted ("": automatic, `freqtrade`, `ccxt`), but nothing reads it: every '
             "repair tries freqtrade, then derivation, then the exchange.",
         ),
     )
@@ -442,8 +441,8 @@ class Settings:
         metadata=_key(
             "pos_int",
             "projections",
-            "The pivot factor's major window, in candles (FACTORS.md). A change to a factor setting rebuilds the "
-            "projections from the log at the next start.",
+            "The pivot factor's major window, in candles (docs/factors.md). A change to a factor setting rebuilds "
+            "the projections from the log at the next start.",
         ),
     )
     pivot_window_minor: int = attrs.field(
