@@ -1,4 +1,4 @@
-"""The closed-candle write path, in SPEC's fixed order: append -> derive -> project -> publish.
+"""The closed-candle write path, in a fixed order: append -> derive -> project -> publish.
 
 Closed candles of every series share one queue, committed by group commit: the writer never waits for
 more candles. A candle that finds it idle is committed at once; whatever arrives while a commit and its
@@ -52,7 +52,7 @@ async def no_op_stage(result: AppendResult) -> None:
 
 @attrs.frozen
 class Stages:
-    """What follows a committed append, in SPEC's fixed order.
+    """What follows a committed append, in the fixed order.
 
     ``derive`` appends the derived timeframes the batch completes (they run their own chain, without a
     derive), ``project`` stores factors and overlays in one commit, ``publish`` hands what changed to the

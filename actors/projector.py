@@ -1,9 +1,9 @@
-"""The projector: factor and overlay projections that follow the event log (FACTORS.md).
+"""The projector: factor and overlay projections that follow the event log (docs/factors.md).
 
 It reads the log after its checkpoint, in seq order, and for each series feeds the closed candles to that
 series' :class:`FactorEngine` and :class:`OverlayBuilder`; outputs and the checkpoint they reach commit in
 one projection-store transaction. The writer calls :meth:`Projector.stage` between the append and the
-publish, so nothing is published before its factors and overlays are stored (SPEC §2 order); a follower
+publish, so nothing is published before its factors and overlays are stored; a follower
 task picks up appends made elsewhere (history imports, derived timeframes).
 
 Projections are a function of each series' candles in time order. A candle that lands at or behind the

@@ -68,7 +68,7 @@ class BinanceRest:
             listings = parse_exchange_info(await self._get("/exchangeInfo", {}), futures=self._futures)
         except ExchangeInfoError as e:
             raise RestError(f"unexpected exchangeInfo answer: {e}") from None
-        # Only bases klined can name in a series id (SPEC §1: upper-case letters and digits).
+        # Only bases klined can name in a series id: upper-case letters and digits.
         return {
             symbol_id: listing.symbol
             for symbol_id, listing in listings.items()

@@ -34,7 +34,7 @@ HEALTHY_RUN_S: Final = 60.0  # a run this long resets the backoff
 
 
 class CapacityError(Exception):
-    """No room for another on-demand series; ``code`` is the SPEC error code."""
+    """No room for another on-demand series; ``code`` is the error code a client gets."""
 
     code = "ondemand_ingest_capacity"
 
@@ -45,7 +45,7 @@ class CapacityError(Exception):
 
 @attrs.define
 class Job:
-    """One supervised series actor (the fields of SPEC's debug ingest_state)."""
+    """One supervised series actor (the fields of the debug ``ingest_state`` route, docs/http.md)."""
 
     series_id: SeriesId
     source: Source

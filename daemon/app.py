@@ -309,7 +309,7 @@ async def start_actors(
         if live is not None:
             with trio.move_on_after(STARTUP_CLOCK_S):  # its window ends at the exchange's last closed period
                 await live.measure_clock()
-        # Before ready, as SPEC asks, but bounded: an unreachable exchange never holds READY.
+        # Before READY, but bounded: an unreachable exchange never holds READY.
         await services.history.startup_sync_before_ready(whitelist, settings.startup_kline_sync_wait_s)
     if live is not None:
 

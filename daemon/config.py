@@ -1,4 +1,4 @@
-"""Configuration: a TOML file plus ``KLINED_<KEY>`` environment variables, environment winning (SPEC §5).
+"""Configuration: a TOML file plus ``KLINED_<KEY>`` environment variables, environment winning (docs/configuration.md).
 
 Every key is declared once in :class:`daemon.settings.Settings`, with its kind, section and meaning
 (docs/configuration.md is generated from them: ``python -m daemon.config_docs``). An unknown key

@@ -1,4 +1,4 @@
-"""The factor and overlay read models of FACTORS.md "Read API": slices and draw deltas, from the
+"""The factor and overlay read models (docs/factors.md, "Reading them"): slices and draw deltas, from the
 projection store. Blocking reads (each its own LMDB read transaction): callers run them in a thread.
 """
 
@@ -21,7 +21,7 @@ DEFAULT_WINDOW: Final = 2000
 MAX_WINDOW: Final = 5000
 PENDING_SCAN: Final = 50_000  # unapplied events a read looks through for its series (the lag is short)
 
-# Which history list each stored event kind belongs to, per factor (FACTORS.md slices).
+# Which history list each stored event kind belongs to, per factor (docs/factors.md, "GET /api/factor/slices").
 _HISTORY: Final[dict[str, tuple[str, str]]] = {
     "pivot.major": ("pivot", "major"),
     "pivot.minor": ("pivot", "minor"),

@@ -1,4 +1,4 @@
-"""The trade_canvas front end's world reads (SPEC §4): frames and delta polls composed of the factor slices
+"""The trade_canvas front end's world reads (docs/http.md): frames and delta polls composed of the factor slices
 and draw deltas of :mod:`daemon.factor_reads`, and the factor health view. Blocking reads: callers run them
 in a thread.
 

@@ -1,4 +1,4 @@
-"""The kline health views (SPEC §4 ``/api/market/health``) of the running daemon: the pure rule of
+"""The kline health views (``/api/market/health``, docs/http.md) of the running daemon: the pure rule of
 ``protocol.health`` with what the daemon knows of backfills and pending holes."""
 
 from __future__ import annotations

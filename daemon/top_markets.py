@@ -1,4 +1,4 @@
-"""Top markets by 24 h quote volume (SPEC §4 ``/api/market/top_markets`` and its SSE stream), from Binance REST.
+"""Top markets by 24 h quote volume (``/api/market/top_markets`` and its SSE stream, docs/http.md), from Binance REST.
 
 exchangeInfo (which symbols trade, their assets) is cached an hour and the 24 h tickers ten seconds, per
 market, so any number of clients and streams cost the exchange one ticker call per market every 10 s. A

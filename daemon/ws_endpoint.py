@@ -1,4 +1,4 @@
-"""``/ws/market``: one WebSocket connection of SPEC §3 on the shared HTTP listener (ASGI, hypercorn on trio).
+"""``/ws/market``: one WebSocket connection (docs/protocol.md) on the shared HTTP listener (ASGI, hypercorn on trio).
 
 Three tasks per connection: the reader (client commands -> the hub), the sender (the client's bounded
 outbox -> the socket) and the closer (a slow consumer, a shutdown, a limit: the final frame and the close

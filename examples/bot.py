@@ -5,7 +5,7 @@ uses already). As it is, it prints candles:
 
     python examples/bot.py ws://127.0.0.1:8710 binance:spot:BTC/USDT:1m binance:spot:ETH/USDT:5m
 
-What it relies on in klined's protocol (SPEC §3, §4):
+What it relies on in klined's protocol (docs/protocol.md, docs/http.md):
 - ``/ws/market`` takes ``{"type": "subscribe", "series_id", "since", "supports_batch"}`` (no reply) and then
   sends, ascending, only candles newer than ``max(since, what it sent on this connection)``: the catchup as
   ``candles_batch``, live ones as ``candle_closed``. So the bot keeps ``last_sent`` (its newest closed candle

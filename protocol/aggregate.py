@@ -1,4 +1,4 @@
-"""Derived timeframes: build 5m/15m/1h/... candles from base (1m) candles (SPEC §1).
+"""Derived timeframes: build 5m/15m/1h/... candles from base (1m) candles.
 
 A derived candle exists only when every base candle of its bucket is present: open of the first, max
 high, min low, close of the last, summed volume. It is synthetic only if every base candle was.

@@ -1,4 +1,4 @@
-"""The candle value type and its invariants (SPEC §1).
+"""The candle value type and its invariants (docs/protocol.md, "Series and candles").
 
 ``Candle`` is a NamedTuple on purpose: it is the hottest value in klined (the log decodes thousands per
 read), and a tuple builds in a third of the time of a frozen attrs instance. Building one directly does
@@ -42,7 +42,7 @@ class Candle(NamedTuple):
 
 
 def check_candle(candle: Candle, timeframe: Timeframe | None = None) -> Candle:
-    """Return ``candle`` if it meets SPEC §1, else raise :class:`CandleError` naming the broken rule."""
+    """Return ``candle`` if it is valid, else raise :class:`CandleError` naming the broken rule."""
     t, o, h, low, c, v, synthetic = candle
     if type(t) is not int:  # bool is an int subclass and not a time
         raise CandleError(f"candle_time must be an integer, got {t!r}")

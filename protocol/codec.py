@@ -1,4 +1,4 @@
-"""The JSON codec of every candle-bearing WebSocket message (SPEC §3 "Out").
+"""The JSON codec of every candle-bearing WebSocket message (docs/protocol.md, "What you receive").
 
 One cattrs converter unstructures the message classes; one function encodes (``encode``) and one decodes
 (``decode``). The candle hook builds the wire dict directly: a 5000-candle batch is the common catchup
@@ -77,7 +77,7 @@ _CANDLE_FIELDS: Final = ("candle_time", "open", "high", "low", "close", "volume"
 
 
 def candle_to_wire(c: Candle) -> dict[str, Any]:
-    """A candle as SPEC's ``C``; ``synthetic`` appears only when true."""
+    """A candle as its wire object; ``synthetic`` appears only when true."""
     wire: dict[str, Any] = {
         "candle_time": c[0],
         "open": c[1],

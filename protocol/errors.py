@@ -16,7 +16,7 @@ class TimeframeError(ProtocolError):
 
 
 class CandleError(ProtocolError):
-    """A candle breaks an invariant of SPEC §1 (finite, ordered OHLC, volume >= 0, aligned time)."""
+    """A candle breaks an invariant (finite, ordered OHLC, volume >= 0, aligned time)."""
 
 
 class ExchangeInfoError(ProtocolError):

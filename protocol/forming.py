@@ -1,4 +1,5 @@
-"""Forming-candle throttle (SPEC §1: at most one broadcast per series per ``min_interval``, latest wins).
+"""Forming-candle throttle: at most one broadcast per series per ``min_interval``, the latest wins
+(docs/protocol.md, "Forming candles").
 
 Sans-IO: the caller passes the time and sleeps until :attr:`FormingThrottle.deadline` itself. The fan-out
 hub is its one user, where every source of forming candles meets; a held candle whose period has closed

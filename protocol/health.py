@@ -30,7 +30,7 @@ def series_health_view(
 ) -> dict[str, Any]:
     """``backfill`` is the gap-repair state of the series (``state``: idle|running|succeeded|failed, ...).
     ``holes_pending``: candles missing behind the head, in holes the exchange is to be asked for again (it
-    was unreachable); an otherwise up-to-date series is then yellow, not green (beyond SPEC)."""
+    was unreachable); an otherwise up-to-date series is then yellow, not green."""
     tf = series.timeframe
     expected = tf.last_closed_open(now_time)
     backfill = backfill or {"state": "idle", "progress_pct": None}

@@ -1,4 +1,4 @@
-"""Overlay instructions: factor events and heads in, chart drawing-instruction changes out (FACTORS.md).
+"""Overlay instructions: factor events and heads in, chart drawing-instruction changes out (docs/factors.md).
 
 An :class:`OverlayBuilder` runs after the factors once per closed candle ("tick") and returns only the
 instructions that are new, changed, or gone since the previous tick; the daemon stores each change as one

@@ -1,4 +1,4 @@
-"""Series ids: ``{exchange}:{market}:{symbol}:{timeframe}`` (SPEC §1).
+"""Series ids: ``{exchange}:{market}:{symbol}:{timeframe}`` (docs/protocol.md, "Series and candles").
 
 Parsing is strict and every error names the part that is wrong, because the same message goes back to a
 WebSocket client as ``invalid series_id: <why>``.

@@ -1,4 +1,4 @@
-"""The ``/ws/market`` protocol (SPEC §3), sans-IO: client commands in, the one gate, frames out.
+"""The ``/ws/market`` protocol (docs/protocol.md), sans-IO: client commands in, the one gate, frames out.
 
 Every closed candle a subscriber receives, from catchup or live, passes :func:`gate`: only candles after
 the subscription's ``last_sent`` cursor, ascending, none twice, none of a period not yet closed (the
@@ -36,7 +36,7 @@ class Unsubscribe:
 
 @attrs.frozen
 class BadRequest:
-    """A frame the server refuses with ``bad_request`` and SPEC's exact message; the connection stays."""
+    """A frame refused with ``bad_request`` and its exact message (docs/protocol.md, "Errors"); the connection stays."""
 
     message: str
 

@@ -1,4 +1,4 @@
-"""The fan-out actor: durable candles and forming candles to WebSocket subscribers (SPEC §3).
+"""The fan-out actor: durable candles and forming candles to WebSocket subscribers (docs/protocol.md).
 
 Each subscription (one connection, one series) has one ``last_sent`` cursor, and every closed candle it
 receives passes :func:`protocol.ws_market.gate` against it. Catchup, healing and live share that gate:

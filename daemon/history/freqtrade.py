@@ -4,8 +4,8 @@ formats (``daemon.history.freqtrade_write`` writes the same files). Columns date
 dates become UTC seconds.
 
 Reading streams: a year of 1m candles (525,600) is read as Arrow columns (feather/parquet) or scanned row by
-row from the raw JSON text, and handed out in batches of Python candles, never all at once. Rows that break
-SPEC §1 are skipped and counted, never written.
+row from the raw JSON text, and handed out in batches of Python candles, never all at once. Rows that are not
+valid candles are skipped and counted, never written.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The factor and overlay reads (FACTORS.md "Read API"): the catalog, slices at a time, drawing deltas."""
+"""The factor and overlay reads (docs/factors.md, "Reading them"): the catalog, slices at a time, drawing deltas."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The trade_canvas front end's world reads (SPEC §4): ``/api/frame/live``, ``/api/frame/at_time``,
+"""The trade_canvas front end's world reads (docs/http.md): ``/api/frame/live``, ``/api/frame/at_time``,
 ``/api/delta/poll`` and ``/api/factor/health``, composed by :mod:`daemon.frame_reads`."""
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def body_series(body: dict[str, Any]) -> SeriesId:
 
 
 def body_candle(series: SeriesId, raw: object) -> Candle:
-    """A wire candle that satisfies SPEC §1 for ``series`` (aligned, ordered prices, finite), or 422."""
+    """A wire candle valid for ``series`` (aligned, ordered prices, finite), or 422."""
     try:
         return check_candle(candle_from_wire(raw), series.timeframe)
     except (CodecError, ProtocolError) as e:

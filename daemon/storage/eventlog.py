@@ -90,7 +90,7 @@ class EventLog:
     # -- writes -----------------------------------------------------------------------------------
 
     def append(self, batch: Mapping[SeriesId, Sequence[Candle]]) -> AppendResult:
-        """Append closed candles of many series in one transaction (SPEC §2).
+        """Append closed candles of many series in one transaction.
 
         An identical candle is a no-op, a different one at a stored time is a correction, and a candle
         older than the head is accepted (backfill). An invalid candle rejects the whole batch with

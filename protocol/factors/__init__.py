@@ -1,1 +1,1 @@
-"""Factor plugins over closed candles (FACTORS.md): the framework in base, one module per factor."""
+"""Factor plugins over closed candles (docs/factors.md): the framework in base, one module per factor."""

@@ -1,11 +1,11 @@
-"""The anchor (FACTORS.md "Anchor"): the pen that currently matters most, by strength |end - start|.
+"""The anchor (docs/factors.md, "Anchor"): the pen that currently matters most, by strength |end - start|.
 
 Each tick the anchor may move to a newly formed zone's entry pen, then to the strictly strongest contender
 (newly confirmed pens, then the candidate pen after the last confirmed one) that beats the strength it had
 when the tick started. The candidate's extreme is a running one: bars are rescanned only when a new pen is
 confirmed, so a plain candle costs O(1).
 
-Readings of FACTORS.md: the candidate exists once at least one bar follows the last confirmed pen's end (its
+Two details: the candidate exists once at least one bar follows the last confirmed pen's end (its
 strength may then be 0); a move that keeps the start time updates the anchor without an event.
 """
 

@@ -1,4 +1,4 @@
-"""The factor framework's pure core: closed candles in, factor events and heads out (FACTORS.md).
+"""The factor framework's pure core: closed candles in, factor events and heads out (docs/factors.md).
 
 A :class:`FactorEngine` runs one series' factors once per closed candle ("tick") in dependency order.
 Each factor is a plugin (:class:`Factor`): a name, a version, its dependencies and per-tick ``apply``.
@@ -142,7 +142,7 @@ class Factor(ABC):
         """Advance by one closed candle (already in ``ctx.bars``); return the events visible at it."""
 
     def head(self) -> dict[str, Any]:
-        """The still-moving part at the latest tick (FACTORS.md "head"); ``{}`` when there is none."""
+        """The still-moving part at the latest tick (docs/factors.md, "Ticks and times"); ``{}`` when there is none."""
         return {}
 
 

@@ -1,4 +1,4 @@
-"""The factor catalog (FACTORS.md "Read API", ``GET /api/factor/catalog``): what the chart can toggle.
+"""The factor catalog (``GET /api/factor/catalog``, docs/factors.md): what the chart can toggle.
 
 Every overlay instruction's ``feature`` is one of :data:`SUB_FEATURES`, so the front end can show or hide it.
 """

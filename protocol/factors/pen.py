@@ -1,4 +1,4 @@
-"""Pens (笔, FACTORS.md "Pen"): strokes between alternating major pivots, confirmed one pivot late.
+"""Pens (笔, docs/factors.md, "Pen"): strokes between alternating major pivots, confirmed one pivot late.
 
 The head (``extending`` and ``candidate``) follows running extremes updated once per candle; they are
 rescanned from the bars only when the effective pivots change, which is rare.

@@ -1,4 +1,4 @@
-"""Major and minor pivots (FACTORS.md "Pivot"): swing highs and lows confirmed ``window`` bars later.
+"""Major and minor pivots (docs/factors.md, "Pivot"): swing highs and lows confirmed ``window`` bars later.
 
 Each tick tests one centre bar, the one ``window`` bars back, against the ``2*window + 1`` bars around it.
 Sliding-window extremes come from monotonic deques, so a tick costs O(1) amortised whatever the window.

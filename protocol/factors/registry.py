@@ -1,4 +1,4 @@
-"""The factor set klined projects, in FACTORS.md's order (the engine sorts them by their DAG anyway)."""
+"""The factor set klined projects, in docs/factors.md's order (the engine sorts them by their DAG anyway)."""
 
 from __future__ import annotations
 

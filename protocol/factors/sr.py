@@ -1,11 +1,11 @@
-"""Support and resistance levels (FACTORS.md "Support / resistance"): lines where the bar ranges of two major
-pivots of one side overlap, scored by how many pivots touch them and aged by how often closes flip across.
+"""Support and resistance levels (docs/factors.md): lines where the bar ranges of two major pivots of
+one side overlap, scored by how many pivots touch them and aged by how often closes flip across.
 
 It runs only on ticks that add a major pivot. A level belongs to its newer pivot S and is fixed when S
 arrives (the pair, line, band and tolerance depend only on older bars), so each run pairs the new pivots
 only; touches are counted as pivots come and go, and a level's flips resume from the previous run.
 
-Readings of FACTORS.md where it is terse:
+Choices where the rules leave room:
 - ATR of a bar = mean true range of the ``atr_period`` bars ending at it; a pivot keeps its own, computed
   when it arrives. Bars no longer held in ``ctx.bars`` are out of reach: a pair whose closes in between
   are gone is not formed, and a status scan starts at the oldest held bar.
@@ -384,8 +384,8 @@ class SupportResistance(Factor):
         nearest = _nearest_to(price)
         live.sort(key=nearest)
         dead.sort(key=nearest)
-        # Broken levels are capped too (FACTORS.md lists them all): every snapshot is stored, and listing
-        # every broken level since the start made each one ~21 KB; the nearest ``max_levels`` remain.
+        # Broken levels are capped too: every snapshot is stored, and listing every broken level since the
+        # start made each one ~21 KB; the nearest ``max_levels`` remain.
         chosen = live[: self.max_levels] + dead[: self.max_levels]
         pivots = {p.idx * 2 + p.resistance: p for lv in chosen for p in (lv.c, lv.s)}
         return {

@@ -1,11 +1,11 @@
-"""Central zones (中枢, FACTORS.md "Zhongshu"): the overlap of three pens after an entry pen, alive until a
+"""Central zones (中枢, docs/factors.md): the overlap of three pens after an entry pen, alive until a
 pen leaves it entirely.
 
 Each tick feeds the newly confirmed pens, then the closed candle. A pending structure (entry, P1, P2) forms a
 zone either when its P3 pen is confirmed or, earlier, when the running P3 crosses P1's end price; both paths
 keep O(1) state (running extremes, pre-intersected ranges), so a candle costs a few comparisons.
 
-Reading of FACTORS.md where it is terse: P3's running extreme covers only candles processed while the pending
+A choice where the rules leave room: P3's running extreme covers only candles processed while the pending
 structure exists (those after P3's start that close at or after the tick which built it), so a zone is never
 dated before it could be seen.
 """

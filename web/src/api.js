@@ -1,4 +1,4 @@
-// The daemon's HTTP API (SPEC §4, FACTORS.md "Read API"): same origin, JSON, errors as {code, detail}.
+// The daemon's HTTP API (docs/http.md, docs/factors.md): same origin, JSON, errors as {code, detail}.
 
 export class ApiError extends Error {
   constructor(status, code, detail) {

@@ -1,4 +1,4 @@
-// Series ids and timeframe bucket math (SPEC §1), for the page: validate a typed id, step between periods.
+// Series ids and timeframe bucket math (docs/protocol.md), for the page: validate a typed id, step between periods.
 
 const TIMEFRAMES = {
   "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800,
@@ -10,7 +10,7 @@ export const TIMEFRAME_NAMES = Object.keys(TIMEFRAMES);
 
 const SERIES_RE = /^([a-z0-9]+):(spot|futures):([A-Z0-9]+\/[A-Z0-9]+):([0-9]+[mhdwM])$/;
 
-/** Why `id` is not a valid series id (SPEC §1), or null when it is. The daemon checks again. */
+/** Why `id` is not a valid series id, or null when it is. The daemon checks again. */
 export function seriesIdProblem(id) {
   const m = SERIES_RE.exec(id);
   if (!m) return "expected exchange:spot|futures:BASE/QUOTE:timeframe, e.g. binance:spot:BTC/USDT:1m";
