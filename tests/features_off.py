@@ -1,7 +1,7 @@
 """The baseline every test's daemon starts from: the features the shipped defaults turn on, turned off.
 
-The defaults serve (SPEC §5: a whitelist followed live, repairs, on-demand ingest, health); most tests were
-written when every feature defaulted off and point no URL at the fake exchange, so each starts from this and
+The defaults serve (docs/configuration.md: a whitelist followed live, repairs, on-demand ingest, health); most tests
+were written when every feature defaulted off and point no URL at the fake exchange, so each starts from this and
 states the features it uses.
 """
 

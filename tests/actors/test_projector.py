@@ -25,7 +25,7 @@ from tests.protocol.factors.bars import SMALL, flat
 
 BTC = SeriesId.parse("binance:spot:BTC/USDT:1m")
 ETH = SeriesId.parse("binance:spot:ETH/USDT:1m")
-PRICES = [1, 2, 5, 2, 1, 2, 9, 2, 1, 2, 8, 2, 1]  # FACTORS.md's 13-price example at t = 60..780
+PRICES = [1, 2, 5, 2, 1, 2, 9, 2, 1, 2, 8, 2, 1]  # docs/factors.md's 13-price example at t = 60..780
 
 
 def walk(n: int, seed: int, start: int = 60) -> list[Candle]:

@@ -1,4 +1,4 @@
-"""Configuration (SPEC §5): defaults, TOML, environment overrides, and errors that name the key."""
+"""Configuration (docs/configuration.md): defaults, TOML, environment overrides, and errors that name the key."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_defaults_are_the_spec_defaults() -> None:
     assert s.startup_kline_sync_target_candles == 2000
     assert s.derived_base_timeframe == "1m"
     assert s.derived_timeframes == ("5m", "15m", "1h", "4h", "1d")
-    assert (s.binance_ws_batch_max, s.binance_ws_flush_s) == (1000, 0.5)  # beyond SPEC's 200: docs/design.md
+    assert (s.binance_ws_batch_max, s.binance_ws_flush_s) == (1000, 0.5)  # not 200: docs/design.md, "Live ingest"
     assert (s.market_forming_min_interval_ms, s.market_ws_catchup_limit) == (250, 5000)
     assert (s.pivot_window_major, s.pivot_window_minor) == (50, 5)
 

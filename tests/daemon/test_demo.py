@@ -115,7 +115,7 @@ async def candle_times(http: httpx.AsyncClient, series: str) -> list[int]:
 
 async def projected_read(http: httpx.AsyncClient, path: str, params: dict[str, Any]) -> httpx.Response:
     """A read at the head: 409 ``ledger_out_of_sync`` while the live candle that just landed is still being
-    projected (FACTORS.md), which a client answers by asking again."""
+    projected (docs/factors.md), which a client answers by asking again."""
     while (r := await http.get(path, params=params)).status_code == 409:
         assert r.json()["code"] == "ledger_out_of_sync", r.text
         await trio.sleep(0.05)

@@ -1,4 +1,4 @@
-"""Top markets (SPEC §4) against the fake exchange over loopback: ranking, caches, forced refresh, SSE stream.
+"""Top markets (docs/http.md) against the fake exchange over loopback: ranking, caches, forced refresh, SSE stream.
 
 The fake's clock is frozen, so its tickers only change when a test moves a price; the caches' clock is a
 manual one the test advances, so expiry is a step, not a wait.

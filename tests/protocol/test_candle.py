@@ -1,4 +1,4 @@
-"""Candles (SPEC §1): validation rules, synthetic candles, value equality, and properties."""
+"""Candles (docs/protocol.md): validation rules, synthetic candles, value equality, and properties."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The factor catalog: FACTORS.md's ``GET /api/factor/catalog`` body, in dependency order."""
+"""The factor catalog: the ``GET /api/factor/catalog`` body of docs/factors.md, in dependency order."""
 
 from __future__ import annotations
 

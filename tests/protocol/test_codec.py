@@ -1,4 +1,4 @@
-"""The WebSocket message codec: exact SPEC wire forms, round trips, and clear decode errors."""
+"""The WebSocket message codec: the exact wire forms of docs/protocol.md, round trips, and clear decode errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The overlay builder: factor events and heads in, instruction changes out (FACTORS.md "Read API")."""
+"""The overlay builder: factor events and heads in, instruction changes out (docs/factors.md, "Drawings")."""
 
 from __future__ import annotations
 

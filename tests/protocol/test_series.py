@@ -1,4 +1,4 @@
-"""Series ids (SPEC §1): strict parsing, round trips, error messages that name the bad part, accessors."""
+"""Series ids (docs/protocol.md): strict parsing, round trips, error messages that name the bad part, accessors."""
 
 from __future__ import annotations
 

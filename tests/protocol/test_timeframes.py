@@ -1,4 +1,4 @@
-"""Timeframes and bucket math (SPEC §1): names, Binance alignment, and properties for every timeframe."""
+"""Timeframes and bucket math (docs/protocol.md): names, Binance alignment, and properties for every timeframe."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from protocol.candle import Candle
 from protocol.series import SeriesId
 from tests.serving.harness import S1, Daemon, daemon
 
-PRICES = [1, 2, 5, 2, 1, 2, 9, 2, 1, 2, 8, 2, 1]  # FACTORS.md's 13-price example, t = 60..780
+PRICES = [1, 2, 5, 2, 1, 2, 9, 2, 1, 2, 8, 2, 1]  # docs/factors.md's 13-price example, t = 60..780
 SMALL = {"KLINED_PIVOT_WINDOW_MAJOR": "2", "KLINED_PIVOT_WINDOW_MINOR": "1"}
 
 

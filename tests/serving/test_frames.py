@@ -1,4 +1,4 @@
-"""The trade_canvas world reads (SPEC §4) through the running daemon: ``/api/frame/live``, ``/api/frame/at_time``,
+"""The trade_canvas world reads (docs/http.md) through the running daemon: ``/api/frame/live``, ``/api/frame/at_time``,
 ``/api/delta/poll`` and ``/api/factor/health``, as compositions of the factor slices and draw deltas."""
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ async def test_frame_at_time_picks_the_newest_stored_candle_at_or_before_it(tmp_
             _, slices = await get(d, "/api/factor/slices", series_id=S1, at_time=aligned)
             _, draw = await get(d, "/api/draw/delta", series_id=S1, cursor_version_id=0, at_time=aligned)
             assert (frame["factor_slices"], frame["draw_state"]) == (slices, draw)
-        # FACTORS.md's example: a slice at 600 sees only the pen confirmed by then.
+        # docs/factors.md's example: a slice at 600 sees only the pen confirmed by then.
         _, frame = await get(d, "/api/frame/at_time", series_id=S1, at_time=629)
         pens = frame["factor_slices"]["snapshots"]["pen"]["history"]["confirmed"]
         assert [p["end_time"] for p in pens] == [300]

@@ -1,4 +1,4 @@
-"""Black box: the HTTP API of SPEC §4 against the running daemon."""
+"""Black box: the HTTP API of docs/http.md against the running daemon."""
 
 from __future__ import annotations
 

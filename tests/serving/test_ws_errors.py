@@ -1,4 +1,4 @@
-"""Black box: bad input, limits, slow consumers and shutdown on ``/ws/market`` (SPEC §3, "beyond")."""
+"""Black box: bad input, limits, slow consumers and shutdown on ``/ws/market`` (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Black box: SPEC §3 over a real WebSocket on loopback against the running daemon.
+"""Black box: docs/protocol.md over a real WebSocket on loopback against the running daemon.
 
 Candles are seeded through ``POST /api/market/ingest/candle_closed`` (the live pipeline) or the debug batch
 ingest (stored, not published); the series is 1m and times are in seconds.

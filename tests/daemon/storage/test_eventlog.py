@@ -1,4 +1,4 @@
-"""The LMDB event log against SPEC §2: semantics, reads, growth, and a model-based property test."""
+"""The LMDB event log: semantics, reads, growth, and a model-based property test."""
 
 from __future__ import annotations
 

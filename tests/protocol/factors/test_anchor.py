@@ -1,4 +1,4 @@
-"""The anchor (FACTORS.md "Anchor"): strict strength against the tick's baseline, earlier wins ties, the
+"""The anchor (docs/factors.md, "Anchor"): strict strength against the tick's baseline, earlier wins ties, the
 candidate's running extreme, zone entries; scripted pens, plus the worked example on the real pivot and pen."""
 
 from __future__ import annotations

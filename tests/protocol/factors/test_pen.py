@@ -1,4 +1,4 @@
-"""Pens (FACTORS.md "Pen"): the worked examples, the effective-pivot rules, the head, and a brute-force oracle."""
+"""Pens (docs/factors.md, "Pen"): the worked examples, the effective-pivot rules, the head, and a brute-force oracle."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_effective_list_stays_bounded() -> None:
 
 
 def reference_head(candles: Sequence[Candle], effective: list[dict[str, Any]], confirmed: int) -> dict[str, Any]:
-    """FACTORS.md's head by brute force over every bar (earliest extreme strictly after its start)."""
+    """The head by brute force over every bar (earliest extreme strictly after its start)."""
     if confirmed < 1 or len(effective) < 2:
         return {}
     start = effective[-2]

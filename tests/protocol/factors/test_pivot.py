@@ -1,4 +1,4 @@
-"""Pivots (FACTORS.md "Pivot"): the worked example, plateaus, gaps, the minor rules, and a brute-force oracle."""
+"""Pivots (docs/factors.md, "Pivot"): the worked example, plateaus, gaps, the minor rules, and a brute-force oracle."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_latest_major_idx_is_public_state() -> None:
 
 
 def reference(candles: Sequence[Candle], major: int, minor: int) -> list[FactorEvent]:
-    """FACTORS.md's pivot rules applied by brute force on the whole history."""
+    """The pivot rules applied by brute force on the whole history."""
     times = [c[0] for c in candles]
     highs = [c[2] for c in candles]
     lows = [c[3] for c in candles]

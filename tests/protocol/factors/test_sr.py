@@ -1,4 +1,4 @@
-"""Support / resistance (FACTORS.md "Support / resistance"): the worked example, flips and breaks, duplicates,
+"""Support / resistance (docs/factors.md): the worked example, flips and breaks, duplicates,
 bounds, and a from-scratch oracle of the same rules over random walks; scripted pivots, plus runs on the real
 pivot and pen."""
 
@@ -48,7 +48,7 @@ def by_key(snap: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {level["key"]: level for level in snap["levels"]}
 
 
-PRICES = [1, 2, 5, 2, 1, 2, 9, 2, 1, 2, 8, 2, 1]  # FACTORS.md's 13-price example, t = 60..780
+PRICES = [1, 2, 5, 2, 1, 2, 9, 2, 1, 2, 8, 2, 1]  # docs/factors.md's 13-price example, t = 60..780
 EXAMPLE_MAJORS = [
     major(2, 5, "resistance"),
     major(4, 1, "support"),
@@ -242,7 +242,7 @@ def random_walk(n: int, seed: int) -> list[Candle]:
 
 
 def brute_majors(candles: Sequence[Candle], w: int) -> list[dict[str, Any]]:
-    """FACTORS.md's major pivots by brute force (all bars consecutive)."""
+    """Major pivots by brute force (all bars consecutive)."""
     out = []
     for i in range(w, len(candles) - w):
         left, right = candles[i - w : i], candles[i + 1 : i + w + 1]
@@ -255,7 +255,7 @@ def brute_majors(candles: Sequence[Candle], w: int) -> list[dict[str, Any]]:
 
 
 def oracle(candles: Sequence[Candle], majors: Sequence[dict[str, Any]], max_pivots: int, max_levels: int) -> list[Any]:
-    """FACTORS.md's SR over all bars so far (nothing trimmed), as the module docstring reads it."""
+    """SR over all bars so far (nothing trimmed), as the module docstring reads it."""
     closes = [c.close for c in candles]
     tr = [
         max(c.high - c.low, abs(c.high - pc), abs(c.low - pc))

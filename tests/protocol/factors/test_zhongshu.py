@@ -1,4 +1,4 @@
-"""Central zones (FACTORS.md "Zhongshu"): the worked examples, both formation paths, death and reseeding,
+"""Central zones (docs/factors.md): the worked examples, both formation paths, death and reseeding,
 against a scripted pen factor (so these tests do not depend on pivot or pen)."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def zone(eng: FactorEngine) -> dict[str, Any]:
     return alive[0]  # type: ignore[no-any-return]
 
 
-# FACTORS.md: pen ranges [90,110], [100,130], [105,125], [102,140] -> zd 105, zg 125; then [108,124]
+# docs/factors.md: pen ranges [90,110], [100,130], [105,125], [102,140] -> zd 105, zg 125; then [108,124]
 # extends it and [130,150] kills it. Candles sit at 115, never reaching P1's end (100): no price cross.
 EXAMPLE = [
     pen(60, 120, 90, 110, visible=240),
@@ -131,7 +131,7 @@ def test_a_pen_just_touching_the_zone_does_not_kill() -> None:
     assert zone(eng)["end_time"] == 540
 
 
-# FACTORS.md: pens 100->130, 130->110, 110->125 and a candle at 350 with low 109 (trigger 110) -> formed at
+# docs/factors.md: pens 100->130, 130->110, 110->125 and a candle at 350 with low 109 (trigger 110) -> formed at
 # 350 by price_cross, zd 110, zg 125. A 50 s timeframe puts a candle at 350.
 CROSS = [
     pen(50, 100, 100, 130, visible=200, tf=50),
