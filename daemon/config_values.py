@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from protocol.errors import ProtocolError
+from protocol.factors.base import DEFAULT_MAX_BARS
 from protocol.series import SeriesId
 from protocol.timeframes import parse_timeframe
 
@@ -178,6 +179,19 @@ def _as_nats_url_list(raw: object, from_env: bool) -> tuple[str, ...]:
     return values
 
 
+# A pivot window w looks at 2w+1 candles, and the factor engine keeps DEFAULT_MAX_BARS of them per series.
+MAX_PIVOT_WINDOW: Final = (DEFAULT_MAX_BARS - 1) // 2
+
+
+def _as_pivot_window(raw: object, from_env: bool) -> int:
+    value = _as_int(raw, from_env)
+    if not 1 <= value <= MAX_PIVOT_WINDOW:
+        raise ValueError(
+            f"expected an integer 1..{MAX_PIVOT_WINDOW} (the factors keep {DEFAULT_MAX_BARS} candles), got {value}"
+        )
+    return value
+
+
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
@@ -194,6 +208,7 @@ KINDS: Final[dict[str, tuple[Parser, str]]] = {
     "bool": (_as_bool, "boolean"),
     "port": (_as_port, "TCP port (0-65535; 0: any free port)"),
     "pos_int": (_bounded(_as_int, 1, "an integer >= 1"), "integer >= 1"),
+    "pivot_window": (_as_pivot_window, f"integer 1..{MAX_PIVOT_WINDOW}"),
     "nonneg_int": (_bounded(_as_int, 0, "an integer >= 0"), "integer >= 0"),
     "pos_float": (_bounded(_as_float, 1e-9, "a number > 0"), "number > 0"),
     "nonneg_float": (_bounded(_as_float, 0, "a number >= 0"), "number >= 0"),

@@ -439,14 +439,14 @@ class Settings:
     pivot_window_major: int = attrs.field(
         default=50,
         metadata=_key(
-            "pos_int",
+            "pivot_window",
             "projections",
             "The pivot factor's major window, in candles (docs/factors.md). A change to a factor setting rebuilds "
             "the projections from the log at the next start.",
         ),
     )
     pivot_window_minor: int = attrs.field(
-        default=5, metadata=_key("pos_int", "projections", "The pivot factor's minor window, in candles.")
+        default=5, metadata=_key("pivot_window", "projections", "The pivot factor's minor window, in candles.")
     )
     projection_max_series_in_memory: int = attrs.field(
         default=4000,

@@ -182,3 +182,10 @@ def test_cluster_keys_default_to_standalone_and_parse_from_the_environment() -> 
     assert s.cluster_nats_urls == ("nats://10.0.0.1:4222", "nats://10.0.0.2:4222")
     assert (s.cluster_name, s.node_name, s.cluster_role) == ("prod-1", "vps_a", "replica")
     assert (s.cluster_lease_ttl_s, s.cluster_stream_max_age_s) == (6.0, 604800.0)
+
+
+def test_a_pivot_window_the_factors_cannot_hold_is_refused_at_start() -> None:
+    """The factor engine keeps 1000 candles a series: a window of 500 (1001 candles) could never run."""
+    assert load_settings(env={"KLINED_PIVOT_WINDOW_MAJOR": "499"}).pivot_window_major == 499
+    with pytest.raises(ConfigError, match=r"pivot_window_major.*1\.\.499"):
+        load_settings(env={"KLINED_PIVOT_WINDOW_MAJOR": "500"})
