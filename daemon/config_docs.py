@@ -31,10 +31,10 @@ the environment wins over the file, and the file over the defaults. In the envir
 comma-separated and booleans accept 1/0, true/false, yes/no, on/off (any case). An unknown key (in the file,
 or an unknown `KLINED_*` variable) or a bad value stops start-up with a one-line message naming it.
 
-With no configuration at all klined serves. It follows
-{whitelist} live, with derived timeframes, gap backfill, tail coverage, the startup sync, on-demand ingest
-(up to {ondemand} series) and the health view; the debug API stays off. Each feature is turned off by its one
-key. Without a network it reports ready at once and serves what is stored.
+With no configuration at all klined serves. It follows {whitelist} live,
+with derived timeframes, gap backfill, tail coverage, the startup sync, on-demand ingest (up to {ondemand}
+series) and the health view; the debug API stays off. Each feature is turned off by its one key. Without a
+network it reports ready at once and serves what is stored.
 
 `klined check-config --print [--config FILE]` shows the effective settings and where each value came from;
 `klined.toml` is a commented example listing every key.
