@@ -354,8 +354,8 @@ class ClusterNode:
             log.info("cluster_node_following_again", node=self.node, was=self.broken)
             self.broken = None
             self._set_role("replica")
-        if events == 0:
-            self._synced = True
+        if events == 0 or (self._store is not None and self._store.log.last_seq() >= self.stream_seq):
+            self._synced = True  # nothing newer, or at the tip the last heartbeat saw (a stream always busy)
 
     def _broke(self, why: str) -> None:
         if self.broken != why:

@@ -399,13 +399,14 @@ async def plays(nodes: Nodes, name: str, role: str) -> bool:
 
 
 async def kill_the_writer(nodes: Nodes) -> Kill:
-    """SIGKILL the writer; return once another node has appended its first event as the writer."""
+    """SIGKILL the writer; return once another process (another node, or the killed one restarted: it may win
+    the lease again) has appended its first event as the writer."""
     writer, seq = await wait_for(nodes.writer, "a writer", timeout_s=60)
     victim = nodes.alive[writer]
     assert victim is not None
     killed_at = trio.current_time()
     victim.proc.kill()
-    new_writer, new_seq = await wait_for(lambda: other_writer(nodes, writer), "a new writer", timeout_s=60)
+    new_writer, new_seq = await wait_for(lambda: other_writer(nodes, victim), "a new writer", timeout_s=60)
     await wait_for(lambda: wrote_past(nodes, new_writer, new_seq), "the new writer's first event", timeout_s=30)
     return Kill(writer, new_writer, trio.current_time() - killed_at, seq)
 
@@ -418,9 +419,14 @@ async def none_alive(nodes: Nodes) -> bool:
     return all(n is None for n in nodes.alive.values())
 
 
-async def other_writer(nodes: Nodes, old: str) -> tuple[str, int] | None:
+async def other_writer(nodes: Nodes, old: str | KlinedNode) -> tuple[str, int] | None:
+    """The writer, if it is not ``old`` (a node's name, or one process of it)."""
     found = await nodes.writer()
-    return found if found is not None and found[0] != old else None
+    if found is None:
+        return None
+    if isinstance(old, str):
+        return found if found[0] != old else None
+    return found if nodes.alive.get(found[0]) is not old else None
 
 
 async def wrote_past(nodes: Nodes, name: str, seq: int) -> bool:
