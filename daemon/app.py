@@ -131,6 +131,12 @@ class Wiring:
         """The effective whitelist: the config's, with the operator's run-time pins and unpins."""
         return self.pins.effective()
 
+    def sync_series(self) -> list[SeriesId]:
+        """What the startup sync covers: the whitelist and its derived timeframes. A derived bucket whose base
+        candles were appended just before a crash never got derived; the sync's derivation level builds it."""
+        whitelist = self.whitelist()
+        return list(dict.fromkeys([*whitelist, *(d for s in whitelist for d in self.deriver.derived_of(s))]))
+
     def active_series(self) -> list[SeriesId]:
         """What health, status and metrics cover: the whitelist, subscribed series, running actors."""
         live = self.live
@@ -303,7 +309,7 @@ async def start_actors(
             nursery.start_soon(live.keep_clock_measured)
         await nursery.start(services.cluster.run, functools.partial(writer_term, services))
         return
-    whitelist = services.whitelist()
+    whitelist = services.sync_series()
     if settings.enable_startup_kline_sync and whitelist:
         notifier.send(f"STATUS=startup sync of {len(whitelist)} series")
         if live is not None:
@@ -326,7 +332,7 @@ async def writer_term(services: Wiring, *, task_status: trio.TaskStatus[None] = 
     actor then starts from the synced head, and the hole the handover left before its first live close is
     one it detects and repairs, as after any reconnect."""
     settings, live, demand = services.settings, services.live, services.demand
-    whitelist = services.whitelist()
+    whitelist = services.sync_series()
     if settings.enable_startup_kline_sync and whitelist:
         # Bounded as before READY: an unreachable exchange never holds live ingest back (the sync goes on).
         await services.history.startup_sync_before_ready(whitelist, settings.startup_kline_sync_wait_s)

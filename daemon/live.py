@@ -98,6 +98,10 @@ class Deriver:
         self._bases = bases  # the base series that have derived timeframes
         self.derived = 0
 
+    def derived_of(self, series: SeriesId) -> list[SeriesId]:
+        """The derived series built from ``series`` (none unless it is of the base timeframe)."""
+        return [series.with_timeframe(t) for t in self._targets] if series.timeframe == self.base else []
+
     def derives(self, series: SeriesId) -> bool:
         """Whether ``series`` is one this stage builds (from its base timeframe), never an upstream stream."""
         return series.timeframe != self.base and series.timeframe in self._targets

@@ -112,7 +112,10 @@ class History:
         result = await self._store.append({series: list(candles)})
         self.candles_repaired += result.appended + result.corrected
         if self._derive_stage is not None:
-            await self._derive_stage(result)  # type: ignore[misc]
+            # Whole even when the repair is being stopped (shutdown): these base candles are durable, and a
+            # bucket they complete must not be left underived.
+            with trio.CancelScope(shield=True):
+                await self._derive_stage(result)  # type: ignore[misc]
         return result.appended + result.corrected
 
     # -- levels -------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import trio
 
 from daemon import klinectl
 from daemon.fakex.server import FakeExchange
+from daemon.storage.eventlog import EventLog
+from protocol.series import SeriesId
 from protocol.timeframes import TIMEFRAMES
 from tests.serving.harness import S1, Daemon, daemon
 
@@ -155,3 +157,30 @@ async def test_klinectl_health_and_backfill_over_the_control_socket(
 def test_klinectl_without_a_daemon_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert klinectl.main(["--socket", str(tmp_path / "none.sock"), "health"]) == 2
     assert "no daemon listening" in capsys.readouterr().err
+
+
+async def test_startup_sync_derives_a_bucket_a_crash_left_underived(tmp_path: Path) -> None:
+    """Killed after its 1m candles were appended and before their 5m was derived: the next start's sync
+    builds the missing 5m from the stored 1m (the exchange is not needed)."""
+    env = {
+        "KLINED_WHITELIST": S1,
+        "KLINED_ENABLE_STARTUP_KLINE_SYNC": "1",
+        "KLINED_STARTUP_KLINE_SYNC_TARGET_CANDLES": "60",
+        "KLINED_ENABLE_DERIVED_TIMEFRAMES": "1",
+        "KLINED_DERIVED_TIMEFRAMES": "5m",
+    }
+    s5 = S1.replace(":1m", ":5m")
+    async with with_fake(tmp_path, **env) as (d, fake):
+        log = d.running.store.log
+        last5 = TIMEFRAMES["5m"].last_closed_open(fake.now_ms() // 1000)
+        assert log.count_between(s5, last5 - 300 * 11, last5) == 12  # the sync derived them at the start
+        hole = last5 - 300 * 5
+    # The crash's trace: the 5m bucket gone, its 1m candles still there (rewritten without it).
+    with EventLog(tmp_path / "eventlog") as old, EventLog(tmp_path / "rewritten") as new:
+        for event in old.iter_events():
+            if not (event.series_id == s5 and event.candle.candle_time == hole):
+                new.append({SeriesId.parse(event.series_id): [event.candle]})
+    (tmp_path / "eventlog").rename(tmp_path / "eventlog.old")
+    (tmp_path / "rewritten").rename(tmp_path / "eventlog")
+    async with with_fake(tmp_path, **env, KLINED_ENABLE_CCXT_BACKFILL="0") as (d, fake):
+        assert d.running.store.log.get(s5, hole) is not None
