@@ -353,8 +353,15 @@ class History:
         async def one(series: SeriesId) -> None:
             async with limiter:
                 try:
-                    to_time = series.timeframe.last_closed_open(self._now_s())
-                    result = await self.ensure_tail_coverage(series, target, to_time, exchange=True)
+                    tf = series.timeframe
+                    to_time = tf.last_closed_open(self._now_s())
+                    if tf in self._derived and tf != self._base:
+                        # A derived timeframe is built from the base, never asked of the exchange: over the
+                        # span the base's sync covers (what a crash left underived there is rebuilt).
+                        span = max(1, target * self._base.seconds // tf.seconds)
+                        result = await self.ensure_tail_coverage(series, span, to_time, exchange=False)
+                    else:
+                        result = await self.ensure_tail_coverage(series, target, to_time, exchange=True)
                 except Exception as e:  # one series failing never stops the others (nor the start)
                     summary["errors"].append(f"{series}: {e!r}")
                     return
