@@ -367,9 +367,12 @@ class History:
                     return
                 summary["synced" if result.still_missing == 0 else "lagging"].append(str(series))
 
-        async with trio.open_nursery() as nursery:
-            for series in series_list:
-                nursery.start_soon(one, series)
+        # The series of the exchange first, then the derived ones: those are built from the synced base.
+        derived = [s for s in series_list if s.timeframe in self._derived and s.timeframe != self._base]
+        for group in ([s for s in series_list if s not in derived], derived):
+            async with trio.open_nursery() as nursery:
+                for series in group:
+                    nursery.start_soon(one, series)
         log.info(
             "startup_sync_done",
             synced=len(summary["synced"]),
