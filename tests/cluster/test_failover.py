@@ -307,9 +307,7 @@ async def test_killing_the_writer_loses_nothing_and_hands_over(
             await trio.sleep(rng.uniform(0.5, 2.0))  # the market runs on: kill at a random point of a period
             kills.append(await kill_the_writer(nodes))
         await wait_for(lambda: all_alive(nodes), "three nodes up", timeout_s=60)
-        end_s = await caught_up(nodes, fake)
-        await wait_for(lambda: charts_at_head(nodes, end_s), "every chart at the head", timeout_s=30, poll_s=0.1)
-        await nodes.stop()
+        end_s = await settle_and_stop(nodes, fake)
         outer.cancel_scope.cancel()
     rows = await check(nodes, market, end_s, acked, tmp_path)
     print_report(kills, rows, len(read_log(tmp_path / "k1")))
@@ -339,9 +337,7 @@ async def test_a_writer_stopped_past_its_lease_wakes_as_a_replica(cluster: NatsC
         frozen.proc.send_signal(signal.SIGCONT)
         nodes.alive[zombie] = frozen
         await wait_for(lambda: plays(nodes, zombie, "replica"), "the old writer follows", timeout_s=30)
-        end_s = await caught_up(nodes, fake)
-        await wait_for(lambda: charts_at_head(nodes, end_s), "every chart at the head", timeout_s=30, poll_s=0.1)
-        await nodes.stop()
+        end_s = await settle_and_stop(nodes, fake)
         outer.cancel_scope.cancel()
     said = (tmp_path / f"{zombie}.log").read_text()
     assert '"cluster_lease_lost"' in said
@@ -369,9 +365,7 @@ async def test_killing_the_stream_leader_stalls_writes_and_loses_nothing(cluster
         await wait_for(lambda: some_writer_past(nodes, tip + 4), "writes resumed", timeout_s=60)
         print(f"stream leader {leader.name} killed: writes resumed after {trio.current_time() - killed_at:.2f} s")
         leader.start()  # back: it catches up from its peers
-        end_s = await caught_up(nodes, fake)
-        await wait_for(lambda: charts_at_head(nodes, end_s), "every chart at the head", timeout_s=30, poll_s=0.1)
-        await nodes.stop()
+        end_s = await settle_and_stop(nodes, fake)
         outer.cancel_scope.cancel()
     rows = await check(nodes, market, end_s, acked, tmp_path)
     print_report([], rows, len(read_log(tmp_path / "k1")))
@@ -399,6 +393,15 @@ async def some_writer_past(nodes: Nodes, seq: int) -> bool:
 async def plays(nodes: Nodes, name: str, role: str) -> bool:
     view = (await nodes.roles()).get(name)
     return view is not None and view["role"] == role
+
+
+async def settle_and_stop(nodes: Nodes, fake: FakeExchange) -> int:
+    """Every node caught up with the exchange and every chart at the head, then every node stopped: the last
+    closed period checked."""
+    end_s = await caught_up(nodes, fake)
+    await wait_for(lambda: charts_at_head(nodes, end_s), "every chart at the head", timeout_s=30, poll_s=0.1)
+    await nodes.stop()
+    return end_s
 
 
 async def kill_the_writer(nodes: Nodes) -> Kill:
